@@ -161,6 +161,12 @@ def _check(key: str, value: Any, spec) -> Any:
                 raise bad()
             return value
         if spec == "number":
+            if isinstance(value, str):
+                # PyYAML (YAML 1.1) reads "2e-3" (no dot) as a string: accept what float() reads
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise bad() from None
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise bad()
             return float(value) if isinstance(value, float) else value
