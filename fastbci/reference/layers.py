@@ -14,6 +14,7 @@ from fastbci import philox
 
 
 def softsign(x: torch.Tensor) -> torch.Tensor:
+    """The official day-layer activation ``x / (1 + |x|)``."""
     return x / (1 + x.abs())
 
 
@@ -62,13 +63,28 @@ def day_layer_official(x: torch.Tensor, day_idx: torch.Tensor,
     ``day_weights[d]`` is (C_in, C_out), ``day_biases[d]`` is (1, C_out), ``day_idx`` holds day
     indices into those lists.
     """
-    w = torch.stack([day_weights[int(i)] for i in day_idx], dim=0)
-    b = torch.cat([day_biases[int(i)] for i in day_idx], dim=0).unsqueeze(1)
+    if x.dim() != 3:
+        raise ValueError(f"day layer input must be (B, T, C), got shape {tuple(x.shape)}")
+    if len(day_weights) != len(day_biases):
+        raise ValueError(f"{len(day_weights)} day weights but {len(day_biases)} day biases")
+    days = [int(i) for i in day_idx]
+    if len(days) != x.shape[0]:
+        raise ValueError(f"day_idx has {len(days)} entries for a batch of {x.shape[0]} trials")
+    bad = [d for d in days if not 0 <= d < len(day_weights)]
+    if bad:
+        raise ValueError(f"day indices {sorted(set(bad))} are outside the {len(day_weights)} days")
+    w = torch.stack([day_weights[d] for d in days], dim=0)
+    b = torch.cat([day_biases[d] for d in days], dim=0).unsqueeze(1)
     y = softsign(torch.einsum("btd,bdk->btk", x, w) + b)
     return F.dropout(y, p=dropout_p, training=training)
 
 
 def n_patches(T: int, size: int, stride: int) -> int:
+    """Number of sliding windows ``(T - size) // stride + 1`` (a ValueError when T < size)."""
+    if size <= 0 or stride <= 0:
+        raise ValueError(f"patch size and stride must be positive, got {size}, {stride}")
+    if T < size:
+        raise ValueError(f"patching needs at least patch_size={size} time steps, got T={T}")
     return (T - size) // stride + 1
 
 
