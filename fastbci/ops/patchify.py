@@ -1,0 +1,187 @@
+"""Patching op: (B, T, C) -> (B, P, size * C) sliding time windows, with autograd.
+
+``patchify(x, size=14, stride=4, impl="auto")`` has the official semantics (RECIPE.md s4,
+``fastbci.reference.patchify_ref``): ``P = (T - size) // stride + 1`` windows, window ``p``
+holds steps ``stride * p .. stride * p + size - 1`` flattened time-major, i.e. element
+``[k * C + c]`` of window ``p`` is ``x[b, stride * p + k, c]``.
+
+Implementations:
+
+* ``"fused"``: the Triton kernels of ``fastbci.kernels.patchify``. Forward is one strided copy
+  (any input layout, no ``.contiguous()``); backward folds the windows back with a deterministic
+  gather over the ``ceil(size / stride)`` windows covering each step, accumulated in float32. The
+  backward is itself differentiable (its gradient is ``patchify`` again), so double backward
+  works. Needs a CUDA tensor, or ``TRITON_INTERPRET=1`` set before the kernels are imported to
+  run them on the CPU through the Triton interpreter (tests). The kernels are registered as
+  the custom ops ``torch.ops.fastbci.patchify_windows(x, size, stride)`` and
+  ``torch.ops.fastbci.patchify_fold(dy, T, size, stride)`` (fake and autograd registered), so
+  ``torch.compile`` treats each as one opaque node.
+* ``"reference"``: ``fastbci.reference.patchify_ref`` (``unfold`` + ``permute`` + ``reshape``),
+  differentiated by autograd; any device and dtype.
+* ``"auto"``: ``"fused"`` for a CUDA tensor of a dtype the kernel supports (float16, bfloat16,
+  float32, float64) when Triton is importable, else ``"reference"``.
+
+Both give bit-identical forward outputs; backward agrees up to float summation order (float32:
+within 1e-6; bf16/fp16: the fused fold sums in float32 and rounds once, so it is at least as
+accurate as the reference's low-precision accumulation).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fastbci.reference import patchify_ref
+
+__all__ = ["patchify", "Patchify", "IMPLS"]
+
+IMPLS = ("auto", "fused", "reference")
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _kernels():
+    """Import the Triton launchers lazily, so the reference path works without Triton."""
+    try:
+        from fastbci.kernels import patchify as k
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        raise RuntimeError(
+            "fastbci.ops.patchify: impl='fused' needs Triton, which failed to import "
+            f"({e}); use impl='reference' or install triton") from e
+    return k
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # pragma: no cover - depends on the installation
+        return False
+    return True
+
+
+def _interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+# The fused kernels are registered as torch custom ops (namespace ``fastbci``, beside the C++
+# day projection): opaque to torch.compile (no graph break, no tracing into the launcher), with
+# fake implementations for shape propagation and autograd registered below. Each op's gradient is
+# the other op, so double backward works too.
+@torch.library.custom_op("fastbci::patchify_windows", mutates_args=())
+def _windows_op(x: torch.Tensor, size: int, stride: int) -> torch.Tensor:
+    """Fused forward: (B, T, C), any strides -> contiguous (B, P, size * C)."""
+    return _kernels().patchify_forward(x, size, stride)
+
+
+@_windows_op.register_fake
+def _(x, size, stride):
+    B, T, C = x.shape
+    return x.new_empty((B, (T - size) // stride + 1, size * C))
+
+
+@torch.library.custom_op("fastbci::patchify_fold", mutates_args=())
+def _fold_op(dy: torch.Tensor, T: int, size: int, stride: int) -> torch.Tensor:
+    """Fused fold: (B, P, size * C), any strides -> contiguous (B, T, C), overlaps summed."""
+    return _kernels().patchify_backward(dy, T, size, stride)
+
+
+@_fold_op.register_fake
+def _(dy, T, size, stride):
+    B, _, N = dy.shape
+    return dy.new_empty((B, T, N // size))
+
+
+def _windows_setup(ctx, inputs, output):
+    x, size, stride = inputs
+    ctx.geometry = (x.shape[1], size, stride)
+
+
+def _windows_backward(ctx, dy):
+    T, size, stride = ctx.geometry
+    return _fold_op(dy, T, size, stride), None, None
+
+
+def _fold_setup(ctx, inputs, output):
+    _, _, size, stride = inputs
+    ctx.geometry = (size, stride)
+
+
+def _fold_backward(ctx, ddx):
+    size, stride = ctx.geometry
+    return _windows_op(ddx, size, stride), None, None, None
+
+
+_windows_op.register_autograd(_windows_backward, setup_context=_windows_setup)
+_fold_op.register_autograd(_fold_backward, setup_context=_fold_setup)
+
+
+def _check_args(x, size, stride, impl) -> None:
+    where = "fastbci.ops.patchify"
+    if impl not in IMPLS:
+        raise ValueError(f"{where}: impl must be one of {IMPLS}, got {impl!r}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
+    for name, v in (("size", size), ("stride", stride)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{where}: {name} must be an int, got {v!r} ({type(v).__name__})")
+        if v <= 0:
+            raise ValueError(f"{where}: {name} must be positive, got {v}")
+    if x.dim() != 3:
+        raise ValueError(f"{where}: x must be (B, T, C), got shape {tuple(x.shape)}")
+    if x.shape[1] < size:
+        raise ValueError(f"{where}: needs at least size={size} time steps, got T={x.shape[1]} "
+                         f"(x of shape {tuple(x.shape)}); pad or drop trials shorter than "
+                         f"the patch")
+
+
+def _resolve_impl(x: torch.Tensor, impl: str) -> str:
+    if impl == "auto":
+        if x.is_cuda and x.dtype in _FUSED_DTYPES and _triton_available():
+            return "fused"
+        return "reference"
+    if impl == "fused":
+        if x.dtype not in _FUSED_DTYPES:
+            raise TypeError(f"fastbci.ops.patchify: impl='fused' supports "
+                            f"{', '.join(str(d) for d in _FUSED_DTYPES)}, got {x.dtype}; "
+                            f"use impl='reference'")
+        if not x.is_cuda and not _interpreter_on():
+            raise RuntimeError(
+                f"fastbci.ops.patchify: impl='fused' needs a CUDA tensor, got one on {x.device} "
+                "(set TRITON_INTERPRET=1 before importing the kernels to run them on the CPU "
+                "through the Triton interpreter, or use impl='reference')")
+    return impl
+
+
+def patchify(x: torch.Tensor, size: int = 14, stride: int = 4, impl: str = "auto") -> torch.Tensor:
+    """Sliding time windows: ``x`` (B, T, C) -> (B, P, size * C), ``P = (T - size) // stride + 1``.
+
+    Element ``[b, p, k * C + c]`` is ``x[b, stride * p + k, c]``. Differentiable; the gradient
+    adds the overlapping windows back. ``x`` may have any strides. The fused output is a new
+    contiguous tensor of ``x``'s dtype.
+
+    Raises ValueError/TypeError for a non-3-D input, non-positive or non-int ``size``/``stride``,
+    ``T < size`` or an unknown ``impl``; RuntimeError for ``impl="fused"`` on a CPU tensor
+    without the Triton interpreter.
+    """
+    _check_args(x, size, stride, impl)
+    if _resolve_impl(x, impl) == "reference":
+        return patchify_ref(x, size, stride)
+    return _windows_op(x, size, stride)
+
+
+class Patchify(torch.nn.Module):
+    """Module form of :func:`patchify` (no parameters)."""
+
+    def __init__(self, size: int = 14, stride: int = 4, impl: str = "auto"):
+        super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"Patchify: impl must be one of {IMPLS}, got {impl!r}")
+        for name, v in (("size", size), ("stride", stride)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"Patchify: {name} must be a positive int, got {v!r}")
+        self.size, self.stride, self.impl = size, stride, impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return patchify(x, self.size, self.stride, self.impl)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, stride={self.stride}, impl={self.impl!r}"

@@ -1,0 +1,290 @@
+"""fastbci.ops.patchify: the Triton kernels (forward copy, backward fold) against the reference.
+
+On a CPU machine the fused path runs through the Triton interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1 before any kernel is defined); with a GPU every case also runs on CUDA.
+Forward must be bit-identical to ``patchify_ref`` (it is a copy); backward must match autograd
+through the reference within 1e-6 in float32 (only the summation order can differ).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastbci.ops.patchify import Patchify, _resolve_impl, patchify
+from fastbci.reference import n_patches, patchify_ref
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float = 0.0,
+                 what: str = "") -> None:
+    """allclose that says how many and which elements differ, and by how much."""
+    assert actual.shape == expected.shape, (
+        f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}")
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    diff = (a - e).abs()
+    bad = diff > atol + rtol * e.abs()
+    if bool(bad.any()):
+        idx = bad.nonzero()[:5].tolist()
+        samples = ", ".join(
+            f"{tuple(i)}: got {a[tuple(i)].item():.8g} want {e[tuple(i)].item():.8g}" for i in idx)
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.numel()} elements differ beyond atol={atol} "
+            f"rtol={rtol}; max abs diff {diff.max().item():.3g}; first: {samples}")
+
+
+def assert_equal(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
+    assert_close(actual, expected, atol=0.0, what=what)
+
+
+def _ref_grad(x: torch.Tensor, dy: torch.Tensor, size: int, stride: int) -> torch.Tensor:
+    xr = x.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(patchify_ref(xr, size, stride), xr, dy)
+    return g
+
+
+def _fused_grad(x: torch.Tensor, dy: torch.Tensor, size: int, stride: int):
+    xf = x.detach().clone().requires_grad_(True)
+    y = patchify(xf, size, stride, impl="fused")
+    (g,) = torch.autograd.grad(y, xf, dy)
+    return y, g
+
+
+# (B, T, C, size, stride): the brief's odd shapes at the official geometry, then other geometries
+# (stride 1, stride == size, stride > size leaving gaps, size 1, a single window).
+SHAPES = (
+    [(B, T, 7, 14, 4) for B in (1, 3) for T in (14, 15, 17, 18, 33)]
+    + [(B, T, 512, 14, 4) for B in (1, 3) for T in (14, 17)]
+    + [(2, 9, 5, 4, 1), (2, 20, 3, 5, 5), (3, 23, 6, 3, 5), (1, 7, 4, 1, 1), (2, 16, 9, 16, 4),
+       (2, 19, 33, 6, 4)]
+)
+
+
+@pytest.mark.parametrize("B,T,C,size,stride", SHAPES)
+def test_forward_backward_match_reference_fp32(device, B, T, C, size, stride):
+    g = torch.Generator().manual_seed(B * 1000 + T * 10 + C)
+    x = torch.randn(B, T, C, generator=g).to(device)
+    P = n_patches(T, size, stride)
+    dy = torch.randn(B, P, size * C, generator=g).to(device)
+    y, dx = _fused_grad(x, dy, size, stride)
+    tag = f"B={B} T={T} C={C} size={size} stride={stride}"
+    assert y.shape == (B, P, size * C), f"{tag}: forward shape {tuple(y.shape)}"
+    assert_equal(y, patchify_ref(x, size, stride), what=f"forward {tag}")
+    assert_close(dx, _ref_grad(x, dy, size, stride), atol=1e-6, what=f"backward {tag}")
+
+
+def _noncontig_inputs(device):
+    """Views of different layouts, each (B, T, C) = (3, 18, 7) or close to it."""
+    base = torch.randn(3, 7, 40, generator=torch.Generator().manual_seed(5)).to(device)
+    return {
+        "transposed (B, C, T) view": base.transpose(1, 2)[:, :18],
+        "time sliced with step 2": base.transpose(1, 2)[:, ::2],
+        "channel slice with step": torch.randn(3, 18, 15, device=device)[..., ::2],
+        "batch-expanded (stride 0)": torch.randn(1, 18, 7, device=device).expand(3, 18, 7),
+        "time offset slice": torch.randn(3, 25, 7, device=device)[:, 5:23],
+    }
+
+
+@pytest.mark.parametrize("layout", list(_noncontig_inputs("cpu").keys()))
+def test_noncontiguous_input(device, layout):
+    x = _noncontig_inputs(device)[layout]
+    assert not x.is_contiguous()
+    size, stride = 14, 4
+    dy = torch.randn(patchify_ref(x, size, stride).shape, device=device)
+    y, dx = _fused_grad(x, dy, size, stride)
+    assert y.is_contiguous()
+    assert_equal(y, patchify_ref(x, size, stride), what=f"forward, {layout}")
+    assert_close(dx, _ref_grad(x, dy, size, stride), atol=1e-6, what=f"backward, {layout}")
+
+
+@pytest.mark.parametrize("layout", ["transposed", "expanded (from .sum())", "sliced"])
+def test_noncontiguous_grad_output(device, layout):
+    B, T, C, size, stride = 3, 21, 5, 14, 4
+    x = torch.randn(B, T, C, device=device)
+    P = n_patches(T, size, stride)
+    if layout == "transposed":
+        dy = torch.randn(B, size * C, P, device=device).transpose(1, 2)
+    elif layout == "expanded (from .sum())":
+        dy = torch.ones(1, 1, 1, device=device).expand(B, P, size * C)
+    else:
+        dy = torch.randn(B, 2 * P, size * C + 3, device=device)[:, ::2, 3:]
+    assert not dy.is_contiguous()
+    _, dx = _fused_grad(x, dy, size, stride)
+    assert_close(dx, _ref_grad(x, dy, size, stride), atol=1e-6, what=f"backward, dy {layout}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,T,C", [(1, 14, 7), (3, 17, 7), (3, 33, 12), (2, 18, 512)])
+def test_low_precision(device, dtype, B, T, C):
+    size, stride = 14, 4
+    gen = torch.Generator().manual_seed(T + C)
+    x32 = torch.randn(B, T, C, generator=gen).to(device)
+    dy32 = torch.randn(B, n_patches(T, size, stride), size * C, generator=gen).to(device)
+    x, dy = x32.to(dtype), dy32.to(dtype)
+    y, dx = _fused_grad(x, dy, size, stride)
+    assert y.dtype == dtype and dx.dtype == dtype
+    assert_equal(y, patchify_ref(x, size, stride), what=f"forward {dtype}")
+    # 2x rule: error vs the float32 reference at most twice that of the reference run in low
+    # precision (plus one rounding of the exact sum, for the cases where the reference is exact).
+    exact = _ref_grad(x.float(), dy.float(), size, stride)
+    ref_lp = _ref_grad(x, dy, size, stride)
+    err_fused = (dx.float() - exact).abs().max().item()
+    err_ref = (ref_lp.float() - exact).abs().max().item()
+    half_ulp = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11
+    one_rounding = exact.abs().max().item() * half_ulp
+    assert err_fused <= 2 * err_ref + one_rounding, (
+        f"{dtype} B={B} T={T} C={C}: fused backward error {err_fused:.3g} exceeds 2x the "
+        f"reference's {err_ref:.3g} (+ one rounding {one_rounding:.3g})")
+
+
+def test_gradcheck_and_double_backward(device):
+    x = torch.randn(2, 8, 3, dtype=torch.float64, device=device, requires_grad=True)
+    fn = lambda t: patchify(t, 3, 2, impl="fused")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-9, fast_mode=True)
+    assert torch.autograd.gradgradcheck(fn, (x,), eps=1e-6, atol=1e-9, fast_mode=True)
+
+
+def test_uncovered_steps_get_zero_grad(device):
+    # T = 20 with size 5, stride 6: windows at 0-4, 6-10, 12-16; steps 5, 11, 17-19 are unused.
+    x = torch.randn(2, 20, 4, device=device, requires_grad=True)
+    y = patchify(x, 5, 6, impl="fused")
+    (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    covered = torch.zeros(20, dtype=torch.bool)
+    for p in range(3):
+        covered[6 * p:6 * p + 5] = True
+    assert bool((dx[:, ~covered.to(device)] == 0).all()), "uncovered steps must get zero gradient"
+    assert bool((dx[:, covered.to(device)] == 1).all()), (
+        "each covered step is in exactly one window")
+
+
+def test_empty_batch_and_channels(device):
+    for shape in [(0, 17, 7), (2, 17, 0)]:
+        x = torch.randn(*shape, device=device, requires_grad=True)
+        y = patchify(x, impl="fused")
+        assert y.shape == patchify_ref(x).shape
+        (dx,) = torch.autograd.grad(y.sum(), x)
+        assert dx.shape == x.shape and dx.dtype == x.dtype, (
+            f"{shape}: grad {tuple(dx.shape)} {dx.dtype}")
+
+
+def test_impl_selection_and_module(device):
+    x = torch.randn(2, 18, 7, device=device)
+    expect = "fused" if device.type == "cuda" else "reference"
+    assert _resolve_impl(x, "auto") == expect
+    assert _resolve_impl(x.long(), "auto") == "reference"
+    for impl in ("auto", "fused", "reference"):
+        assert_equal(patchify(x, impl=impl), patchify_ref(x), what=f"impl={impl}")
+    m = Patchify(14, 4, impl="fused")
+    assert "size=14, stride=4" in repr(m)
+    assert_equal(m(x), patchify_ref(x), what="Patchify module")
+
+
+@pytest.mark.parametrize("args,kwargs,exc,match", [
+    ((torch.zeros(3, 20),), {}, ValueError, r"\(B, T, C\)"),
+    ((torch.zeros(2, 13, 4),), {}, ValueError, "at least size=14 time steps, got T=13"),
+    ((torch.zeros(2, 20, 4), 0), {}, ValueError, "size must be positive"),
+    ((torch.zeros(2, 20, 4), 14, -1), {}, ValueError, "stride must be positive"),
+    ((torch.zeros(2, 20, 4), True), {}, TypeError, "size must be an int"),
+    ((torch.zeros(2, 20, 4), 14, 2.0), {}, TypeError, "stride must be an int"),
+    ((torch.zeros(2, 20, 4),), {"impl": "triton"}, ValueError, "impl must be one of"),
+    (([[1.0]],), {}, TypeError, "must be a torch.Tensor"),
+    ((torch.zeros(2, 20, 4, dtype=torch.int32),), {"impl": "fused"}, TypeError,
+     "impl='fused' supports"),
+])
+def test_bad_arguments(args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        patchify(*args, **kwargs)
+
+
+def test_fused_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="needs a CUDA tensor"):
+        patchify(torch.zeros(2, 20, 4), impl="fused")
+
+
+def test_kernel_launcher_checks():
+    from fastbci.kernels.patchify import patchify_backward, patchify_forward
+    with pytest.raises(ValueError, match="multiple of size"):
+        patchify_backward(torch.zeros(1, 2, 15), T=18)
+    with pytest.raises(ValueError, match="give 2"):
+        patchify_backward(torch.zeros(1, 3, 14), T=18)
+    with pytest.raises(ValueError, match="T >= size"):
+        patchify_forward(torch.zeros(1, 5, 2))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_custom_ops_opcheck(device, layout):
+    """Schema, fake (meta) implementation, autograd registration and AOT dispatch of both ops."""
+    x = torch.randn(2, 18, 7, device=device, requires_grad=True)
+    dy = torch.randn(2, 2, 98, device=device, requires_grad=True)
+    if layout == "transposed":
+        x = torch.randn(2, 7, 18, device=device).transpose(1, 2).requires_grad_(True)
+        dy = torch.randn(2, 98, 2, device=device).transpose(1, 2).requires_grad_(True)
+    for op, args in [(torch.ops.fastbci.patchify_windows.default, (x, 14, 4)),
+                     (torch.ops.fastbci.patchify_fold.default, (dy, 18, 14, 4))]:
+        result = torch.library.opcheck(op, args)
+        failed = {k: v for k, v in result.items() if v != "SUCCESS"}
+        assert not failed, f"opcheck {op} ({layout}): {failed}"
+
+
+def test_torch_compile_fullgraph(device):
+    """The fused op is one opaque node for torch.compile: no graph break, same values and grads."""
+    torch._dynamo.reset()
+    fn = torch.compile(lambda t: (patchify(t, 14, 4, impl="fused") * 2).sum(), backend="aot_eager",
+                       fullgraph=True)
+    x = torch.randn(3, 19, 5, device=device, requires_grad=True)
+    fn(x).backward()
+    xr = x.detach().clone().requires_grad_(True)
+    (patchify_ref(xr, 14, 4) * 2).sum().backward()
+    assert_close(x.grad, xr.grad, atol=1e-6, what="compiled fused backward")
+
+
+_AOT_SCRIPT = r"""
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fastbci.kernels import patchify as K
+
+ALIGNED = [["tt.divisibility", 16]]
+fwd_sig = {"x_ptr": "*DT", "y_ptr": "*DT", "n_rows": "i32", "C": "i32", "P": "i32", "sxb": "i32",
+           "sxt": "i32", "sxc": "constexpr", "SIZE": "constexpr", "STRIDE": "constexpr",
+           "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
+bwd_sig = {"dy_ptr": "*DT", "dx_ptr": "*DT", "n_rows": "i32", "T": "i32", "C": "i32", "P": "i32",
+           "sdb": "i32", "sdp": "i32", "sdn": "constexpr", "SIZE": "constexpr",
+           "STRIDE": "constexpr", "N_COVER": "constexpr", "ACC_FP64": "constexpr",
+           "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
+for arch in (80, 90):
+    for dt in ("fp32", "bf16", "fp64"):
+        for name, fn, sig, consts, aligned in [
+            ("fwd", K._patchify_fwd_kernel, fwd_sig,
+             {"sxc": 1, "SIZE": 14, "STRIDE": 4, "BLOCK_R": 8, "BLOCK_C": 512}, (0, 1, 3, 4, 5, 6)),
+            ("bwd", K._patchify_bwd_kernel, bwd_sig,
+             {"sdn": 1, "SIZE": 14, "STRIDE": 4, "N_COVER": 4, "ACC_FP64": dt == "fp64",
+              "BLOCK_R": 8, "BLOCK_C": 512}, (0, 1, 4, 5, 6, 7)),
+        ]:
+            src = ASTSource(fn=fn, signature={k: v.replace("DT", dt) for k, v in sig.items()},
+                            constexprs=consts, attrs={(i,): ALIGNED for i in aligned})
+            ptx = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                 options={"num_warps": 4}).asm["ptx"]
+            if dt == "fp32" and "ld.global.v4" not in ptx:
+                sys.exit(f"sm_{arch} {name} {dt}: aligned loads are not vectorised")
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_gpu_targets():
+    """The interpreter does not type-check like the compiler: compile both kernels to sm_80/sm_90
+    cubins (Triton's bundled ptxas, no GPU needed) and check aligned fp32 rows use 128-bit loads."""
+    import os
+    import subprocess
+    import sys
+
+    try:
+        from triton.backends.nvidia import compiler  # noqa: F401
+    except ImportError:
+        pytest.skip("Triton's NVIDIA backend is not installed")
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    res = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0 and "compiled" in res.stdout, (
+        f"GPU compilation of the patchify kernels failed:\n{res.stdout}\n{res.stderr[-3000:]}")
