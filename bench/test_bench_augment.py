@@ -1,0 +1,113 @@
+"""Benchmarks: the fused augment + smoothing kernel vs the official sequence of PyTorch ops.
+
+Cases (group ``augment_smooth-T{T}-{out}``), float32 input:
+
+* ``fused``: ``fastbci.ops.augment_smooth(impl="fused")`` on a zero-padded batch;
+* ``fused_gather``: ``augment_smooth_gather(impl="fused")`` reading the trials from a packed
+  store (no padded batch in memory at all);
+* ``reference``: ``fastbci.reference.transform_ref(rng="torch")``, the official transform step
+  (torch.randn noise and offset, numpy cut, depthwise conv1d smoothing) in float32, plus the
+  cast to the output dtype;
+* ``copy``: ``dst.copy_(src)`` of the same number of bytes the fused op moves: the device's
+  bandwidth yardstick.
+
+extra_info: shapes, bytes moved (input read once + output written once), GB/s, the time ratio
+reference / fused and the fraction of the copy bandwidth reached. GPU shapes are the official
+ones (B=64, C=512, T=800 and 1600); on a machine without a GPU the Triton interpreter runs tiny
+shapes and every figure is a CPU figure (``cpu_figures=True``), meaningless for the GPU targets
+(>= 80 % of the copy bandwidth, >= 5x faster than the reference).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+try:
+    from bench.conftest import DEVICE, ON_GPU, median_seconds, run_bench
+except ImportError:  # bench/ run as a rootdir of its own
+    from conftest import DEVICE, ON_GPU, median_seconds, run_bench
+from fastbci import philox
+from fastbci.ops.augment import augment_smooth, augment_smooth_gather
+from fastbci.reference import transform_ref
+
+OFFICIAL = dict(white_noise_std=1.0, constant_offset_std=0.2, random_walk_std=0.0,
+                random_walk_axis=-1, static_gain_std=0.0, random_cut=3, smooth_kernel_size=100,
+                smooth_data=True, smooth_kernel_std=2)
+SEED, STEP = 1, 0
+B, C = (64, 512) if ON_GPU else (2, 16)
+TS = (800, 1600) if ON_GPU else (40,)
+OUT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+CASES = ("fused", "fused_gather", "reference", "copy")
+
+
+def _inputs(T: int):
+    gen = torch.Generator().manual_seed(T)
+    x = torch.randn(B, T, C, generator=gen).to(DEVICE)
+    n = torch.full((B,), T, dtype=torch.int64, device=DEVICE)
+    # packed store: the batch's trials back to back (all of length T, the worst case for
+    # the padded layout is irrelevant here: the same bytes are read)
+    features = x.reshape(B * T, C).clone()
+    lengths = torch.full((B,), T, dtype=torch.int64)
+    offsets = torch.arange(B + 1, dtype=torch.int64) * T
+    rows = torch.arange(B, dtype=torch.int64)
+    store = (features, offsets.to(DEVICE), lengths.to(DEVICE), rows.to(DEVICE))
+    return x, n, store
+
+
+def _fns(T: int, out_dtype: torch.dtype):
+    x, n, (features, offsets, lengths, rows) = _inputs(T)
+    cut = philox.random_cut(OFFICIAL["random_cut"], SEED, STEP)
+    t_out = T - cut
+    bytes_moved = x.numel() * x.element_size() + B * t_out * C * torch.empty(
+        (), dtype=out_dtype).element_size()
+
+    def fused():
+        return augment_smooth(x, n, OFFICIAL, seed=SEED, step=STEP, out_dtype=out_dtype,
+                              impl="fused")[0]
+
+    def fused_gather():
+        return augment_smooth_gather(features, offsets, lengths, rows, OFFICIAL, seed=SEED,
+                                     step=STEP, out_dtype=out_dtype, impl="fused", t_max=T)[0]
+
+    def reference():
+        out, _ = transform_ref(x, n, OFFICIAL, "train", rng="torch")
+        return out.to(out_dtype)
+
+    # the copy moves the same number of bytes: half read, half written
+    n_copy = max(1, bytes_moved // 8)
+    src = torch.randn(n_copy, device=DEVICE)
+    dst = torch.empty_like(src)
+
+    def copy():
+        return dst.copy_(src)
+
+    return dict(fused=fused, fused_gather=fused_gather, reference=reference, copy=copy), \
+        bytes_moved
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("out", list(OUT_DTYPES))
+@pytest.mark.parametrize("T", TS)
+def test_bench_augment_smooth(benchmark, T, out, case):
+    benchmark.group = f"augment_smooth-T{T}-{out}"
+    fns, bytes_moved = _fns(T, OUT_DTYPES[out])
+    fn = fns[case]
+    info = dict(B=B, T=T, C=C, out_dtype=out, case=case, bytes_moved=bytes_moved,
+                cpu_figures=not ON_GPU)
+    if not ON_GPU:
+        info["note"] = ("CPU figures: Triton interpreter at tiny shapes; no GPU in this run, "
+                        "the GPU targets are not measured")
+    if not benchmark.disabled:
+        repeat = 10 if ON_GPU else 3
+        t_case = median_seconds(fn, repeat=repeat)
+        t_ref = median_seconds(fns["reference"], repeat=repeat)
+        t_copy = median_seconds(fns["copy"], repeat=repeat)
+        gbps = bytes_moved / t_case / 1e9
+        copy_gbps = bytes_moved / t_copy / 1e9
+        info.update(median_s=t_case, gb_per_s=gbps, copy_gb_per_s=copy_gbps,
+                    fraction_of_copy_bandwidth=gbps / copy_gbps,
+                    speedup_vs_reference=t_ref / t_case)
+    result = run_bench(benchmark, fn, **info)
+    if case != "copy":
+        assert result.shape[0] == B and result.shape[2] == C and result.dtype == OUT_DTYPES[out]
+        assert bool(torch.isfinite(result.float()).all())

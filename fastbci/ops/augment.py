@@ -1,0 +1,421 @@
+"""The transform step of the data path as one op: gather + pad, white noise, constant offset,
+random cut and Gaussian smoothing along time (RECIPE.md s3).
+
+Two entry points:
+
+* :func:`augment_smooth` takes a zero-padded batch ``x`` (B, T_max, C) (any strides);
+* :func:`augment_smooth_gather` takes the TrialStore's packed ``(N_total, C)`` features and the
+  trial ids of the batch, and pads each trial with zeros up to ``T_max`` itself (no padded copy
+  is ever materialised on the fused path).
+
+Both follow ``fastbci.reference.transform_ref(..., rng="philox", seed=seed, step=step)``
+exactly: in ``mode="train"`` white noise over the whole padded batch (padding included), the
+per-(trial, channel) constant offset, the batch's random cut
+``philox.random_cut(random_cut, seed, step)``, then smoothing with the official Gaussian taps
+(``gaussian_taps(smooth_kernel_std, smooth_kernel_size)``) if ``smooth_data``; in
+``mode="val"``/``"eval"``/``"test"`` only the smoothing. ``padding="same"`` is the trainer's
+zero-padded smoothing (output length ``T_max - cut``), ``"valid"`` the offline evaluation's
+(output length ``T_max - cut - K + 1``).
+
+Implementations (``impl``):
+
+* ``"fused"``: one Triton kernel (``fastbci.kernels.augment``), each input element read once and
+  each output element written once, the Philox noise generated in registers. Needs a CUDA
+  tensor, or ``TRITON_INTERPRET=1`` set before the kernels are imported (CPU tests). The static
+  gain and the random walk (both off in the official recipe) are not fused: when either std is
+  non-zero, the augmentation runs through ``fastbci.reference.augment_ref`` and the kernel only
+  smooths (same numbers, more memory traffic).
+* ``"reference"``: (gather +) ``transform_ref`` (``augment_ref`` + ``smooth_ref`` for
+  ``padding="valid"``), pure PyTorch, any device.
+* ``"auto"``: ``"fused"`` for CUDA tensors of float32, bfloat16 or float16 when Triton imports,
+  else ``"reference"``.
+
+float32 outputs of the two implementations agree within 1e-5 (the noise itself within ~1 ulp);
+``out_dtype=torch.bfloat16`` rounds the float32 result once, at the store.
+
+The ops are data-path transforms: they are not differentiable (inputs that require grad are
+refused by the fused path; use ``impl="reference"`` to differentiate through the smoothing).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from fastbci import philox
+from fastbci.reference import augment_ref, smooth_ref, smoothing_taps, transform_ref
+
+__all__ = ["augment_smooth", "augment_smooth_gather", "IMPLS", "MODES", "PADDINGS"]
+
+IMPLS = ("auto", "fused", "reference")
+MODES = ("train", "val", "eval", "test")
+PADDINGS = ("same", "valid")
+_OUT_DTYPES = (torch.float32, torch.bfloat16)
+_FUSED_IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_INDEX_SPACE = 1 << 32  # Philox element indices are 32-bit
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------------------------
+def _check_common(where: str, transforms, mode: str, padding: str, out_dtype, impl: str) -> None:
+    if not isinstance(transforms, Mapping):
+        raise TypeError(f"{where}: transforms must be the dataset.data_transforms dict, got "
+                        f"{type(transforms).__name__}")
+    if mode not in MODES:
+        raise ValueError(f"{where}: mode must be one of {MODES}, got {mode!r}")
+    if padding not in PADDINGS:
+        raise ValueError(f"{where}: padding must be one of {PADDINGS}, got {padding!r}")
+    if out_dtype is not None and out_dtype not in _OUT_DTYPES:
+        raise ValueError(f"{where}: out_dtype must be None (float32), torch.float32 or "
+                         f"torch.bfloat16, got {out_dtype!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"{where}: impl must be one of {IMPLS}, got {impl!r}")
+
+
+def _std(transforms: Mapping, key: str, where: str) -> float:
+    if key not in transforms:
+        raise KeyError(f"{where}: transforms (dataset.data_transforms) lacks the key {key!r}; "
+                       f"it has {sorted(transforms)}")
+    v = transforms[key]
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) \
+            or float(v) < 0:
+        raise ValueError(f"{where}: dataset.data_transforms.{key} must be a finite number >= 0, "
+                         f"got {v!r}")
+    return float(v)
+
+
+def _smooth_flag(transforms: Mapping, where: str) -> bool:
+    if "smooth_data" not in transforms:
+        raise KeyError(f"{where}: transforms (dataset.data_transforms) lacks the key "
+                       f"'smooth_data'; it has {sorted(transforms)}")
+    v = transforms["smooth_data"]
+    if not isinstance(v, (bool, np.bool_)):
+        raise ValueError(f"{where}: dataset.data_transforms.smooth_data must be true or false, "
+                         f"got {v!r}")
+    return bool(v)
+
+
+def _check_seed_step(seed, step, where: str) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < (1 << 64):
+        raise ValueError(f"{where}: seed must be an integer in [0, 2**64), got {seed!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= philox.MAX_STEP:
+        raise ValueError(f"{where}: step must be an integer in [0, {philox.MAX_STEP}], "
+                         f"got {step!r}")
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # pragma: no cover - depends on the installation
+        return False
+    return True
+
+
+def _kernels():
+    """Import the Triton launcher lazily, so the reference path works without Triton."""
+    try:
+        from fastbci.kernels import augment as k
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        raise RuntimeError(f"impl='fused' needs Triton, which failed to import ({e}); use "
+                           f"impl='reference'") from e
+    return k
+
+
+def _resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, where: str) -> str:
+    if impl == "auto":
+        fusable = device.type == "cuda" and dtype in _FUSED_IN_DTYPES
+        return "fused" if fusable and _triton_importable() else "reference"
+    if impl == "fused":
+        if device.type == "cuda":
+            return impl
+        if device.type == "cpu":
+            if not _kernels().INTERPRETED:
+                raise RuntimeError(
+                    f"{where}: impl='fused' on a CPU tensor runs only under the Triton "
+                    f"interpreter: set TRITON_INTERPRET=1 before fastbci.kernels is imported, or "
+                    f"use impl='reference' (or impl='auto')")
+            return impl
+        raise RuntimeError(f"{where}: impl='fused' supports CUDA tensors (or CPU under "
+                           f"TRITON_INTERPRET=1), got a tensor on {device}; use impl='reference'")
+    return impl
+
+
+class _Plan:
+    """What the kernel must do for one call, decided on the host (no device sync)."""
+
+    def __init__(self, where, transforms, mode, seed, step, padding, t_max, device):
+        smooth = _smooth_flag(transforms, where)
+        self.taps = smoothing_taps(transforms, device, where) if smooth else None
+        self.noise_std = self.offset_std = 0.0
+        self.cut = 0
+        self.via_reference = False  # static gain / random walk: augment with the reference ops
+        if mode == "train":
+            gain = _std(transforms, "static_gain_std", where)
+            walk = _std(transforms, "random_walk_std", where)
+            self.noise_std = _std(transforms, "white_noise_std", where)
+            self.offset_std = _std(transforms, "constant_offset_std", where)
+            if "random_cut" not in transforms:
+                raise KeyError(f"{where}: transforms (dataset.data_transforms) lacks the key "
+                               f"'random_cut'; it has {sorted(transforms)}")
+            cut_max = transforms["random_cut"]
+            if isinstance(cut_max, bool) or not isinstance(cut_max, numbers.Integral) \
+                    or cut_max < 0:
+                raise ValueError(f"{where}: dataset.data_transforms.random_cut must be an "
+                                 f"integer >= 0, got {cut_max!r}")
+            self.via_reference = gain > 0 or walk > 0
+            self.cut = philox.random_cut(int(cut_max), seed, step)
+            if self.cut >= t_max > 0:
+                raise ValueError(
+                    f"{where}: the random cut ({self.cut}, drawn from [0, random_cut={cut_max})) "
+                    f"removes all T={t_max} time steps of the batch; lower "
+                    f"dataset.data_transforms.random_cut below the shortest padded batch")
+        self.t_cut = max(t_max - self.cut, 0)
+        k = int(self.taps.numel()) if smooth else 1
+        self.k = k
+        if smooth and padding == "valid":
+            if self.t_cut < k and t_max > 0:
+                raise ValueError(f"{where}: 'valid' smoothing needs at least K={k} time steps "
+                                 f"after the cut, the batch has {self.t_cut}")
+            self.t_out = self.t_cut - k + 1
+        else:
+            self.t_out = self.t_cut
+        self.valid_trim = k - 1 if (smooth and padding == "valid") else 0
+
+    def lengths_out(self, n: torch.Tensor) -> torch.Tensor:
+        """Lengths after the cut (and, for 'valid', the number of full windows), >= 0."""
+        n = n - self.cut
+        if self.valid_trim:
+            n = torch.clamp(n - self.valid_trim, min=0)
+        return n
+
+
+def _launch(where, src, plan: _Plan, *, B, C, t_max, padding, out_dtype, seed, step, gather=None):
+    k = _kernels()
+    out = torch.empty(B, max(plan.t_out, 0), C, dtype=out_dtype, device=src.device)
+    if plan.noise_std > 0 and B * t_max * C > _INDEX_SPACE:
+        raise ValueError(f"{where}: the padded batch has B*T_max*C = {B * t_max * C} elements, "
+                         f"more than the 2**32 Philox element indices of the NOISE stream")
+    taps = plan.taps.to(device=src.device, dtype=torch.float32).contiguous() \
+        if plan.taps is not None else None
+    rows, offsets, lengths = gather if gather is not None else (None, None, None)
+    return k.augment_smooth_launch(
+        src, out, taps, t_max=t_max, cut=plan.cut, padding=padding, seed=seed,
+        noise_base=philox.triton_offset_base(step, philox.NOISE),
+        offset_base=philox.triton_offset_base(step, philox.OFFSET),
+        noise_std=plan.noise_std, offset_std=plan.offset_std,
+        rows=rows, offsets=offsets, lengths=lengths)
+
+
+def _fused_padded(where, x, n_time_steps, transforms, mode, seed, step, padding, out_dtype):
+    B, T, C = x.shape
+    plan = _Plan(where, transforms, mode, seed, step, padding, T, x.device)
+    if plan.via_reference:
+        # static gain / random walk are not fused: augment with the reference ops (same Philox
+        # streams), then let the kernel smooth the cut batch
+        xa, _, _ = augment_ref(x, n_time_steps, transforms, rng="philox", seed=seed, step=step)
+        smooth_plan = _Plan(where, transforms, "val", seed, step, padding, xa.shape[1], x.device)
+        out = _launch(where, xa, smooth_plan, B=B, C=C, t_max=xa.shape[1], padding=padding,
+                      out_dtype=out_dtype, seed=seed, step=step)
+        return out, plan.lengths_out(n_time_steps)
+    out = _launch(where, x, plan, B=B, C=C, t_max=T, padding=padding, out_dtype=out_dtype,
+                  seed=seed, step=step)
+    return out, plan.lengths_out(n_time_steps)
+
+
+def _reference_padded(x, n_time_steps, transforms, mode, seed, step, padding, out_dtype):
+    if padding == "same":
+        out, n = transform_ref(x, n_time_steps, transforms, mode, rng="philox", seed=seed,
+                               step=step)
+    else:
+        where = "augment_smooth"
+        smooth = _smooth_flag(transforms, where)
+        if mode == "train":
+            out, n, _ = augment_ref(x, n_time_steps, transforms, rng="philox", seed=seed,
+                                    step=step)
+        else:
+            out, n = x.to(torch.float32), n_time_steps
+        if smooth:
+            taps = smoothing_taps(transforms, x.device, where)
+            out = smooth_ref(out, taps, "valid")
+            n = torch.clamp(n - (taps.numel() - 1), min=0)
+    return out.to(out_dtype), n
+
+
+# ---------------------------------------------------------------------------------------------
+# public ops
+# ---------------------------------------------------------------------------------------------
+def augment_smooth(x: torch.Tensor, n_time_steps: torch.Tensor, transforms: Mapping, *,
+                   mode: str = "train", seed: int = 0, step: int = 0, padding: str = "same",
+                   out_dtype: torch.dtype | None = None, impl: str = "auto"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment (``mode="train"``) and smooth a zero-padded batch, as ``transform_ref`` with
+    ``rng="philox"``.
+
+    Args:
+        x: (B, T_max, C) zero-padded features (float32, bfloat16 or float16), any strides.
+        n_time_steps: (B,) true lengths (any dtype, returned minus the cut).
+        transforms: the config's ``dataset.data_transforms`` dict.
+        mode: ``"train"`` (augment, then smooth if ``smooth_data``) or ``"val"``/``"eval"``/
+            ``"test"`` (smooth only).
+        seed, step: the Philox key (``dataset.seed``) and the 0-based training batch index.
+        padding: ``"same"`` (training/validation) or ``"valid"`` (offline evaluation).
+        out_dtype: ``None``/``torch.float32`` or ``torch.bfloat16``.
+        impl: ``"auto"``, ``"fused"`` or ``"reference"`` (see the module docstring).
+
+    Returns:
+        ``(out, n_time_steps_out)``: out (B, T_out, C) contiguous, ``T_out = T_max - cut`` for
+        ``"same"`` and ``T_max - cut - K + 1`` for ``"valid"`` (K taps); ``n_time_steps_out =
+        n_time_steps - cut`` (for ``"valid"`` minus ``K - 1`` more, clamped at 0: the number of
+        outputs whose whole window lies inside the trial).
+    """
+    where = "augment_smooth"
+    _check_common(where, transforms, mode, padding, out_dtype, impl)
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or not x.is_floating_point():
+        desc = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) \
+            else type(x).__name__
+        raise ValueError(f"{where}: x must be a floating (B, T_max, C) tensor, got {desc}")
+    if not isinstance(n_time_steps, torch.Tensor) or n_time_steps.dim() != 1 \
+            or n_time_steps.shape[0] != x.shape[0]:
+        desc = tuple(n_time_steps.shape) if isinstance(n_time_steps, torch.Tensor) \
+            else type(n_time_steps).__name__
+        raise ValueError(f"{where}: n_time_steps must be a (B,) = ({x.shape[0]},) tensor, "
+                         f"got {desc}")
+    _check_seed_step(seed, step, where)
+    out_dtype = out_dtype or torch.float32
+    impl = _resolve_impl(impl, x.device, x.dtype, where)
+    if impl == "reference":
+        return _reference_padded(x, n_time_steps, transforms, mode, seed, step, padding,
+                                 out_dtype)
+    if x.dtype not in _FUSED_IN_DTYPES:
+        raise ValueError(f"{where}: impl='fused' reads float32, bfloat16 or float16 features, "
+                         f"got {x.dtype}; use impl='reference'")
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{where}: impl='fused' is not differentiable and x requires grad; "
+                         f"use impl='reference' (or detach x)")
+    return _fused_padded(where, x, n_time_steps, transforms, mode, seed, step, padding,
+                         out_dtype)
+
+
+def _check_store(where, features, offsets, lengths, rows):
+    if not isinstance(features, torch.Tensor) or features.dim() != 2 \
+            or not features.is_floating_point():
+        desc = f"shape {tuple(features.shape)} {features.dtype}" \
+            if isinstance(features, torch.Tensor) else type(features).__name__
+        raise ValueError(f"{where}: features must be the packed floating (N_total, C) tensor, "
+                         f"got {desc}")
+    for name, t in (("offsets", offsets), ("lengths", lengths), ("rows", rows)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.is_floating_point() \
+                or t.is_complex() or t.dtype == torch.bool:
+            desc = f"shape {tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) \
+                else type(t).__name__
+            raise ValueError(f"{where}: {name} must be a 1-D integer tensor, got {desc}")
+        if t.device != features.device and t.device.type != "cpu":
+            raise ValueError(f"{where}: {name} is on {t.device} but features on "
+                             f"{features.device}; keep them together (or on the CPU)")
+    if offsets.shape[0] != lengths.shape[0] + 1:
+        raise ValueError(f"{where}: offsets must have n + 1 = {lengths.shape[0] + 1} entries for "
+                         f"the {lengths.shape[0]} trials of lengths, got {offsets.shape[0]}")
+
+
+def _batch_t_max(where, lengths, rows, t_max):
+    """T_max of the batch (host int), syncing only when it must be computed from device data."""
+    n = lengths.shape[0]
+    if t_max is not None:
+        if isinstance(t_max, bool) or not isinstance(t_max, int) or t_max < 0:
+            raise ValueError(f"{where}: t_max must be an integer >= 0 or None, got {t_max!r}")
+        if rows.device.type == "cpu" and rows.numel():
+            lo, hi = int(rows.min()), int(rows.max())
+            if lo < 0 or hi >= n:
+                raise ValueError(f"{where}: rows must index the {n} trials of the store, got "
+                                 f"values in [{lo}, {hi}]")
+        return t_max
+    if rows.numel() == 0:
+        return 0
+    if rows.device.type == "cpu":
+        lens_host = lengths.cpu() if lengths.device.type == "cpu" else None
+        lo, hi = int(rows.min()), int(rows.max())
+        if lo < 0 or hi >= n:
+            raise ValueError(f"{where}: rows must index the {n} trials of the store, got values "
+                             f"in [{lo}, {hi}]")
+        if lens_host is not None:
+            return int(lens_host[rows.long()].max())
+    # one device sync for the three numbers
+    r = rows.to(lengths.device).long()
+    lo, hi = (int(v) for v in torch.stack([r.min(), r.max()]).tolist())
+    if lo < 0 or hi >= n:
+        raise ValueError(f"{where}: rows must index the {n} trials of the store, got values in "
+                         f"[{lo}, {hi}]")
+    return int(lengths[r].max())
+
+
+def _gather_padded(features, offsets, lengths, rows, t_max):
+    """Zero-padded (B, t_max, C) copy of the batch's trials (the reference path's gather)."""
+    dev = features.device
+    r = rows.to(dev).long()
+    start = offsets.to(dev).long()[r]
+    n = torch.clamp(lengths.to(dev).long()[r], max=t_max)
+    t = torch.arange(t_max, device=dev)
+    present = t[None, :] < n[:, None]
+    idx = torch.where(present, start[:, None] + t[None, :], torch.zeros_like(start)[:, None])
+    x = features[idx.reshape(-1)].reshape(r.shape[0], t_max, features.shape[1])
+    return torch.where(present[:, :, None], x, torch.zeros((), dtype=x.dtype, device=dev))
+
+
+def augment_smooth_gather(features: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor,
+                          rows: torch.Tensor, transforms: Mapping, *, mode: str = "train",
+                          seed: int = 0, step: int = 0, padding: str = "same",
+                          out_dtype: torch.dtype | None = None, impl: str = "auto",
+                          t_max: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`augment_smooth` reading the trials straight from the packed TrialStore tensor.
+
+    Args:
+        features: (N_total, C) packed features (float32, bfloat16 or float16), any strides.
+        offsets: (n + 1,) first packed row of each trial (and the end).
+        lengths: (n,) time steps of each trial.
+        rows: (B,) trial ids of the batch, in batch order.
+        t_max: the padded length T_max. Default ``max(lengths[rows])``, computed on the host
+            when ``rows`` (and ``lengths``) are CPU tensors, else with one device sync: pass it
+            from the host to avoid that. Trials longer than ``t_max`` are truncated to it.
+        Other arguments as :func:`augment_smooth`. ``offsets``, ``lengths`` and ``rows`` may live
+        on ``features``' device or on the CPU (then they are copied over).
+
+    Returns:
+        ``(out, n_time_steps_out)`` exactly as ``augment_smooth`` of the zero-padded batch
+        ``(B, T_max, C)`` with ``n_time_steps = min(lengths[rows], T_max)``; the lengths are on
+        ``features``' device with ``lengths``' dtype.
+    """
+    where = "augment_smooth_gather"
+    _check_common(where, transforms, mode, padding, out_dtype, impl)
+    _check_store(where, features, offsets, lengths, rows)
+    _check_seed_step(seed, step, where)
+    out_dtype = out_dtype or torch.float32
+    t_max = _batch_t_max(where, lengths, rows, t_max)
+    dev = features.device
+    B, C = rows.shape[0], features.shape[1]
+    impl = _resolve_impl(impl, dev, features.dtype, where)
+    if impl == "reference":
+        x = _gather_padded(features, offsets, lengths, rows, t_max)
+        n = torch.clamp(lengths.to(dev)[rows.to(dev).long()], max=t_max)
+        return _reference_padded(x, n, transforms, mode, seed, step, padding, out_dtype)
+    if features.dtype not in _FUSED_IN_DTYPES:
+        raise ValueError(f"{where}: impl='fused' reads float32, bfloat16 or float16 features, "
+                         f"got {features.dtype}; use impl='reference'")
+    if features.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{where}: impl='fused' is not differentiable and features require "
+                         f"grad; use impl='reference' (or detach them)")
+    rows_d = rows.to(dev, non_blocking=True)
+    offsets_d = offsets.to(dev, non_blocking=True)
+    lengths_d = lengths.to(dev, non_blocking=True)
+    n = torch.clamp(lengths_d[rows_d.long()], max=t_max)
+    plan = _Plan(where, transforms, mode, seed, step, padding, t_max, dev)
+    if plan.via_reference:
+        x = _gather_padded(features, offsets_d, lengths_d, rows_d, t_max)
+        return _fused_padded(where, x, n, transforms, mode, seed, step, padding, out_dtype)
+    out = _launch(where, features, plan, B=B, C=C, t_max=t_max, padding=padding,
+                  out_dtype=out_dtype, seed=seed, step=step,
+                  gather=(rows_d, offsets_d, lengths_d))
+    return out, plan.lengths_out(n)

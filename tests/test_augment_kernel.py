@@ -1,0 +1,356 @@
+"""The fused augment + smoothing kernel against the pure-PyTorch reference (rng="philox").
+
+Exactness rules:
+
+* float32 output: ``max |fused - reference| <= 1e-5`` (the Philox normals themselves agree within
+  ~1 ulp; the banded-matrix smoothing sums in a different order).
+* bfloat16 output (the "2x rule"): with ``ref`` the float32 reference output,
+  ``max |float(fused_bf16) - ref| <= 2 * max |float(bf16(ref)) - ref| + 1e-6``, i.e. the fused
+  bf16 output is at most twice as far from the exact result as the exact result rounded to
+  bf16 once (the 1e-6 absorbs float32-level differences at rounding ties).
+
+The Triton interpreter is slow (~us per element and op), so the shape axes B in {1, 3, 64},
+T in {1, 8, 15, 17, 300, 1025}, C in {7, 512}, cut in {0, 1, 2}, both paddings and both input
+kinds (padded batch, packed store) are covered by a list of cases in which every value of every
+axis appears, not by their cartesian product.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastbci import philox
+from fastbci.ops import augment as aug_op
+from fastbci.ops.augment import augment_smooth, augment_smooth_gather
+from fastbci.reference import gaussian_taps, smooth_ref, transform_ref
+
+SEED = 1
+OFFICIAL = dict(white_noise_std=1.0, constant_offset_std=0.2, random_walk_std=0.0,
+                random_walk_axis=-1, static_gain_std=0.0, random_cut=3, smooth_kernel_size=100,
+                smooth_data=True, smooth_kernel_std=2)
+
+
+def _step_for_cut(cut: int, random_cut: int = 3, seed: int = SEED) -> int:
+    """The first training step whose Philox random cut equals ``cut``."""
+    if random_cut <= 1:
+        assert cut == 0
+        return 0
+    for step in range(10_000):
+        if philox.random_cut(random_cut, seed, step) == cut:
+            return step
+    raise AssertionError(f"no step below 10000 draws cut {cut} from [0, {random_cut})")
+
+
+def _assert_close(got: torch.Tensor, want: torch.Tensor, atol: float, what: str) -> None:
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    diff = (got.float() - want.float()).abs()
+    bad = diff > atol
+    if bad.any():
+        idx = bad.nonzero()[:5].tolist()
+        worst = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {diff.numel()} elements differ by more than {atol} "
+            f"(max {float(diff.max()):.3g} at {worst}); first (b, t, c): {idx}, "
+            f"got {[float(got[tuple(i)]) for i in idx]}, "
+            f"want {[float(want[tuple(i)]) for i in idx]}")
+
+
+def _assert_bf16_rule(got: torch.Tensor, ref32: torch.Tensor, what: str) -> None:
+    assert got.dtype == torch.bfloat16, f"{what}: dtype {got.dtype}, expected bfloat16"
+    assert got.shape == ref32.shape, f"{what}: shape {tuple(got.shape)} != {tuple(ref32.shape)}"
+    if ref32.numel() == 0:
+        return
+    err = float((got.float() - ref32).abs().max())
+    base = float((ref32.to(torch.bfloat16).float() - ref32).abs().max())
+    assert err <= 2 * base + 1e-6, (f"{what}: bf16 error {err:.3g} exceeds 2x the error of the "
+                                    f"reference rounded to bf16 ({base:.3g})")
+
+
+def _store(lengths, C, device, gen, noncontig=False):
+    """A packed (N_total, C) store with offsets, from trial lengths; optionally a strided view."""
+    lengths = torch.tensor(lengths, dtype=torch.int64)
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    n = int(offsets[-1])
+    if noncontig:  # every other column of a wider matrix: stride (2C, 2)
+        features = torch.randn(n, 2 * C, generator=gen)[:, ::2].to(device)
+    else:
+        features = torch.randn(n, C, generator=gen).to(device)
+    return features, offsets.to(device), lengths.to(device)
+
+
+def _padded(B, T, C, layout, device, gen):
+    if layout == "contiguous":
+        x = torch.randn(B, T, C, generator=gen)
+    elif layout == "transposed":  # (B, C, T) storage viewed as (B, T, C)
+        x = torch.randn(B, C, T, generator=gen).transpose(1, 2)
+    elif layout == "sliced":  # every other time step and a channel offset
+        x = torch.randn(B, 2 * T, C + 3, generator=gen)[:, ::2, 3:]
+    else:
+        raise ValueError(layout)
+    return x.to(device)
+
+
+# (B, T, C, cut, padding, input): every axis value appears at least once
+CASES = [
+    (1, 1, 7, 0, "same", "contiguous"),
+    (3, 8, 512, 1, "same", "sliced"),
+    (64, 15, 7, 2, "same", "gather"),
+    (3, 17, 7, 0, "valid", "contiguous"),
+    (1, 1025, 7, 1, "valid", "gather"),
+    (3, 300, 7, 2, "same", "transposed"),
+    (1, 300, 512, 0, "valid", "gather_noncontig"),
+    (64, 17, 7, 1, "valid", "sliced"),
+    (1, 1025, 16, 2, "same", "contiguous"),
+    (3, 15, 512, 2, "valid", "transposed"),
+    (64, 8, 7, 0, "same", "gather"),
+]
+
+
+def _run_case(B, T, C, cut, padding, kind, device, out_dtype, mode="train",
+              transforms=None):
+    transforms = dict(OFFICIAL if transforms is None else transforms)
+    step = _step_for_cut(cut, transforms["random_cut"]) if mode == "train" else 3
+    gen = torch.Generator().manual_seed(1000 * B + 10 * T + C)
+    kw = dict(mode=mode, seed=SEED, step=step, padding=padding, out_dtype=out_dtype)
+    if kind.startswith("gather"):
+        # the longest trial sets T_max; the others are shorter (zero padding + noise)
+        n_trials = B + 2
+        lengths = [max(1, T - (i * 7) % max(T, 1)) for i in range(n_trials)]
+        lengths[1] = T
+        features, offsets, lens = _store(lengths, C, device, gen, kind == "gather_noncontig")
+        rows = torch.randint(0, n_trials, (B,), generator=gen)
+        rows[0] = 1  # make sure the longest trial is in the batch
+        rows = rows.to(device)
+        got, n_got = augment_smooth_gather(features, offsets, lens, rows, transforms, impl="fused",
+                                           t_max=T, **kw)
+        want, n_want = augment_smooth_gather(features, offsets, lens, rows, transforms,
+                                             impl="reference", **{**kw, "out_dtype": None})
+    else:
+        x = _padded(B, T, C, kind, device, gen)
+        n = torch.full((B,), T, dtype=torch.int64, device=device)
+        got, n_got = augment_smooth(x, n, transforms, impl="fused", **kw)
+        want, n_want = augment_smooth(x, n, transforms, impl="reference",
+                                      **{**kw, "out_dtype": None})
+    return got, n_got, want, n_want
+
+
+@pytest.mark.parametrize("B,T,C,cut,padding,kind", CASES)
+def test_fused_matches_reference_fp32(B, T, C, cut, padding, kind, device):
+    got, n_got, want, n_want = _run_case(B, T, C, cut, padding, kind, device, None)
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    assert torch.equal(n_got.cpu(), n_want.cpu()), f"lengths {n_got.tolist()} != {n_want.tolist()}"
+    _assert_close(got, want, 1e-5, f"fp32 B={B} T={T} C={C} cut={cut} {padding} {kind}")
+
+
+@pytest.mark.parametrize("B,T,C,cut,padding,kind", [CASES[1], CASES[2], CASES[4], CASES[9]])
+def test_fused_bf16_output_2x_rule(B, T, C, cut, padding, kind, device):
+    got, _, want, _ = _run_case(B, T, C, cut, padding, kind, device, torch.bfloat16)
+    _assert_bf16_rule(got, want, f"bf16 B={B} T={T} C={C} cut={cut} {padding} {kind}")
+    # the kernel rounds its float32 result once, to nearest even, like torch's cast
+    got32, _, _, _ = _run_case(B, T, C, cut, padding, kind, device, None)
+    mismatch = int((got != got32.to(torch.bfloat16)).sum())
+    assert mismatch == 0, f"{mismatch} bf16 outputs are not the float32 output rounded to nearest"
+
+
+
+def test_reference_path_is_transform_ref(device):
+    """impl='reference' with 'same' padding is transform_ref(rng='philox') itself."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 20, 9, generator=gen).to(device)
+    n = torch.tensor([20, 11, 4], device=device)
+    got, n_got = augment_smooth(x, n, OFFICIAL, seed=SEED, step=2, impl="reference")
+    want, n_want = transform_ref(x, n, OFFICIAL, "train", rng="philox", seed=SEED, step=2)
+    assert torch.equal(got, want) and torch.equal(n_got, n_want)
+
+
+@pytest.mark.parametrize("mode", ["val", "eval"])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_validation_mode_smooths_only(mode, padding, device):
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 17, 7, generator=gen).to(device)
+    n = torch.tensor([17, 9, 12], device=device)
+    got, n_got = augment_smooth(x, n, OFFICIAL, mode=mode, seed=SEED, step=0, padding=padding,
+                                impl="fused")
+    want = smooth_ref(x, gaussian_taps(2.0, 100), padding)
+    _assert_close(got, want, 1e-5, f"{mode} {padding}")
+    k = gaussian_taps(2.0, 100).numel()
+    n_expect = n if padding == "same" else torch.clamp(n - (k - 1), min=0)
+    assert torch.equal(n_got, n_expect)
+
+
+@pytest.mark.parametrize("std,size", [(1.0, 100), (5.0, 100), (12.0, 100), (1.0, 2), (0.5, 3)])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_any_taps(std, size, padding, device):
+    """Other kernels than the official 9 taps: short, long (> the interpreter tile), even K."""
+    k = gaussian_taps(std, size).numel()
+    tr = dict(OFFICIAL, smooth_kernel_std=std, smooth_kernel_size=size)
+    T = max(40, k + 5)
+    got, n_got, want, n_want = _run_case(3, T, 7, 1, padding, "contiguous", device, None,
+                                         transforms=tr)
+    assert torch.equal(n_got, n_want)
+    _assert_close(got, want, 1e-5, f"taps std={std} size={size} (K={k}) {padding}")
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(smooth_data=False),
+    dict(white_noise_std=0.0),
+    dict(constant_offset_std=0.0, random_cut=0),
+    dict(white_noise_std=0.5, constant_offset_std=1.5, random_cut=1),
+    dict(random_walk_std=0.1, random_walk_axis=1),
+    dict(static_gain_std=0.05),
+])
+def test_transform_variants(overrides, device):
+    """Switches of the recipe, including the (unfused) random walk and static gain."""
+    tr = dict(OFFICIAL, **overrides)
+    got, n_got, want, n_want = _run_case(3, 17, 7, 0, "same", "contiguous", device, None,
+                                         transforms=tr)
+    assert torch.equal(n_got, n_want)
+    _assert_close(got, want, 1e-5, f"transforms {overrides}")
+    got, n_got, want, n_want = _run_case(3, 17, 7, 0, "same", "gather", device, None,
+                                         transforms=tr)
+    _assert_close(got, want, 1e-5, f"gather, transforms {overrides}")
+
+
+def test_gather_equals_padded_batch(device):
+    """The packed-store path equals the padded-batch path on the zero-padded batch."""
+    gen = torch.Generator().manual_seed(7)
+    features, offsets, lengths = _store([5, 23, 1, 17], 7, device, gen)
+    rows = torch.tensor([3, 1, 1, 2, 0], device=device)
+    t_max = 23
+    padded = torch.zeros(5, t_max, 7, device=device)
+    for b, r in enumerate(rows.tolist()):
+        s, n = int(offsets[r]), int(lengths[r])
+        padded[b, :n] = features[s:s + n]
+    n_batch = lengths[rows]
+    step = _step_for_cut(2)
+    got, n_got = augment_smooth_gather(features, offsets, lengths, rows, OFFICIAL, seed=SEED,
+                                       step=step, impl="fused")  # t_max computed
+    want, n_want = augment_smooth(padded, n_batch, OFFICIAL, seed=SEED, step=step, impl="fused")
+    assert torch.equal(n_got, n_want) and n_got.tolist() == [15, 21, 21, -1, 3]
+    _assert_close(got, want, 0.0, "gather vs padded batch (same kernel)")
+    # host-side rows/lengths (no device sync for t_max), and an explicit larger t_max
+    got_cpu, _ = augment_smooth_gather(features, offsets.cpu(), lengths.cpu(), rows.cpu(),
+                                       OFFICIAL, seed=SEED, step=step, impl="fused")
+    _assert_close(got_cpu, want, 0.0, "gather with CPU index tensors")
+    longer, _ = augment_smooth_gather(features, offsets, lengths, rows, OFFICIAL, seed=SEED,
+                                      step=step, impl="fused", t_max=30)
+    padded30 = torch.cat([padded, torch.zeros(5, 7, 7, device=device)], dim=1)
+    want30, _ = augment_smooth(padded30, n_batch, OFFICIAL, seed=SEED, step=step, impl="reference")
+    _assert_close(longer, want30, 1e-5, "gather with t_max above the longest trial")
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics of the noise
+# ---------------------------------------------------------------------------------------------
+NOISE_ONLY = dict(OFFICIAL, constant_offset_std=0.0, random_cut=0, smooth_data=False)
+
+
+def _noise(device, step, seed=SEED, transforms=NOISE_ONLY, shape=(4, 64, 128)):
+    x = torch.zeros(shape, device=device)
+    n = torch.full((shape[0],), shape[1], device=device)
+    return augment_smooth(x, n, transforms, seed=seed, step=step, impl="fused")[0].cpu()
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    a = a.flatten() - a.mean()
+    b = b.flatten() - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+def test_noise_statistics(device):
+    z = _noise(device, step=11)  # 32768 values: sampling error of the mean 1/sqrt(n) ~ 0.0055
+    assert abs(float(z.mean())) < 0.03, f"noise mean {float(z.mean()):.4f}"
+    assert abs(float(z.std()) - 1.0) < 0.03, f"noise std {float(z.std()):.4f}"
+    assert abs(float((z.abs() > 1.96).float().mean()) - 0.05) < 0.01, "tail mass is not Gaussian"
+    assert abs(_corr(z[:, 1:], z[:, :-1])) < 0.03, "neighbouring time steps correlate"
+    assert abs(_corr(z[:, :, 1:], z[:, :, :-1])) < 0.03, "neighbouring channels correlate"
+    assert abs(_corr(z[1:], z[:-1])) < 0.03, "neighbouring trials correlate"
+
+
+def test_noise_depends_on_seed_and_step_only(device):
+    a = _noise(device, step=3)
+    assert torch.equal(a, _noise(device, step=3)), "same (seed, step) gave different noise"
+    b = _noise(device, step=4)
+    c = _noise(device, step=3, seed=SEED + 1)
+    assert abs(_corr(a, b)) < 0.03, "different steps give correlated noise"
+    assert abs(_corr(a, c)) < 0.03, "different seeds give correlated noise"
+    # the noise matches the NOISE Philox stream element by element
+    want = philox.randn_like_shape((4, 64, 128), SEED, 3, philox.NOISE)
+    _assert_close(a, want, 1e-6, "noise vs philox.randn (NOISE stream)")
+
+
+def test_constant_offset_statistics(device):
+    tr = dict(NOISE_ONLY, white_noise_std=0.0, constant_offset_std=1.0)
+    z = _noise(device, step=5, transforms=tr, shape=(16, 9, 256))
+    assert torch.equal(z, z[:, :1].expand_as(z)), "offset is not constant along time"
+    off = z[:, 0]
+    assert abs(float(off.mean())) < 0.06 and abs(float(off.std()) - 1.0) < 0.06
+    assert abs(_corr(off[:, 1:], off[:, :-1])) < 0.06, "neighbouring channel offsets correlate"
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------
+def test_clear_errors(device, monkeypatch):
+    x = torch.zeros(2, 10, 7, device=device)
+    n = torch.full((2,), 10, device=device)
+    with pytest.raises(ValueError, match="padding"):
+        augment_smooth(x, n, OFFICIAL, padding="full", impl="fused")
+    with pytest.raises(ValueError, match="out_dtype"):
+        augment_smooth(x, n, OFFICIAL, out_dtype=torch.float16, impl="fused")
+    with pytest.raises(ValueError, match="impl"):
+        augment_smooth(x, n, OFFICIAL, impl="cuda")
+    with pytest.raises(ValueError, match="mode"):
+        augment_smooth(x, n, OFFICIAL, mode="training", impl="fused")
+    with pytest.raises(ValueError, match=r"\(B, T_max, C\)"):
+        augment_smooth(x[0], n, OFFICIAL, impl="fused")
+    with pytest.raises(ValueError, match="n_time_steps"):
+        augment_smooth(x, n[:1], OFFICIAL, impl="fused")
+    with pytest.raises(KeyError, match="white_noise_std"):
+        augment_smooth(x, n, {k: v for k, v in OFFICIAL.items() if k != "white_noise_std"},
+                       impl="fused")
+    with pytest.raises(ValueError, match="step"):
+        augment_smooth(x, n, OFFICIAL, step=-1, impl="fused")
+    with pytest.raises(ValueError, match="random cut"):
+        augment_smooth(x[:, :2], n, OFFICIAL, seed=SEED, step=_step_for_cut(2), impl="fused")
+    with pytest.raises(ValueError, match="'valid'"):
+        augment_smooth(x[:, :9], n, OFFICIAL, seed=SEED, step=_step_for_cut(1),
+                       padding="valid", impl="fused")
+    with pytest.raises(ValueError, match="requires grad"):
+        augment_smooth(x.clone().requires_grad_(), n, OFFICIAL, impl="fused")
+    f, o, L = _store([3, 4], 7, device, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="rows must index"):
+        augment_smooth_gather(f, o, L, torch.tensor([0, 2], device=device), OFFICIAL,
+                              impl="fused")
+    with pytest.raises(ValueError, match="offsets must have"):
+        augment_smooth_gather(f, o[:-1], L, torch.tensor([0], device=device), OFFICIAL,
+                              impl="fused")
+    if device.type == "cpu":
+        monkeypatch.setattr(aug_op._kernels(), "INTERPRETED", False)
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            augment_smooth(x, n, OFFICIAL, impl="fused")
+        # 'auto' on a CPU tensor is the reference path
+        got, _ = augment_smooth(x, n, OFFICIAL, impl="auto")
+        want, _ = augment_smooth(x, n, OFFICIAL, impl="reference")
+        assert torch.equal(got, want)
+
+
+def test_gpu_autotune_pruning():
+    """The GPU tile candidates always leave room for the halo, and never an empty list."""
+    from fastbci.kernels import augment as kern
+
+    for c, k, smooth in [(512, 9, True), (7, 9, True), (512, 21, True), (512, 1, False),
+                         (64, 101, True)]:
+        kept = kern._prune_configs(kern._GPU_CONFIGS, {"C": c}, K=k, SMOOTH=smooth)
+        assert kept, f"no tile left for C={c} K={k}"
+        halo = k - 1 if smooth else 0
+        assert all(cfg.kwargs["BT"] > halo for cfg in kept), f"tile too short for K={k}"
+        if c == 7:
+            assert all(cfg.kwargs["BC"] <= 32 for cfg in kept), "C=7 kept wide channel tiles"
+
+
+def test_empty_batch(device):
+    x = torch.zeros(0, 12, 7, device=device)
+    out, n = augment_smooth(x, torch.zeros(0, device=device), OFFICIAL, impl="fused")
+    assert out.shape[0] == 0 and out.shape[2] == 7 and n.numel() == 0
