@@ -35,6 +35,8 @@ def _extensions():
             "pip install -e . --no-build-isolation") from e
 
     cu = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    # the thin torch bindings of the CUDA kernels (compiled only in the CUDA build)
+    cu_bind = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     want_cuda = bool(cu) and not _flag("FASTBCI_SKIP_CUDA_BUILD")
     have_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     if _flag("FASTBCI_FORCE_CUDA_BUILD") and not have_cuda:
@@ -45,11 +47,12 @@ def _extensions():
     if want_cuda and have_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("FASTBCI_CUDA_ARCH_LIST", "8.0;9.0"))
         ext = cpp_extension.CUDAExtension(
-            "fastbci._C", cpp + cu,
+            "fastbci._C", cpp + cu_bind + cu,
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=[("FASTBCI_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math",
-                                                     "-lineinfo"]})
+            extra_compile_args={"cxx": cxx + ["-fopenmp"],
+                                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
+            extra_link_args=["-fopenmp"])
     else:
         ext = cpp_extension.CppExtension(
             "fastbci._C", cpp, include_dirs=[os.path.join(ROOT, "csrc")],
