@@ -5,6 +5,10 @@ Cases (group ``augment_smooth-T{T}-{out}``), float32 input:
 * ``fused``: ``fastbci.ops.augment_smooth(impl="fused")`` on a zero-padded batch;
 * ``fused_gather``: ``augment_smooth_gather(impl="fused")`` reading the trials from a packed
   store (no padded batch in memory at all);
+* ``fused_unaligned``: ``fused`` on a batch of ``C - 2`` channels (510 on GPU): ``C % 4 != 0``
+  takes the kernel's per-element noise path (one Philox call per element instead of one per
+  four channels), so its GB/s beside ``fused`` shows what the four-normals-per-counter tile
+  path saves (bytes_moved is that batch's own, the reference time is scaled to it);
 * ``reference``: ``fastbci.reference.transform_ref(rng="torch")``, the official transform step
   (torch.randn noise and offset, numpy cut, depthwise conv1d smoothing) in float32, plus the
   cast to the output dtype;
@@ -37,7 +41,7 @@ SEED, STEP = 1, 0
 B, C = (64, 512) if ON_GPU else (2, 16)
 TS = (800, 1600) if ON_GPU else (40,)
 OUT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-CASES = ("fused", "fused_gather", "reference", "copy")
+CASES = ("fused", "fused_gather", "fused_unaligned", "reference", "copy")
 
 
 def _inputs(T: int):
@@ -65,6 +69,12 @@ def _fns(T: int, out_dtype: torch.dtype):
         return augment_smooth(x, n, OFFICIAL, seed=SEED, step=STEP, out_dtype=out_dtype,
                               impl="fused")[0]
 
+    x_unaligned = x[:, :, :C - 2].contiguous()
+
+    def fused_unaligned():
+        return augment_smooth(x_unaligned, n, OFFICIAL, seed=SEED, step=STEP,
+                              out_dtype=out_dtype, impl="fused")[0]
+
     def fused_gather():
         return augment_smooth_gather(features, offsets, lengths, rows, OFFICIAL, seed=SEED,
                                      step=STEP, out_dtype=out_dtype, impl="fused", t_max=T)[0]
@@ -81,8 +91,9 @@ def _fns(T: int, out_dtype: torch.dtype):
     def copy():
         return dst.copy_(src)
 
-    return dict(fused=fused, fused_gather=fused_gather, reference=reference, copy=copy), \
-        bytes_moved
+    fns = dict(fused=fused, fused_gather=fused_gather, fused_unaligned=fused_unaligned,
+               reference=reference, copy=copy)
+    return fns, bytes_moved
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -90,10 +101,12 @@ def _fns(T: int, out_dtype: torch.dtype):
 @pytest.mark.parametrize("T", TS)
 def test_bench_augment_smooth(benchmark, T, out, case):
     benchmark.group = f"augment_smooth-T{T}-{out}"
-    fns, bytes_moved = _fns(T, OUT_DTYPES[out])
+    fns, bytes_full = _fns(T, OUT_DTYPES[out])
     fn = fns[case]
-    info = dict(B=B, T=T, C=C, out_dtype=out, case=case, bytes_moved=bytes_moved,
-                cpu_figures=not ON_GPU)
+    c_case = C - 2 if case == "fused_unaligned" else C
+    bytes_moved = bytes_full * c_case // C
+    info = dict(B=B, T=T, C=c_case, out_dtype=out, case=case, bytes_moved=bytes_moved,
+                cpu_figures=not ON_GPU, normals_per_philox_call=4 if c_case % 4 == 0 else 1)
     if not ON_GPU:
         info["note"] = ("CPU figures: Triton interpreter at tiny shapes; no GPU in this run, "
                         "the GPU targets are not measured")
@@ -103,11 +116,13 @@ def test_bench_augment_smooth(benchmark, T, out, case):
         t_ref = median_seconds(fns["reference"], repeat=repeat)
         t_copy = median_seconds(fns["copy"], repeat=repeat)
         gbps = bytes_moved / t_case / 1e9
-        copy_gbps = bytes_moved / t_copy / 1e9
+        copy_gbps = bytes_full / t_copy / 1e9
+        # the reference runs on all C channels: scale its time to this case's bytes
         info.update(median_s=t_case, gb_per_s=gbps, copy_gb_per_s=copy_gbps,
                     fraction_of_copy_bandwidth=gbps / copy_gbps,
-                    speedup_vs_reference=t_ref / t_case)
+                    speedup_vs_reference=t_ref * c_case / C / t_case)
     result = run_bench(benchmark, fn, **info)
     if case != "copy":
-        assert result.shape[0] == B and result.shape[2] == C and result.dtype == OUT_DTYPES[out]
+        assert result.shape[0] == B and result.shape[2] == c_case \
+            and result.dtype == OUT_DTYPES[out]
         assert bool(torch.isfinite(result.float()).all())

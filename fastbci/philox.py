@@ -23,8 +23,25 @@ The stream contract (shared by the reference, the Triton kernels and the C++/CUD
   ============ ======= ==========================================================
 
 * ``randint`` is the first 32-bit output, ``rand`` maps it to [0, 1) as Triton does (the uint32 is
-  reinterpreted as int32, negatives bit-inverted, times 4.6566127342e-10 in float32), ``randn``
-  is Box-Muller on the first two outputs: ``sqrt(-2 log max(u1, 1e-7)) * cos(2 pi u2)``.
+  reinterpreted as int32, negatives bit-inverted, times 4.6566127342e-10 in float32). These two are
+  used for the uniform draws (DROPOUT through ``rand``, CUT through ``randint``) with the counter
+  above, one Philox call per element.
+* Normals (NOISE, OFFSET, RANDOM_WALK, STATIC_GAIN): ONE Philox call yields FOUR normals, both
+  Box-Muller outputs of both uniform pairs. For element ``index`` of a stream::
+
+      (r0, r1, r2, r3) = Philox4x32-10(counter = (index // 4, step * N_STREAMS + stream, 0, 0),
+                                       key = seed)
+      u_j  = uint_to_uniform(r_j)                  (the ``rand`` conversion above)
+      R01  = sqrt(-2 log max(u0, 1e-7)),   th01 = 2 pi u1     (float32)
+      R23  = sqrt(-2 log max(u2, 1e-7)),   th23 = 2 pi u3
+      normal(index) = (R01 cos th01, R01 sin th01, R23 cos th23, R23 sin th23)[index % 4]
+
+  i.e. Triton's ``tl.randn4x(seed, triton_offset_base(step, stream) + index // 4)`` (its
+  ``pair_uniform_to_normal`` on (u0, u1) and (u2, u3)), the four outputs interleaved. The 64-bit
+  Triton offset of element ``index`` is ``triton_offset_base(step, stream) + index // 4``: four
+  consecutive elements (``4k .. 4k + 3``) share one counter. See :func:`normal`.
+  ``randn`` (one normal per counter, ``tl.randn``) remains as a Triton-compatible primitive but
+  no fastbci stream draws from it.
 * Dropout keeps an element when ``rand >= p`` and scales it by ``1 / (1 - p)``.
 """
 from __future__ import annotations
@@ -139,6 +156,72 @@ def randn(index: torch.Tensor, seed: int, step: int, stream: int) -> torch.Tenso
     return r * torch.cos(th)
 
 
+_TWO_PI = 6.283185307179586  # rounded to float32 where it is used, as in Triton
+_NORMAL_U_MIN = 1.0e-7
+
+
+def _box_muller_radius(u: torch.Tensor) -> torch.Tensor:
+    """``sqrt(-2 log max(u, 1e-7))`` in float32 (Triton's ``pair_uniform_to_normal``)."""
+    u = torch.clamp(u, min=_NORMAL_U_MIN)
+    return torch.sqrt(torch.tensor(-2.0, dtype=torch.float32) * torch.log(u))
+
+
+def _box_muller_angle(u: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(_TWO_PI, dtype=torch.float32) * u
+
+
+def _check_index(index, where: str) -> torch.Tensor:
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(f"{where}: index must be an integer torch.Tensor, got "
+                        f"{type(index).__name__}")
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise TypeError(f"{where}: index must be an integer tensor, got {index.dtype}")
+    return index.to(torch.int64)
+
+
+def normal(index: torch.Tensor, seed: int, step: int, stream: int) -> torch.Tensor:
+    """float32 standard normals of the fastbci normal contract, four per Philox counter.
+
+    ``normal(i) = BM[i % 4]`` with ``BM`` the two Box-Muller pairs of the Philox call at counter
+    ``(i // 4, step * N_STREAMS + stream, 0, 0)`` (module docstring): equal, within ~1 ulp, to
+    output ``i % 4`` of Triton's ``tl.randn4x(seed, triton_offset_base(step, stream) + i // 4)``.
+
+    Args:
+        index: integer tensor of element indices in ``[0, 2**32)``, any shape.
+        seed: Philox key in ``[0, 2**64)``.
+        step: training step in ``[0, MAX_STEP]``.
+        stream: stream id in ``[0, N_STREAMS)`` (NOISE, OFFSET, RANDOM_WALK, STATIC_GAIN).
+
+    Returns:
+        float32 tensor of ``index``'s shape and device.
+    """
+    index = _check_index(index, "philox.normal")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) > MAX_INDEX):
+        raise ValueError("philox.normal: element indices must lie in [0, 2**32)")
+    lane = index & 3
+    r0, r1, r2, r3 = randint4x(index >> 2, seed, step, stream)
+    first_pair = lane < 2
+    # only the pair the lane belongs to is transformed: (u0, u1) for lanes 0-1, (u2, u3) for 2-3
+    radius = _box_muller_radius(_uint_to_uniform(torch.where(first_pair, r0, r2)))
+    theta = _box_muller_angle(_uint_to_uniform(torch.where(first_pair, r1, r3)))
+    return radius * torch.where((lane & 1) == 0, torch.cos(theta), torch.sin(theta))
+
+
+def normal4(counter: torch.Tensor, seed: int, step: int, stream: int):
+    """The four normals ``(BM0, BM1, BM2, BM3)`` of each Philox counter (``index // 4``).
+
+    ``normal(4 * k + j) == normal4(k)[j]``. Returns four float32 tensors of ``counter``'s shape.
+    """
+    counter = _check_index(counter, "philox.normal4")
+    r0, r1, r2, r3 = randint4x(counter, seed, step, stream)
+    r01 = _box_muller_radius(_uint_to_uniform(r0))
+    th01 = _box_muller_angle(_uint_to_uniform(r1))
+    r23 = _box_muller_radius(_uint_to_uniform(r2))
+    th23 = _box_muller_angle(_uint_to_uniform(r3))
+    return r01 * torch.cos(th01), r01 * torch.sin(th01), r23 * torch.cos(th23), \
+        r23 * torch.sin(th23)
+
+
 def _arange_index(shape, device) -> torch.Tensor:
     n = math.prod(shape)
     if n - 1 > MAX_INDEX:
@@ -149,6 +232,21 @@ def _arange_index(shape, device) -> torch.Tensor:
 def randn_like_shape(shape, seed: int, step: int, stream: int, device=None) -> torch.Tensor:
     """A (row-major indexed) tensor of standard normals of the given shape."""
     return randn(_arange_index(tuple(shape), device), seed, step, stream)
+
+
+def normal_like_shape(shape, seed: int, step: int, stream: int, device=None) -> torch.Tensor:
+    """A tensor of standard normals of the given shape, element ``i`` (row-major) being
+    :func:`normal` ``(i)``: one Philox call per four consecutive elements."""
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"philox.normal_like_shape: negative size in shape {shape}")
+    n = math.prod(shape)
+    if n - 1 > MAX_INDEX:
+        raise ValueError(f"philox.normal_like_shape: a draw of {n} elements exceeds the 2**32 "
+                         f"element index space")
+    counters = torch.arange((n + 3) // 4, dtype=torch.int64, device=device)
+    four = torch.stack(normal4(counters, seed, step, stream), dim=-1)  # (n/4, 4): index 4k + j
+    return four.reshape(-1)[:n].reshape(shape)
 
 
 def rand_like_shape(shape, seed: int, step: int, stream: int, device=None) -> torch.Tensor:

@@ -6,8 +6,9 @@ for a batch of ``B`` trials padded with zeros to ``T_max`` steps and ``C`` chann
 
 * ``x'[b, t, c] = x[b, t, c] + noise_std * N(NOISE, (b * T_max + t) * C + c)
   + offset_std * N(OFFSET, b * C + c)`` over the whole padded batch (padding included),
-  where ``N(stream, i)`` is ``tl.randn(seed, triton_offset_base(step, stream) + i)``
-  (the Philox stream contract of ``fastbci/philox.py``);
+  where ``N(stream, i)`` is ``fastbci.philox.normal``: lane ``i % 4`` of
+  ``tl.randn4x(seed, triton_offset_base(step, stream) + i // 4)`` (four normals per Philox call,
+  the stream contract of ``fastbci/philox.py``);
 * ``y[b, u, c] = x'[b, u + cut, c]`` for ``0 <= u < T_cut = T_max - cut`` and 0 outside (the
   random cut, then the zero padding of the convolution);
 * ``out[b, s, c] = sum_k taps[k] * y[b, s + k - pad_left, c]`` for ``0 <= s < T_out``:
@@ -26,6 +27,14 @@ written once, up to the small time halo; no intermediate tensor in memory):
   halo rows), adds the Philox noise and the offset **in registers** (each noise value is
   generated once per tile, i.e. ``BT / (BT - K + 1)`` times per element overall, 1.14x for the
   official 9 taps and ``BT = 64``), zeroes the rows outside ``[0, T_cut)``;
+* the normals: when ``C % 4 == 0`` (the official C = 512) every row of the padded batch starts
+  at an element index divisible by 4 and so does every channel tile (``BC`` is a multiple of 4),
+  so the four normals of one Philox counter are four adjacent channels of one row: the tile
+  draws ``tl.randn4x`` on a ``(BT, BC / 4)`` grid of counters and interleaves the four outputs
+  along the channels (``tl.interleave`` twice: lanes 0, 1, 2, 3 of counter ``k`` land in
+  channels ``4k .. 4k + 3``). For any other ``C`` a row may start mid-counter, so each element
+  computes its own counter ``i // 4`` and lane ``i % 4`` (one Philox call and one Box-Muller
+  pair per element, its cos or sin output selected by the lane): slower, same numbers;
 * the smoothing is a small banded matrix ``W[i, j] = taps[j - i]`` (``BT x BT``, built once per
   program from the taps in memory) applied with one ``tl.dot(W, tile)``: tensor cores do the
   K-tap sum without any shuffling of registers along time. In float32 the dot runs with
@@ -41,15 +50,26 @@ trades registers for fewer programs. On GPU both are autotuned (key: C, K, smoot
 the tensor dtypes); under ``TRITON_INTERPRET=1`` a single fixed configuration with large tiles is
 used (the interpreter's cost is per program and per operation, not per register).
 
-Cost (static analysis of the sm_90 SASS, not a GPU measurement): the kernel is expected to be
-ALU-bound, not bandwidth-bound, on an H100. One ``tl.randn`` per element is a full Philox-4x32-10
-call (about 40 integer multiplies) plus an accurate log, sqrt and cos: ~175 of the ~250 static
-SASS instructions per element of the tile (cold slow paths included; with the noise off ~65, of
-which ~40 are the smoothing),
-while streaming 6 bytes per element (float32 in, bfloat16 out) at copy bandwidth leaves a budget
-of ~50 instructions per element. The stream contract (one Philox counter per element, only two of
-its four outputs used) fixes that cost; drawing four normals per counter (both Box-Muller
-outputs of both pairs) would cut the noise part by ~2-3x.
+Cost (static analysis of the sm_90 SASS from ``triton.compile`` + ``nvdisasm``, not a GPU
+measurement): streaming 6 bytes per element (float32 in, bfloat16 out) at copy bandwidth leaves a
+budget of ~50 instructions per element on an H100. "Hot" below excludes the never-taken
+Payne-Hanek slow paths of sin/cos (arguments are in [0, 2 pi)); figures per element of a
+64 x 64 tile, 8 warps, C = 512, bf16 out, noise and offset on:
+
+===========================================  ===  ==========  =========
+                                             hot  all static  registers
+===========================================  ===  ==========  =========
+one ``tl.randn`` per element (old contract)  235  311         122
+four normals per counter (this kernel)       137  200         122
+noise and offset off (load, dot, store)      53   53          122
+===========================================  ===  ==========  =========
+
+The noise alone went from ~121 to ~66 hot instructions per element (Philox work / 4, log and
+sqrt / 2, one sin added per pair; the two ``tl.interleave`` cost a few shuffles), the offset from
+~61 to ~17. Tiles with 32 elements per thread (64 x 64 / 4 warps, 64 x 128 / 8) come to
+~110 hot per element. The kernel therefore stays ALU-bound on an H100 (about 2.5x the budget);
+the remaining noise cost is the accurate libdevice log/sqrt/sin/cos that the contract fixes.
+For ``C % 4 != 0`` (per-element path) the figure is ~300 hot per element.
 
 These are the raw launchers; the argument-checking op is ``fastbci.ops.augment_smooth``.
 """
@@ -69,6 +89,37 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
+def _normals_aligned(seed, base, counter):
+    """``philox.normal(4 * counter + j)`` for ``j = 0..3``, interleaved along the last axis.
+
+    ``counter`` is an int64 block whose last axis holds consecutive counters; the result has a
+    last axis 4x longer: element ``4 * m + j`` is lane ``j`` of ``counter[..., m]``. One Philox
+    call and two Box-Muller pairs (both outputs each) per four normals.
+    """
+    n0, n1, n2, n3 = tl.randn4x(seed, base + counter)
+    # interleave(a, b)[2m + i] = (a, b)[i][m]; nested, position 4m + 2i + k holds
+    # ((n0, n2), (n1, n3))[k][i][m], i.e. lane j = 2i + k of counter m
+    return tl.interleave(tl.interleave(n0, n2), tl.interleave(n1, n3))
+
+
+@triton.jit
+def _normals_any(seed, base, idx):
+    """``philox.normal(idx)`` elementwise for any int64 index block (no alignment needed).
+
+    Each element runs its own Philox call at counter ``idx // 4`` and transforms only the
+    uniform pair its lane ``idx % 4`` belongs to, keeping the cos (even lane) or sin (odd lane)
+    output; the numbers are those of ``_normals_aligned``.
+    """
+    r0, r1, r2, r3 = tl.randint4x(seed, base + (idx >> 2))
+    lane = idx & 3
+    first_pair = lane < 2
+    u_a = tl.uint_to_uniform_float(tl.where(first_pair, r0, r2))
+    u_b = tl.uint_to_uniform_float(tl.where(first_pair, r1, r3))
+    n_cos, n_sin = tl.pair_uniform_to_normal(u_a, u_b)
+    return tl.where((lane & 1) == 0, n_cos, n_sin)
+
+
+@triton.jit
 def _augment_smooth_kernel(
     src_ptr, out_ptr, taps_ptr, rows_ptr, offsets_ptr, lengths_ptr,
     T_max, T_cut, T_out, C,
@@ -78,6 +129,7 @@ def _augment_smooth_kernel(
     seed, noise_base, offset_base,
     noise_std, offset_std,
     K: tl.constexpr, GATHER: tl.constexpr, ADD_NOISE: tl.constexpr, ADD_OFFSET: tl.constexpr,
+    ALIGNED4: tl.constexpr,
     SMOOTH: tl.constexpr, OUT_BF16: tl.constexpr, MANUAL_BF16: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
 ):
@@ -113,13 +165,26 @@ def _augment_smooth_kernel(
     ok2 = u_ok[:, None] & col_ok[None, :]
     val = tl.load(ptrs, mask=present[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
 
-    if ADD_NOISE:
-        # element index of the padded, pre-cut (B, T_max, C) batch; < 2**32 (checked on host)
-        idx = (b * T_max + t)[:, None] * C + cols64[None, :]
-        val = val + noise_std * tl.randn(seed, noise_base + idx)
-    if ADD_OFFSET:
-        off = tl.randn(seed, offset_base + (b * C + cols64))
-        val = val + (offset_std * off)[None, :]
+    # element indices: (b * T_max + t) * C + c over the padded, pre-cut (B, T_max, C) batch for
+    # the noise (< 2**32, checked on the host), b * C + c for the offset
+    if ALIGNED4:
+        # C % 4 == 0: counter (index // 4) = row * C/4 + c // 4, lanes = 4 adjacent channels
+        tl.static_assert(BC % 4 == 0, "the aligned noise path needs channel tiles of 4k")
+        quads = (pid_c * (BC // 4) + tl.arange(0, BC // 4)).to(tl.int64)
+        c4 = C // 4
+        if ADD_NOISE:
+            q = (b * T_max + t)[:, None] * c4 + quads[None, :]
+            val = val + noise_std * _normals_aligned(seed, noise_base, q)
+        if ADD_OFFSET:
+            off = _normals_aligned(seed, offset_base, b * c4 + quads)
+            val = val + (offset_std * off)[None, :]
+    else:
+        if ADD_NOISE:
+            idx = (b * T_max + t)[:, None] * C + cols64[None, :]
+            val = val + noise_std * _normals_any(seed, noise_base, idx)
+        if ADD_OFFSET:
+            off = _normals_any(seed, offset_base, b * C + cols64)
+            val = val + (offset_std * off)[None, :]
     val = tl.where(ok2, val, 0.0)
 
     if SMOOTH:
@@ -161,10 +226,11 @@ def _prune_configs(configs, named_args, **kwargs):
 
 
 # Candidate tiles for the GPU autotuner. Each program generates BT x BC Philox normals in
-# registers (~200 registers per thread for 32 elements a thread at 4 warps), so the tiles are
-# those that compile without register spills for sm_90 (checked with ptxas -v: 32x64/4 warps 90
-# registers, 64x32/4 106, 64x64/4 204, 64x64/8 124, 64x128/8 199, 128x64/8 240; 32x128/4,
-# 128x32/4 and 128x128/8 spill and are left out).
+# registers, so the tiles are those that compile without register spills for sm_90. Registers
+# per thread with four normals per counter (C = 512, bf16 out, fp32 in, num_stages=1, nvdisasm /
+# cuobjdump -res-usage on the triton.compile cubin; none spills): 32x64/4 warps 82, 64x32/4 106,
+# 64x64/4 130, 64x64/8 122, 64x128/8 158, 128x64/8 194 (left out as before: 32x128/4 127,
+# 128x32/4 255, 128x128/8 248).
 _GPU_CONFIGS = [
     triton.Config({"BT": bt, "BC": bc}, num_warps=w, num_stages=1)
     for bt, bc, w in [(32, 64, 4), (64, 32, 4), (64, 64, 4), (64, 64, 8), (64, 128, 8),
@@ -174,7 +240,7 @@ _GPU_CONFIGS = [
 if INTERPRETED:
     _kernel = _augment_smooth_kernel
 else:
-    _kernel = triton.autotune(configs=_GPU_CONFIGS, key=["C", "K", "SMOOTH"],
+    _kernel = triton.autotune(configs=_GPU_CONFIGS, key=["C", "K", "SMOOTH", "ALIGNED4"],
                               prune_configs_by={"early_config_prune": _prune_configs})(
         _augment_smooth_kernel)
 
@@ -224,7 +290,8 @@ def augment_smooth_launch(src: torch.Tensor, out: torch.Tensor, taps: torch.Tens
             seed, noise_base, offset_base,
             float(noise_std), float(offset_std))
     consts = dict(K=K, GATHER=gather, ADD_NOISE=noise_std != 0, ADD_OFFSET=offset_std != 0,
-                  SMOOTH=smooth, OUT_BF16=out.dtype == torch.bfloat16, MANUAL_BF16=INTERPRETED,
+                  ALIGNED4=C % 4 == 0, SMOOTH=smooth, OUT_BF16=out.dtype == torch.bfloat16,
+                  MANUAL_BF16=INTERPRETED,
                   DOT_PRECISION=precision)
     halo = K - 1 if smooth else 0
 

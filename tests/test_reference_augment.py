@@ -282,10 +282,10 @@ def test_philox_formula(B, T, C):
     c = torch.arange(C).view(1, 1, C)
     i = torch.arange(C).view(1, C, 1)
     noise_idx = (b * T + t) * C + c
-    gain = philox.randn((b * C + i) * C + c, seed, step, philox.STATIC_GAIN)
-    noise = philox.randn(noise_idx, seed, step, philox.NOISE)
-    offset = philox.randn(b[:, 0] * C + c[:, 0], seed, step, philox.OFFSET)  # (B, C)
-    walk = philox.randn(noise_idx, seed, step, philox.RANDOM_WALK)
+    gain = philox.normal((b * C + i) * C + c, seed, step, philox.STATIC_GAIN)
+    noise = philox.normal(noise_idx, seed, step, philox.NOISE)
+    offset = philox.normal(b[:, 0] * C + c[:, 0], seed, step, philox.OFFSET)  # (B, C)
+    walk = philox.normal(noise_idx, seed, step, philox.RANDOM_WALK)
     want_cut = philox.random_cut(ALL["random_cut"], seed, step)
     want = torch.matmul(x, torch.eye(C) + ALL["static_gain_std"] * gain)
     want = want + ALL["white_noise_std"] * noise
@@ -304,10 +304,10 @@ def test_philox_indices_are_row_major_over_the_padded_precut_batch():
     tr = dict(NONE, white_noise_std=1.0, random_cut=5)
     y, _, cut = augment_ref(x, n, tr, rng="philox", seed=9, step=4)
     idx = _index_grid(B, T, C)[:, cut:]
-    _exact(y, philox.randn(idx, 9, 4, philox.NOISE), "noise at the pre-cut indices")
+    _exact(y, philox.normal(idx, 9, 4, philox.NOISE), "noise at the pre-cut indices")
     tr = dict(NONE, constant_offset_std=1.0)
     y, _, _ = augment_ref(x, n, tr, rng="philox", seed=9, step=4)
-    want = philox.randn(_index_grid(B, C), 9, 4, philox.OFFSET)
+    want = philox.normal(_index_grid(B, C), 9, 4, philox.OFFSET)
     _exact(y, want[:, None, :].expand(B, T, C), "offset at b*C + c")
 
 

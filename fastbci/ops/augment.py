@@ -20,7 +20,8 @@ zero-padded smoothing (output length ``T_max - cut``), ``"valid"`` the offline e
 Implementations (``impl``):
 
 * ``"fused"``: one Triton kernel (``fastbci.kernels.augment``), each input element read once and
-  each output element written once, the Philox noise generated in registers. Needs a CUDA
+  each output element written once, the Philox noise generated in registers (one Philox call per
+  four adjacent channels when ``C % 4 == 0``, one per element otherwise; same numbers). Needs a CUDA
   tensor, or ``TRITON_INTERPRET=1`` set before the kernels are imported (CPU tests). The static
   gain and the random walk (both off in the official recipe) are not fused: when either std is
   non-zero, the augmentation runs through ``fastbci.reference.augment_ref`` and the kernel only
@@ -30,7 +31,8 @@ Implementations (``impl``):
 * ``"auto"``: ``"fused"`` for CUDA tensors of float32, bfloat16 or float16 when Triton imports,
   else ``"reference"``.
 
-float32 outputs of the two implementations agree within 1e-5 (the noise itself within ~1 ulp);
+float32 outputs of the two implementations agree within 1e-5 (the noise itself, four normals per
+Philox call as ``fastbci.philox.normal``, within 1e-6);
 ``out_dtype=torch.bfloat16`` rounds the float32 result once, at the store.
 
 The ops are data-path transforms: they are not differentiable (inputs that require grad are

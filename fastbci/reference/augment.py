@@ -27,14 +27,17 @@ Two random sources:
   ``(seed, step, element index)``, the contract the fused kernel matches::
 
       x = float32(features)
-      if static_gain_std > 0:   x = x @ (I + static_gain_std * randn(STATIC_GAIN, (b*C + i)*C + j))
-      if white_noise_std > 0:   x = x + white_noise_std * randn(NOISE, (b*T_max + t)*C + c)
-      if constant_offset_std>0: x = x + constant_offset_std * randn(OFFSET, b*C + c)[:, None, :]
-      if random_walk_std > 0:   x = x + cumsum(random_walk_std * randn(RANDOM_WALK,
+      if static_gain_std > 0:   x = x @ (I + static_gain_std * normal(STATIC_GAIN, (b*C + i)*C + j))
+      if white_noise_std > 0:   x = x + white_noise_std * normal(NOISE, (b*T_max + t)*C + c)
+      if constant_offset_std>0: x = x + constant_offset_std * normal(OFFSET, b*C + c)[:, None, :]
+      if random_walk_std > 0:   x = x + cumsum(random_walk_std * normal(RANDOM_WALK,
                                                  (b*T_max + t)*C + c), dim=random_walk_axis)
       cut = philox.random_cut(random_cut, seed, step); x = x[:, cut:]; n = n - cut
 
-  Every index is taken over the padded, pre-cut batch.
+  where ``normal(stream, i)`` is :func:`fastbci.philox.normal`: four normals per Philox call
+  (counter ``i // 4``, lane ``i % 4``, both Box-Muller outputs of both uniform pairs), drawn
+  here for a whole tensor at once with :func:`fastbci.philox.normal_like_shape`. Every index is
+  taken over the padded, pre-cut batch; the cut is a ``randint`` draw (one Philox call).
 
 Nothing here modifies its inputs in place. Everything is computed in float32 (autocast is
 disabled inside), so a bf16-autocast caller gets float32 results.
@@ -130,10 +133,11 @@ def _random_cut_max(transforms: Mapping, where: str) -> int:
 # ---------------------------------------------------------------------------------------------
 def _draw(rng: str, shape: tuple, stream: int, seed: int, step: int,
           device: torch.device) -> torch.Tensor:
-    """Standard normals of ``shape`` (float32): torch's global generator or a Philox stream."""
+    """Standard normals of ``shape`` (float32): torch's global generator, or the Philox normal
+    contract (four normals per counter, row-major element index) of ``stream``."""
     if rng == "torch":
         return torch.randn(shape, dtype=torch.float32, device=device)
-    return philox.randn_like_shape(shape, seed, step, stream, device=device)
+    return philox.normal_like_shape(shape, seed, step, stream, device=device)
 
 
 def augment_ref(features: torch.Tensor, n_time_steps: torch.Tensor, transforms: Mapping, *,
