@@ -1,1 +1,47 @@
-"""fastbci.data."""
+"""fastbci.data: the t15 data layer.
+
+* :mod:`~fastbci.data.t15`: read / write / validate session files (RECIPE.md section 1):
+  :func:`session_paths`, :func:`read_session_file`, :func:`write_session_file`,
+  :class:`DataError`, :class:`BadTrial`.
+* :mod:`~fastbci.data.store`: :class:`TrialStore`, a whole split packed in one
+  ``(N_total_steps, C)`` float32 tensor; ``store.batch(rows)`` gives the official batch dict
+  with one gather.
+* :mod:`~fastbci.data.plan`: the official batch plans (RECIPE.md section 2),
+  :func:`train_batch_plan` and :func:`val_batch_plan` -> :class:`BatchPlan`.
+* :mod:`~fastbci.data.phonemes`: :data:`PHONEMES` (41 classes, 0 = ``"BLANK"``, 40 = ``" | "``).
+
+Typical use (what the trainer does)::
+
+    store = TrialStore.from_config(cfg, "train", device="cuda")
+    plan = train_batch_plan(store.trials_by_day, cfg["num_training_batches"],
+                            cfg["dataset"]["batch_size"], cfg["dataset"]["days_per_batch"],
+                            cfg["dataset"]["seed"], cfg["dataset"]["must_include_days"])
+    batch = store.batch(plan[k])          # official keys, on the store's device
+
+    val = TrialStore.from_config(cfg, "val", device="cuda")
+    vplan = val_batch_plan(val.trials_by_day, cfg["dataset"]["batch_size"],
+                           day_mask=[p != 0 for p in cfg["dataset"]["dataset_probability_val"]])
+"""
+from .phonemes import (BLANK_ID, N_CLASSES, PHONEME_TO_ID, PHONEMES, SILENCE, SILENCE_ID,
+                       ids_to_phonemes, phonemes_to_ids)
+from .plan import BatchPlan, train_batch_plan, val_batch_plan
+from .t15 import (PAD_LEN, SPLIT_FILES, SPLITS, BadTrial, DataError, DataWarning, Trial, TrialMeta,
+                  read_session_file, session_file, session_paths, trial_name, write_session_file)
+
+__all__ = [
+    "PHONEMES", "PHONEME_TO_ID", "N_CLASSES", "BLANK_ID", "SILENCE_ID", "SILENCE",
+    "phonemes_to_ids", "ids_to_phonemes",
+    "BatchPlan", "train_batch_plan", "val_batch_plan",
+    "TrialStore", "SessionSource",
+    "DataError", "DataWarning", "BadTrial", "Trial", "TrialMeta", "PAD_LEN", "SPLITS", "SPLIT_FILES",
+    "session_paths", "session_file", "read_session_file", "write_session_file", "trial_name",
+]
+
+
+def __getattr__(name):
+    # TrialStore needs torch; importing it lazily keeps `python -m fastbci.synth` and the HDF5
+    # helpers free of the torch import time.
+    if name in ("TrialStore", "SessionSource"):
+        from . import store
+        return getattr(store, name)
+    raise AttributeError(f"module 'fastbci.data' has no attribute {name!r}")
