@@ -7,15 +7,19 @@ the reference computed in bfloat16).
 """
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
 from fastbci import philox
-from fastbci.ops import day_projection as dp_mod
 from fastbci.ops.day_projection import (
     day_projection, fused_available, fused_supports, stack_present_days,
 )
 from fastbci.reference import day_layer_official, day_projection_ref
+
+# the module itself: the attribute fastbci.ops.day_projection is the function
+dp_mod = importlib.import_module("fastbci.ops.day_projection")
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_CUDA_KERNEL = HAS_CUDA and fused_available() and dp_mod._has_kernel("cuda")

@@ -1,0 +1,102 @@
+"""The CPU demo: ``python -m fastbci.demo [--out DIR] [--data DIR]``.
+
+Writes a small synthetic release (:mod:`fastbci.synth`, demo preset, at the sessions and
+feature count of ``configs/demo.yaml``) under ``data/synth-demo`` unless it is already there,
+then trains the small model of ``configs/demo.yaml`` on it (a few minutes on two CPU cores) and
+prints the final validation phoneme error rate. Extra ``key=value`` arguments override the
+configuration, as for ``python -m fastbci.train``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from fastbci import config as config_mod
+from fastbci.config import ConfigError
+
+DEFAULT_DATA = Path("data/synth-demo")
+DEFAULT_OUT = Path("trained_models/demo")
+
+
+def demo_config_path() -> Path:
+    """``configs/demo.yaml`` of the installation (or of the source tree)."""
+    try:
+        p = resources.files("fastbci.configs") / "demo.yaml"
+        if p.is_file():
+            return Path(str(p))
+    except (ModuleNotFoundError, FileNotFoundError):
+        pass
+    p = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    if p.is_file():
+        return p
+    raise ConfigError("configs/demo.yaml is missing from the fastbci installation")
+
+
+def ensure_data(data_dir: Path, cfg: dict, quiet: bool = False) -> bool:
+    """Write the demo release to ``data_dir`` unless a matching one is there; True if written."""
+    from fastbci import synth
+    ds = cfg["dataset"]
+    marker = data_dir / "synth_config.yaml"
+    if marker.is_file():
+        with open(marker) as f:
+            have = (yaml.safe_load(f) or {}).get("dataset", {})
+        if have.get("sessions") == list(ds["sessions"]) and have.get("neural_dim") == ds["neural_dim"]:
+            return False
+        raise ConfigError(
+            f"{data_dir} holds a synthetic release that does not match the demo configuration "
+            f"(sessions {have.get('sessions')}, neural_dim {have.get('neural_dim')}); delete it or "
+            "pass --data OTHER_DIR")
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise ConfigError(f"{data_dir} exists and is not a fastbci synthetic release; "
+                          "pass --data OTHER_DIR")
+    preset = dict(synth.PRESETS["demo"])
+    preset.update(sessions=tuple(ds["sessions"]), neural_dim=int(ds["neural_dim"]))
+    if not quiet:
+        print(f"Writing the demo data to {data_dir} ...", file=sys.stderr)
+    summary = synth.write_release(data_dir, **preset, seed=0)
+    if not quiet:
+        print(f"  {summary['n_trials']} trials in {summary['seconds']:.1f} s", file=sys.stderr)
+    return True
+
+
+def run(out: Path = DEFAULT_OUT, data_dir: Path = DEFAULT_DATA, overrides: Sequence[str] = (),
+        quiet: bool = False) -> dict:
+    """Generate the data if needed and train; returns the trainer's summary."""
+    from fastbci.train import Trainer
+    out, data_dir = Path(out), Path(data_dir)
+    base = [f"dataset.dataset_dir={data_dir}", f"output_dir={out}", f"checkpoint_dir={out / 'checkpoint'}"]
+    if (out / "train.log").is_file() and (out / "args.yaml").is_file():
+        base.append("fastbci.overwrite=true")  # a previous demo run: replace it
+    cfg = config_mod.load_config(demo_config_path(), base + list(overrides))
+    ensure_data(data_dir, cfg, quiet=quiet)
+    return Trainer(cfg, console=not quiet).fit()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fastbci.demo",
+                                 description="Train a small decoder on synthetic data on the CPU.")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help=f"run directory (default {DEFAULT_OUT})")
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help=f"demo data directory (default {DEFAULT_DATA})")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of configs/demo.yaml")
+    a = ap.parse_args(argv)
+    try:
+        res = run(Path(a.out), Path(a.data), a.overrides)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"fastbci.demo: error: {e}", file=sys.stderr)
+        return 2
+    hist = res["val_history"]
+    if hist and hist[-1]["per"] is not None:
+        print(f"Final validation PER: {100 * hist[-1]['per']:.1f}% (best {100 * res['best_val_PER']:.1f}%), "
+              f"{res['seconds'] / 60:.1f} min; run directory {a.out}")
+    else:
+        print(f"Training ended ({res['status']}) without a validation PER")
+    return 0 if res["status"] in ("finished", "early_stopped") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
