@@ -27,10 +27,15 @@ Exit status of the CLI: 0 finished (also after early stopping), 2 configuration 
 3 stopped by the blank-collapse watch, 4 stopped on a non-finite loss or gradient,
 130 interrupted (a resumable checkpoint was saved).
 
-Structure (for a rank-aware wrapper, e.g. DDP): :class:`DataPath` turns store rows into device
-batches, :meth:`Trainer.train_step` runs one optimisation step, :func:`run_validation` evaluates
-a model on a store, and every side effect that only rank 0 may have (files, logs, progress bar)
-goes through :attr:`Trainer.is_main`.
+Structure (for a rank-aware wrapper): :class:`DataPath` turns store rows into device batches,
+:meth:`Trainer.train_step` runs one optimisation step, :meth:`Trainer.validate` evaluates the
+model on the validation plan (through :func:`run_validation`), :meth:`Trainer._sum_across_ranks`
+is the one place where statistics are summed over processes (the identity here), and every side
+effect that only rank 0 may have (files, logs, progress bar) goes through :attr:`Trainer.is_main`.
+
+Multi-process training: launched by ``torchrun`` (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` in
+the environment, ``WORLD_SIZE > 1``), :func:`main` hands over to
+:class:`fastbci.distributed.DistributedTrainer`; see docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -317,8 +322,10 @@ def run_validation(model, store, meta: HostMeta, batches: Sequence[np.ndarray], 
     Returns ``loss`` (mean of the per-batch mean CTC losses, as official, or None without
     labels), ``per`` (total edits / total true phonemes), ``per_by_day`` ({day: PER}),
     ``edits_by_day`` / ``phonemes_by_day``, ``blank_fraction`` (blank frames among the valid
-    frames of the greedy outputs) and, with ``collect``, per-trial ``rows``, ``logits``
-    (list of (P_b, K) float32 arrays), ``tokens`` (list of int arrays).
+    frames of the greedy outputs), the raw sums behind them (``loss_sum`` and ``n_loss_batches``,
+    ``blank_frames`` and ``frames``: what a distributed run adds up over ranks), ``n_trials`` and,
+    with ``collect``, per-trial ``rows``, ``logits`` (list of (P_b, K) float32 arrays),
+    ``tokens`` (list of int arrays). An empty ``batches`` gives zero sums and None / nan rates.
     All accumulation stays on the device; the host reads it once at the end.
     """
     from fastbci import metrics
@@ -368,6 +375,7 @@ def run_validation(model, store, meta: HostMeta, batches: Sequence[np.ndarray], 
     n_frames = host[1]
     day_edits = dict(zip(days, host[2:]))
     total_ph = sum(phon_by_day.values())
+    loss_sum = float(torch.stack(losses).double().sum()) if losses else 0.0
     res = {
         "loss": float(torch.stack(losses).mean()) if losses else None,
         "per": (sum(day_edits.values()) / total_ph) if total_ph > 0 else None,
@@ -376,6 +384,10 @@ def run_validation(model, store, meta: HostMeta, batches: Sequence[np.ndarray], 
         "phonemes_by_day": dict(phon_by_day),
         "blank_fraction": host[0] / n_frames if n_frames else float("nan"),
         "n_trials": int(sum(len(r) for r in batches)),
+        "loss_sum": loss_sum,
+        "n_loss_batches": len(losses),
+        "blank_frames": int(host[0]),
+        "frames": int(n_frames),
     }
     if collect:
         res.update(rows=out_rows, logits=out_logits, tokens=out_tokens)
@@ -564,7 +576,7 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             self.log = make_logger(self.output_dir / "train.log", console=self.console)
-        self.device = select_device(cfg, self.log)
+        self.device = self._choose_device()
         if self.device.type == "cuda":
             # as the official trainer: TF32 for float32 matmuls, deterministic cuDNN
             torch.cuda.set_device(self.device)
@@ -644,6 +656,7 @@ class Trainer:
                                        device=self.device)
         self.val_history: list[dict] = []
         self._loader_draw_done = False
+        self._resume_info: dict | None = None
 
         if cfg.get("init_from_checkpoint") and resume_from is None:
             self._init_from_checkpoint(cfg.get("init_checkpoint_path"))
@@ -654,6 +667,21 @@ class Trainer:
             config_mod.dump(cfg, self.output_dir / "args.yaml")
         self._setup_done = True
         return self
+
+    def _choose_device(self) -> torch.device:
+        """The training device (``fastbci.device``); a distributed wrapper uses its rank's GPU."""
+        return select_device(self.cfg, self.log)
+
+    def _sum_across_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of ``values`` over all training processes: the identity in a
+        single-process run (a distributed wrapper all-reduces)."""
+        return values
+
+    def _launch_hint(self) -> str:
+        """The command that starts this kind of run (for messages)."""
+        if self.world_size > 1:
+            return "torchrun --nproc_per_node=N -m fastbci.train (any N dividing the batch)"
+        return "python -m fastbci.train"
 
     def _progress_on(self) -> bool:
         return bool(self.fb.get("progress", True)) and self.console
@@ -692,7 +720,7 @@ class Trainer:
         st = ckpt_io.resume_state_of(ck, path)
         old_cfg = st.get("config") or {}
         ignore = ("fastbci.resume", "fastbci.overwrite", "fastbci.progress", "fastbci.plot",
-                  "num_training_batches")
+                  "num_training_batches", "output_dir", "checkpoint_dir")
         a = _flat(old_cfg)
         b = _flat(self.cfg)
         changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in ignore)
@@ -715,6 +743,7 @@ class Trainer:
         n = min(len(losses), len(self.train_losses))
         self.train_losses[:n] = losses[:n].to(self.device)
         ckpt_io.restore_rng_state(st["rng"])
+        self._resume_info = st
         self._loader_draw_done = True
         if self.is_main:
             self._truncate_metrics(self.start_batch)
@@ -932,7 +961,7 @@ class Trainer:
                     p = self.save_checkpoint(ckpt_io.RESUME_NAME, k + 1)
                     status = "interrupted"
                     message = (f"Interrupted after batch {k}; resumable checkpoint saved to {p}. "
-                               f"Resume with: python -m fastbci.train CONFIG "
+                               f"Resume with: {self._launch_hint()} CONFIG "
                                f"output_dir={self.output_dir} checkpoint_dir={self.checkpoint_dir}"
                                f" fastbci.resume=true")
                     self.log.info(message)
@@ -983,10 +1012,18 @@ class Trainer:
         gnorm = float(out["grad_norm"])
         logits, lens, batch = out["logits"], out["lens"], out["batch"]
         lens64 = lens.to(torch.int64)
-        bf = metrics.blank_fraction(logits, lens64)
         tokens, n_tok = metrics.greedy_decode(logits, lens64)
         ed = metrics.edit_distance(tokens, n_tok, batch.labels, batch.label_lens)
-        per = float(ed.sum()) / batch.n_label_total if batch.n_label_total else None
+        valid = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0) < lens64.unsqueeze(1)
+        blank = ((logits.argmax(dim=-1) == 0) & valid).sum()
+        # edits, true phonemes, blank frames, valid frames: summed over the ranks' shares
+        stats = torch.stack([ed.sum().to(torch.float64), blank.to(torch.float64),
+                             valid.sum().to(torch.float64)])
+        stats = torch.cat([stats, torch.tensor([float(batch.n_label_total)], dtype=torch.float64,
+                                               device=stats.device)])
+        edits, n_blank, n_frames, n_labels = self._sum_across_ranks(stats).tolist()
+        bf = n_blank / n_frames if n_frames else float("nan")
+        per = edits / n_labels if n_labels else None
         lr = out["lr"]
         seconds = self.elapsed_before + time.time() - self._t_start
         self.log.info(f"Train batch {k}: loss: {loss:.2f} grad norm: {gnorm:.2f} lr: {lr:.3g} "
@@ -997,6 +1034,17 @@ class Trainer:
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", gnorm=f"{gnorm:.2f}", refresh=False)
 
+    def validate(self, collect: bool = False) -> dict:
+        """:func:`run_validation` of the model on the whole validation plan (``collect``: keep
+        the per-trial outputs, on the process that writes files)."""
+        return run_validation(self.model, self.val_store, self.val_meta, self.val_plan, self.cfg,
+                              self.data_path, collect=collect and self.is_main)
+
+    def _gather_val_trials(self, res: Mapping) -> Mapping | None:
+        """The per-trial validation outputs (``rows``, ``logits``, ``tokens``) of every trial, on
+        the process that writes files (None elsewhere, or when they were not collected)."""
+        return res if "logits" in res else None
+
     def _validation_step(self, k: int, warmup: int):
         """Validate after batch ``k``; returns ``(status, message)`` to stop, else None."""
         cfg = self.cfg
@@ -1004,8 +1052,7 @@ class Trainer:
         t0 = time.time()
         self._emulate_loader_draw()
         keep_logits = bool(cfg.get("save_val_metrics", True) and cfg.get("save_val_logits", True))
-        res = run_validation(self.model, self.val_store, self.val_meta, self.val_plan, cfg,
-                             self.data_path, collect=keep_logits and self.is_main)
+        res = self.validate(collect=keep_logits)
         dt = time.time() - t0
         sessions = cfg["dataset"]["sessions"]
         per, loss, bf = res["per"], res["loss"], res["blank_fraction"]
@@ -1036,12 +1083,14 @@ class Trainer:
             if cfg.get("save_best_checkpoint", True):
                 p = self.save_checkpoint(ckpt_io.BEST_NAME, k + 1, per, loss)
                 self.log.info(f"Saved best checkpoint: {p}")
-            if cfg.get("save_val_metrics", True) and self.is_main:
-                with open(self.checkpoint_dir / "val_metrics.json", "w") as f:
-                    json.dump(record, f, indent=1)
-                if "logits" in res:
-                    np.savez(self.checkpoint_dir / "val_logits.npz",
-                             **pack_trials(res, self.val_meta))
+            if cfg.get("save_val_metrics", True):
+                trials = self._gather_val_trials(res) if keep_logits else None
+                if self.is_main:
+                    with open(self.checkpoint_dir / "val_metrics.json", "w") as f:
+                        json.dump(record, f, indent=1)
+                    if trials is not None:
+                        np.savez(self.checkpoint_dir / "val_logits.npz",
+                                 **pack_trials(trials, self.val_meta))
         else:
             self.val_steps_since_improvement += 1
         if cfg.get("save_all_val_steps"):
@@ -1167,6 +1216,8 @@ CONFIG is a YAML file (e.g. configs/official.yaml, configs/demo.yaml); key=value
 it (dotted keys, YAML values), e.g. num_training_batches=10000 dataset.batch_size=48.
 Useful fastbci.* keys: resume=true|PATH, overwrite=true, impl=auto|fused|reference,
 rng=philox|torch, progress=false, checkpoint_every=N, nonfinite_policy=stop|skip.
+Several GPUs / nodes: torchrun --nproc_per_node=N -m fastbci.train CONFIG [key=value ...]
+(dataset.batch_size is the global batch; see docs/distributed.md).
 Exit status: 0 done, 2 configuration error, 3 blank collapse, 4 non-finite, 130 interrupted."""
 
 
@@ -1175,23 +1226,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else EXIT_CONFIG
+    from fastbci import distributed
     try:
-        cfg = config_mod.load_config(argv[0], argv[1:])
-        trainer = Trainer(cfg)
-        summary = trainer.fit()
+        env = distributed.env_from_os()
     except ConfigError as e:
         print(f"fastbci.train: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    if env is not None and env.world_size > 1:
+        return distributed.main(argv, env)
+
+    def run() -> int:
+        cfg = config_mod.load_config(argv[0], argv[1:])
+        return exit_code_of(Trainer(cfg).fit()["status"])
+
+    return run_cli(run)
+
+
+def run_cli(fn, *, report: bool = True) -> int:
+    """Run ``fn()`` (returning an exit status) and turn the errors a user can fix into a message
+    on stderr and exit status 2 (``report=False``: no message, for processes other than rank 0).
+    ``FASTBCI_DEBUG=1`` re-raises data and model errors with their traceback."""
+    def say(msg: str) -> None:
+        if report:
+            print(msg, file=sys.stderr)
+
+    try:
+        return fn()
+    except ConfigError as e:
+        say(f"fastbci.train: configuration error: {e}")
+        return EXIT_CONFIG
     except ckpt_io.CheckpointError as e:
-        print(f"fastbci.train: checkpoint error: {e}", file=sys.stderr)
+        say(f"fastbci.train: checkpoint error: {e}")
         return EXIT_CONFIG
     except (FileNotFoundError, ValueError) as e:
         # data-layer and model errors carry a message that names the file / trial / key
         if os.environ.get("FASTBCI_DEBUG"):
             raise
-        print(f"fastbci.train: error: {e}\n(set FASTBCI_DEBUG=1 for the traceback)", file=sys.stderr)
+        say(f"fastbci.train: error: {e}\n(set FASTBCI_DEBUG=1 for the traceback)")
         return EXIT_CONFIG
-    status = summary["status"]
+
+
+def exit_code_of(status: str) -> int:
+    """The CLI exit status of a :meth:`Trainer.fit` summary status."""
     if status == "collapsed":
         return EXIT_COLLAPSE
     if status == "nonfinite":
