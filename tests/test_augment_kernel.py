@@ -24,6 +24,8 @@ from fastbci.ops import augment as aug_op
 from fastbci.ops.augment import augment_smooth, augment_smooth_gather
 from fastbci.reference import gaussian_taps, smooth_ref, transform_ref
 
+TRITON_KERNEL_TESTS = True  # see tests/conftest.py: CPU cases need the Triton interpreter
+
 SEED = 1
 OFFICIAL = dict(white_noise_std=1.0, constant_offset_std=0.2, random_walk_std=0.0,
                 random_walk_axis=-1, static_gain_std=0.0, random_cut=3, smooth_kernel_size=100,

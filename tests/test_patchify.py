@@ -13,6 +13,8 @@ import torch
 from fastbci.ops.patchify import Patchify, _resolve_impl, patchify
 from fastbci.reference import n_patches, patchify_ref
 
+TRITON_KERNEL_TESTS = True  # see tests/conftest.py: CPU cases need the Triton interpreter
+
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float = 0.0,
                  what: str = "") -> None:
