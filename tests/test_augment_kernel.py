@@ -23,6 +23,7 @@ from fastbci import philox
 from fastbci.ops import augment as aug_op
 from fastbci.ops.augment import augment_smooth, augment_smooth_gather
 from fastbci.reference import gaussian_taps, smooth_ref, transform_ref
+from helpers import assert_close, run_gpu_compile_script
 
 TRITON_KERNEL_TESTS = True  # see tests/conftest.py: CPU cases need the Triton interpreter
 
@@ -41,20 +42,6 @@ def _step_for_cut(cut: int, random_cut: int = 3, seed: int = SEED) -> int:
         if philox.random_cut(random_cut, seed, step) == cut:
             return step
     raise AssertionError(f"no step below 10000 draws cut {cut} from [0, {random_cut})")
-
-
-def _assert_close(got: torch.Tensor, want: torch.Tensor, atol: float, what: str) -> None:
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    diff = (got.float() - want.float()).abs()
-    bad = diff > atol
-    if bad.any():
-        idx = bad.nonzero()[:5].tolist()
-        worst = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
-        raise AssertionError(
-            f"{what}: {int(bad.sum())} of {diff.numel()} elements differ by more than {atol} "
-            f"(max {float(diff.max()):.3g} at {worst}); first (b, t, c): {idx}, "
-            f"got {[float(got[tuple(i)]) for i in idx]}, "
-            f"want {[float(want[tuple(i)]) for i in idx]}")
 
 
 def _assert_bf16_rule(got: torch.Tensor, ref32: torch.Tensor, what: str) -> None:
@@ -142,7 +129,7 @@ def test_fused_matches_reference_fp32(B, T, C, cut, padding, kind, device):
     got, n_got, want, n_want = _run_case(B, T, C, cut, padding, kind, device, None)
     assert got.dtype == torch.float32 and got.is_contiguous()
     assert torch.equal(n_got.cpu(), n_want.cpu()), f"lengths {n_got.tolist()} != {n_want.tolist()}"
-    _assert_close(got, want, 1e-5, f"fp32 B={B} T={T} C={C} cut={cut} {padding} {kind}")
+    assert_close(got, want, atol=1e-5, what=f"fp32 B={B} T={T} C={C} cut={cut} {padding} {kind}")
 
 
 @pytest.mark.parametrize("B,T,C,cut,padding,kind", [CASES[1], CASES[2], CASES[4], CASES[9]])
@@ -153,7 +140,6 @@ def test_fused_bf16_output_2x_rule(B, T, C, cut, padding, kind, device):
     got32, _, _, _ = _run_case(B, T, C, cut, padding, kind, device, None)
     mismatch = int((got != got32.to(torch.bfloat16)).sum())
     assert mismatch == 0, f"{mismatch} bf16 outputs are not the float32 output rounded to nearest"
-
 
 
 def test_reference_path_is_transform_ref(device):
@@ -175,7 +161,7 @@ def test_validation_mode_smooths_only(mode, padding, device):
     got, n_got = augment_smooth(x, n, OFFICIAL, mode=mode, seed=SEED, step=0, padding=padding,
                                 impl="fused")
     want = smooth_ref(x, gaussian_taps(2.0, 100), padding)
-    _assert_close(got, want, 1e-5, f"{mode} {padding}")
+    assert_close(got, want, atol=1e-5, what=f"{mode} {padding}")
     k = gaussian_taps(2.0, 100).numel()
     n_expect = n if padding == "same" else torch.clamp(n - (k - 1), min=0)
     assert torch.equal(n_got, n_expect)
@@ -191,7 +177,7 @@ def test_any_taps(std, size, padding, device):
     got, n_got, want, n_want = _run_case(3, T, 7, 1, padding, "contiguous", device, None,
                                          transforms=tr)
     assert torch.equal(n_got, n_want)
-    _assert_close(got, want, 1e-5, f"taps std={std} size={size} (K={k}) {padding}")
+    assert_close(got, want, atol=1e-5, what=f"taps std={std} size={size} (K={k}) {padding}")
 
 
 @pytest.mark.parametrize("overrides", [
@@ -208,10 +194,10 @@ def test_transform_variants(overrides, device):
     got, n_got, want, n_want = _run_case(3, 17, 7, 0, "same", "contiguous", device, None,
                                          transforms=tr)
     assert torch.equal(n_got, n_want)
-    _assert_close(got, want, 1e-5, f"transforms {overrides}")
+    assert_close(got, want, atol=1e-5, what=f"transforms {overrides}")
     got, n_got, want, n_want = _run_case(3, 17, 7, 0, "same", "gather", device, None,
                                          transforms=tr)
-    _assert_close(got, want, 1e-5, f"gather, transforms {overrides}")
+    assert_close(got, want, atol=1e-5, what=f"gather, transforms {overrides}")
 
 
 def test_gather_equals_padded_batch(device):
@@ -230,16 +216,16 @@ def test_gather_equals_padded_batch(device):
                                        step=step, impl="fused")  # t_max computed
     want, n_want = augment_smooth(padded, n_batch, OFFICIAL, seed=SEED, step=step, impl="fused")
     assert torch.equal(n_got, n_want) and n_got.tolist() == [15, 21, 21, -1, 3]
-    _assert_close(got, want, 0.0, "gather vs padded batch (same kernel)")
+    assert_close(got, want, atol=0.0, what="gather vs padded batch (same kernel)")
     # host-side rows/lengths (no device sync for t_max), and an explicit larger t_max
     got_cpu, _ = augment_smooth_gather(features, offsets.cpu(), lengths.cpu(), rows.cpu(),
                                        OFFICIAL, seed=SEED, step=step, impl="fused")
-    _assert_close(got_cpu, want, 0.0, "gather with CPU index tensors")
+    assert_close(got_cpu, want, atol=0.0, what="gather with CPU index tensors")
     longer, _ = augment_smooth_gather(features, offsets, lengths, rows, OFFICIAL, seed=SEED,
                                       step=step, impl="fused", t_max=30)
     padded30 = torch.cat([padded, torch.zeros(5, 7, 7, device=device)], dim=1)
     want30, _ = augment_smooth(padded30, n_batch, OFFICIAL, seed=SEED, step=step, impl="reference")
-    _assert_close(longer, want30, 1e-5, "gather with t_max above the longest trial")
+    assert_close(longer, want30, atol=1e-5, what="gather with t_max above the longest trial")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +265,7 @@ def test_noise_depends_on_seed_and_step_only(device):
     assert abs(_corr(a, c)) < 0.03, "different seeds give correlated noise"
     # the noise matches the NOISE Philox stream element by element
     want = philox.normal_like_shape((4, 64, 128), SEED, 3, philox.NOISE)
-    _assert_close(a, want, 1e-6, "noise vs philox.normal (NOISE stream)")
+    assert_close(a, want, atol=1e-6, what="noise vs philox.normal (NOISE stream)")
 
 
 @pytest.mark.parametrize("C", [1, 2, 3, 4, 5, 6, 7, 8, 12, 20, 36, 100, 512])
@@ -290,18 +276,18 @@ def test_noise_and_offset_are_philox_normal_for_any_C(C, device):
     B, T = 3, 5
     z = _noise(device, step=7, shape=(B, T, C))
     want = philox.normal_like_shape((B, T, C), SEED, 7, philox.NOISE)
-    _assert_close(z, want, 1e-6, f"noise, C={C} (C % 4 = {C % 4})")
+    assert_close(z, want, atol=1e-6, what=f"noise, C={C} (C % 4 = {C % 4})")
     tr = dict(NOISE_ONLY, white_noise_std=0.0, constant_offset_std=1.0)
     z = _noise(device, step=7, transforms=tr, shape=(B, T, C))
     want = philox.normal_like_shape((B, C), SEED, 7, philox.OFFSET)[:, None, :].expand(B, T, C)
-    _assert_close(z, want, 1e-6, f"offset, C={C} (C % 4 = {C % 4})")
+    assert_close(z, want, atol=1e-6, what=f"offset, C={C} (C % 4 = {C % 4})")
     # both together, with a random cut: the noise indices are those of the pre-cut batch
     tr = dict(NOISE_ONLY, constant_offset_std=0.5, random_cut=3)
     step = _step_for_cut(2)
     z = _noise(device, step=step, transforms=tr, shape=(B, T, C))
     want = (philox.normal_like_shape((B, T, C), SEED, step, philox.NOISE)
             + 0.5 * philox.normal_like_shape((B, C), SEED, step, philox.OFFSET)[:, None, :])
-    _assert_close(z, want[:, 2:], 2e-6, f"noise + offset after cut 2, C={C}")
+    assert_close(z, want[:, 2:], atol=2e-6, what=f"noise + offset after cut 2, C={C}")
 
 
 def test_constant_offset_statistics(device):
@@ -411,20 +397,8 @@ def test_kernel_compiles_for_sm90_with_fewer_philox_calls_when_aligned():
     sm_90 cubin (Triton's bundled ptxas, no GPU needed); the aligned path (C % 4 == 0) must
     emit about a quarter of the Philox multiplies of the per-element path (measured: 96 vs 324
     mul.hi.u32 for a 64 x 64 tile at 8 warps)."""
-    import os
-    import subprocess
-    import sys
-
-    try:
-        from triton.backends.nvidia import compiler  # noqa: F401
-    except ImportError:
-        pytest.skip("Triton's NVIDIA backend is not installed")
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    res = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0 and "compiled" in res.stdout, (
-        f"GPU compilation of the augment kernel failed:\n{res.stdout}\n{res.stderr[-3000:]}")
-    counts = dict(line.rsplit(" ", 1) for line in res.stdout.splitlines() if line[-1].isdigit())
+    stdout = run_gpu_compile_script(_AOT_SCRIPT, "the augment kernel")
+    counts = dict(line.rsplit(" ", 1) for line in stdout.splitlines() if line[-1].isdigit())
     aligned, per_element = int(counts["aligned"]), int(counts["per-element"])
     assert 0 < aligned * 5 < per_element * 2, (
         f"Philox mul.hi.u32 in the PTX: aligned path {aligned}, per-element path "

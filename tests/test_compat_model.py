@@ -11,19 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastbci.compat.model import GRUDecoder
+from helpers import assert_close
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("fastbci.ops.day_projection") is None,
     reason="compat.GRUDecoder runs fastbci.ops.day_projection (impl='auto'), not in this tree")
-
-
-def assert_close(actual, expected, atol, what):
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    diff = (actual.double() - expected.double()).abs()
-    bad = diff > atol
-    if bad.any():
-        raise AssertionError(f"{what}: {int(bad.sum())}/{bad.numel()} elements differ by more than "
-                             f"{atol}, max {diff.max().item():.3g}, first at {bad.nonzero()[:3].tolist()}")
 
 
 class OfficialForward:
@@ -106,11 +98,11 @@ def test_forward_equals_official_eval(cfg, B, T, device):
         ref, h_ref = official(x, day_idx, training=False)
     # on CUDA the fused day projection multiplies on bf16 tensor cores (fp32 accumulation)
     atol = 1e-5 if device.type == "cpu" else 3e-2
-    assert_close(got, ref, atol, f"eval logits cfg={cfg} B={B} T={T} on {device}")
-    assert_close(h, h_ref, atol, "final GRU state")
+    assert_close(got, ref, atol=atol, what=f"eval logits cfg={cfg} B={B} T={T} on {device}")
+    assert_close(h, h_ref, atol=atol, what="final GRU state")
     with torch.no_grad():
         as_list = m(x, day_idx.tolist())
-    assert_close(as_list, got, 1e-6, "day_idx given as a list")
+    assert_close(as_list, got, atol=1e-6, what="day_idx given as a list")
 
 
 @pytest.mark.parametrize("cfg", CFGS)
@@ -125,7 +117,7 @@ def test_forward_equals_official_train_same_seed(cfg, B, T):
     got = m(x, day_idx)
     torch.manual_seed(1234)
     ref, _ = official(x, day_idx, training=True)
-    assert_close(got, ref, 1e-5, f"train logits with the same torch seed, cfg={cfg}")
+    assert_close(got, ref, atol=1e-5, what=f"train logits with the same torch seed, cfg={cfg}")
     if cfg["input_dropout"] > 0 or (cfg["rnn_dropout"] > 0 and cfg["n_layers"] > 1):
         other = m(x, day_idx)  # the generator has moved on: different masks
         assert not torch.allclose(other, got), "dropout did not draw from torch's generator"
@@ -142,10 +134,10 @@ def test_gradients_match_official_and_absent_days_stay_none():
     (m(x, day_idx) * target).sum().backward()
     (official(x, day_idx, training=False)[0] * target).sum().backward()
     for d in (0, 2):
-        assert_close(m.day_weights[d].grad, sd[f"day_weights.{d}"].grad, 1e-5, f"dW day {d}")
-        assert_close(m.day_biases[d].grad, sd[f"day_biases.{d}"].grad, 1e-5, f"db day {d}")
-    assert_close(m.h0.grad, sd["h0"].grad, 1e-5, "dh0")
-    assert_close(m.out.weight.grad, sd["out.weight"].grad, 1e-5, "d out.weight")
+        assert_close(m.day_weights[d].grad, sd[f"day_weights.{d}"].grad, atol=1e-5, what=f"dW day {d}")
+        assert_close(m.day_biases[d].grad, sd[f"day_biases.{d}"].grad, atol=1e-5, what=f"db day {d}")
+    assert_close(m.h0.grad, sd["h0"].grad, atol=1e-5, what="dh0")
+    assert_close(m.out.weight.grad, sd["out.weight"].grad, atol=1e-5, what="d out.weight")
     for d in (1, 3):
         assert m.day_weights[d].grad is None and m.day_biases[d].grad is None, \
             f"absent day {d} received a gradient"

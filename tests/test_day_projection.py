@@ -17,6 +17,7 @@ from fastbci.ops.day_projection import (
     day_projection, fused_available, fused_supports, stack_present_days,
 )
 from fastbci.reference import day_layer_official, day_projection_ref
+from helpers import assert_close
 
 # the module itself: the attribute fastbci.ops.day_projection is the function
 dp_mod = importlib.import_module("fastbci.ops.day_projection")
@@ -46,22 +47,6 @@ LAYOUTS = {
 
 
 # --------------------------------------------------------------------------- helpers
-def assert_close_verbose(actual, expected, atol, rtol, what):
-    """assert_close that says how many elements differ, where, and by how much."""
-    actual = actual.detach().to(torch.float64).cpu()
-    expected = expected.detach().to(torch.float64).cpu()
-    assert actual.shape == expected.shape, \
-        f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    err = (actual - expected).abs()
-    bad = ~(err <= atol + rtol * expected.abs())
-    if bad.any():
-        idx = bad.nonzero()[:5].tolist()
-        detail = ", ".join(
-            f"{tuple(i)}: {actual[tuple(i)].item():.8g} vs {expected[tuple(i)].item():.8g}"
-            for i in idx)
-        pytest.fail(f"{what}: {int(bad.sum())} of {bad.numel()} elements differ beyond "
-                    f"atol={atol}, rtol={rtol} (max abs err {err.max().item():.3g}); "
-                    f"first: {detail}")
 
 
 def assert_2x_rule(actual, ref32, ref_lowp, what, floor=1e-6):
@@ -122,8 +107,7 @@ def test_matches_reference_float32(device, layout, T, dropout_p):
     if device == "cpu":
         for a, e, n in zip(got, ref, names):
             assert a.dtype == e.dtype, f"{n}: dtype {a.dtype} != {e.dtype}"
-            assert_close_verbose(a, e, atol=1e-5, rtol=1e-5,
-                                 what=f"{n} ({layout}, T={T}, p={dropout_p})")
+            assert_close(a, e, atol=1e-5, rtol=1e-5, what=f"{n} ({layout}, T={T}, p={dropout_p})")
     else:  # CUDA: float32 x goes through bf16 tensor cores -> 2x rule against a bf16 reference
         lowp = run(day_projection_ref, x.bfloat16(), day_idx, weight.bfloat16(), bias.bfloat16(),
                    grad, **kw)
@@ -167,7 +151,7 @@ def test_official_width_512(device, dropout_p):
     ref = run(day_projection_ref, x, day_idx, weight, bias, grad, **kw)
     if device == "cpu":
         for a, e, n in zip(got, ref, ("output", "grad_x", "grad_weight", "grad_bias")):
-            assert_close_verbose(a, e, atol=1e-5, rtol=1e-5, what=f"{n} (C=512, p={dropout_p})")
+            assert_close(a, e, atol=1e-5, rtol=1e-5, what=f"{n} (C=512, p={dropout_p})")
     else:
         lowp = run(day_projection_ref, x.bfloat16(), day_idx, weight.bfloat16(), bias.bfloat16(),
                    grad, **kw)
@@ -209,9 +193,9 @@ def test_only_weight_grads_and_noncontiguous(device):
     ref = day_projection_ref(x, day_idx, w_ref, b_ref, 0.2, 3, 1)
     ref.backward(grad)
     tol = 1e-5 if device == "cpu" else 3e-2
-    assert_close_verbose(out, ref, tol, tol, "output (strided)")
-    assert_close_verbose(w.grad, w_ref.grad, tol, tol, "grad_weight (x without grad)")
-    assert_close_verbose(b.grad, b_ref.grad, tol, tol, "grad_bias (x without grad)")
+    assert_close(out, ref, atol=tol, rtol=tol, what="output (strided)")
+    assert_close(w.grad, w_ref.grad, atol=tol, rtol=tol, what="grad_weight (x without grad)")
+    assert_close(b.grad, b_ref.grad, atol=tol, rtol=tol, what="grad_bias (x without grad)")
 
 
 @needs_ext
@@ -241,8 +225,8 @@ def test_absent_days_get_no_gradient(device):
     for d in range(6):
         if d in (1, 4, 5):
             tol = 1e-5 if device == "cpu" else 5e-2
-            assert_close_verbose(got_w[d], weights[d].grad, tol, tol, f"day {d} weight grad")
-            assert_close_verbose(got_b[d], biases[d].grad, tol, tol, f"day {d} bias grad")
+            assert_close(got_w[d], weights[d].grad, atol=tol, rtol=tol, what=f"day {d} weight grad")
+            assert_close(got_b[d], biases[d].grad, atol=tol, rtol=tol, what=f"day {d} bias grad")
         else:
             assert got_w[d] is None and got_b[d] is None, f"absent day {d} received a gradient"
 
@@ -290,7 +274,7 @@ def test_64bit_seed_reaches_the_op():
     got = fused(x, day_idx, weight, bias, dropout_p=0.5, seed=seed, step=4)
     ref = day_projection_ref(x, day_idx, weight, bias, 0.5, seed, 4)
     assert torch.equal(got == 0, ref == 0)
-    assert_close_verbose(got, ref, 1e-6, 1e-6, "output with a 64-bit seed")
+    assert_close(got, ref, atol=1e-6, rtol=1e-6, what="output with a 64-bit seed")
 
 
 @pytest.mark.skipif(not HAS_CUDA_KERNEL, reason=_CUDA_SKIP)

@@ -40,6 +40,7 @@ from fastbci import synth
 from fastbci import train as T
 from fastbci.config import load_config
 from fastbci.data import TrialStore, read_session_file, train_batch_plan, write_session_file
+from helpers import assert_close
 
 # float32 contract of DESIGN.md: fused vs reference within 1e-5 (allclose form:
 # |a - b| <= ATOL + RTOL * |b|; the relative part matters for the CTC loss, ~100-300 per trial
@@ -133,21 +134,6 @@ def make_cfg(release, out, *over, device="cpu"):
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def assert_close(got: torch.Tensor, want: torch.Tensor, what: str, atol=ATOL, rtol=RTOL):
-    """allclose with a report: how many elements differ, the worst one and where."""
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} vs {tuple(want.shape)}"
-    g, w = got.detach().double().cpu(), want.detach().double().cpu()
-    assert torch.isfinite(w).all(), f"{what}: the reference holds non-finite values"
-    err = (g - w).abs()
-    bad = err > atol + rtol * w.abs()
-    if bool(bad.any()):
-        flat = int(err.argmax())
-        idx = np.unravel_index(flat, tuple(err.shape)) if err.dim() else ()
-        raise AssertionError(
-            f"{what}: {int(bad.sum())} of {err.numel()} elements differ beyond atol={atol} + "
-            f"rtol={rtol}*|ref|; worst at {tuple(int(i) for i in idx)}: fused "
-            f"{g.flatten()[flat].item():.9g} vs reference {w.flatten()[flat].item():.9g} "
-            f"(|diff| {err.max().item():.3g}, max |ref| {w.abs().max().item():.3g})")
 
 
 class FusedSpy:
@@ -290,7 +276,7 @@ def test_one_step_fused_matches_reference(small_release, tmp_path, monkeypatch, 
     assert torch.equal(rb.labels.cpu(), fb.labels.cpu()) and \
         torch.equal(rb.label_lens.cpu(), fb.label_lens.cpu()), f"{where}: labels differ"
     assert fb.features.dtype == torch.float32, f"{where}: use_amp=false must give float32 features"
-    assert_close(fb.features, rb.features, f"{where}: augmented + smoothed batch")
+    assert_close(fb.features, rb.features, atol=ATOL, rtol=RTOL, what=f"{where}: augmented + smoothed batch")
 
     # 2. the model on the same batch
     fused_model = build_model(cfg, "fused")
@@ -298,10 +284,9 @@ def test_one_step_fused_matches_reference(small_release, tmp_path, monkeypatch, 
     spy.assert_all_ran("impl=fused")
     assert torch.equal(ref["lens"].cpu(), same["lens"].cpu()), f"{where}: CTC input lengths"
     tol = dict(atol=CUDA_RTOL, rtol=CUDA_RTOL) if cuda else {}
-    assert_close(same["logits"], ref["logits"], f"{where}, same batch: logits", **tol)
-    assert_close(same["per_trial"], ref["per_trial"], f"{where}, same batch: CTC loss per trial",
-                 **tol)
-    assert_close(same["loss"], ref["loss"], f"{where}, same batch: batch loss", **tol)
+    assert_close(same["logits"], ref["logits"], atol=ATOL, rtol=RTOL, what=f"{where}, same batch: logits")
+    assert_close(same["per_trial"], ref["per_trial"], atol=ATOL, rtol=RTOL, what=f"{where}, same batch: CTC loss per trial")
+    assert_close(same["loss"], ref["loss"], atol=ATOL, rtol=RTOL, what=f"{where}, same batch: batch loss")
     assert math.isfinite(float(ref["loss"])), f"{where}: the reference loss is not finite"
     rg, sg = ref["grads"], same["grads"]
     assert rg.keys() == sg.keys()
@@ -323,13 +308,12 @@ def test_one_step_fused_matches_reference(small_release, tmp_path, monkeypatch, 
                 assert err <= CUDA_GRAD_REL_L2, (f"{where}, same batch: gradient of {name} is "
                                                  f"{err:.3g} (relative L2) from the reference")
             else:
-                assert_close(sg[name], g, f"{where}, same batch: gradient of {name}")
+                assert_close(sg[name], g, atol=ATOL, rtol=RTOL, what=f"{where}, same batch: gradient of {name}")
 
     # 3. the whole step, each path on its own batch
     e2e = step_on(fused_model, fb, cfg, k)
-    assert_close(e2e["loss"], ref["loss"], f"{where}, end to end: batch loss", **tol)
-    assert_close(e2e["per_trial"], ref["per_trial"], f"{where}, end to end: CTC loss per trial",
-                 **tol)
+    assert_close(e2e["loss"], ref["loss"], atol=ATOL, rtol=RTOL, what=f"{where}, end to end: batch loss")
+    assert_close(e2e["per_trial"], ref["per_trial"], atol=ATOL, rtol=RTOL, what=f"{where}, end to end: CTC loss per trial")
     if cuda:  # bf16 tensor cores: the float64 rule below is the CPU (float32) contract
         for name, g in rg.items():
             if g is not None:
@@ -404,5 +388,4 @@ def test_fifty_steps_same_loss_curve(short_release, tmp_path, monkeypatch, devic
             assert err <= CUDA_GRAD_REL_L2, (f"{device}: parameter {name} after {CURVE_STEPS} "
                                              f"steps is {err:.3g} (relative L2) from the reference")
         else:
-            assert_close(fused_params[name], p, f"parameter {name} after {CURVE_STEPS} steps",
-                         atol=PARAM_ATOL, rtol=CURVE_RTOL)
+            assert_close(fused_params[name], p, atol=PARAM_ATOL, rtol=CURVE_RTOL, what=f"parameter {name} after {CURVE_STEPS} steps")

@@ -12,6 +12,7 @@ from torch import nn
 
 from fastbci.model import CheckpointError, GRUDecoder, official_keys, strip_prefixes
 from fastbci.reference import day_projection_ref, patchify_ref
+from helpers import assert_close
 
 HAS_DAY_OP = importlib.util.find_spec("fastbci.ops.day_projection") is not None
 
@@ -21,17 +22,6 @@ def small(**kw):
                 input_dropout=0.0, n_layers=2, patch_size=4, patch_stride=2, impl="reference")
     args.update(kw)
     return GRUDecoder(**args)
-
-
-def assert_close(actual, expected, atol, rtol=0.0, what="tensor"):
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    diff = (actual.double() - expected.double()).abs()
-    tol = atol + rtol * expected.double().abs()
-    bad = diff > tol
-    if bad.any():
-        idx = bad.nonzero()[:5].tolist()
-        raise AssertionError(f"{what}: {int(bad.sum())}/{bad.numel()} elements differ, max |diff| "
-                             f"{diff.max().item():.3g} (atol {atol}, rtol {rtol}); first at {idx}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,30 +12,13 @@ import torch
 
 from fastbci.ops.patchify import Patchify, _resolve_impl, patchify
 from fastbci.reference import n_patches, patchify_ref
+from helpers import assert_close, run_gpu_compile_script
 
 TRITON_KERNEL_TESTS = True  # see tests/conftest.py: CPU cases need the Triton interpreter
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float = 0.0,
-                 what: str = "") -> None:
-    """allclose that says how many and which elements differ, and by how much."""
-    assert actual.shape == expected.shape, (
-        f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}")
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-    diff = (a - e).abs()
-    bad = diff > atol + rtol * e.abs()
-    if bool(bad.any()):
-        idx = bad.nonzero()[:5].tolist()
-        samples = ", ".join(
-            f"{tuple(i)}: got {a[tuple(i)].item():.8g} want {e[tuple(i)].item():.8g}" for i in idx)
-        raise AssertionError(
-            f"{what}: {int(bad.sum())} of {bad.numel()} elements differ beyond atol={atol} "
-            f"rtol={rtol}; max abs diff {diff.max().item():.3g}; first: {samples}")
-
-
 def assert_equal(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
-    assert_close(actual, expected, atol=0.0, what=what)
+    assert_close(actual, expected, atol=0.0, what=what, check_dtype=True)
 
 
 def _ref_grad(x: torch.Tensor, dy: torch.Tensor, size: int, stride: int) -> torch.Tensor:
@@ -71,7 +54,7 @@ def test_forward_backward_match_reference_fp32(device, B, T, C, size, stride):
     tag = f"B={B} T={T} C={C} size={size} stride={stride}"
     assert y.shape == (B, P, size * C), f"{tag}: forward shape {tuple(y.shape)}"
     assert_equal(y, patchify_ref(x, size, stride), what=f"forward {tag}")
-    assert_close(dx, _ref_grad(x, dy, size, stride), atol=1e-6, what=f"backward {tag}")
+    assert_close(dx, _ref_grad(x, dy, size, stride), atol=1e-6, what=f"backward {tag}", check_dtype=True)
 
 
 def _noncontig_inputs(device):
@@ -95,7 +78,7 @@ def test_noncontiguous_input(device, layout):
     y, dx = _fused_grad(x, dy, size, stride)
     assert y.is_contiguous()
     assert_equal(y, patchify_ref(x, size, stride), what=f"forward, {layout}")
-    assert_close(dx, _ref_grad(x, dy, size, stride), atol=1e-6, what=f"backward, {layout}")
+    assert_close(dx, _ref_grad(x, dy, size, stride), atol=1e-6, what=f"backward, {layout}", check_dtype=True)
 
 
 @pytest.mark.parametrize("layout", ["transposed", "expanded (from .sum())", "sliced"])
@@ -111,7 +94,7 @@ def test_noncontiguous_grad_output(device, layout):
         dy = torch.randn(B, 2 * P, size * C + 3, device=device)[:, ::2, 3:]
     assert not dy.is_contiguous()
     _, dx = _fused_grad(x, dy, size, stride)
-    assert_close(dx, _ref_grad(x, dy, size, stride), atol=1e-6, what=f"backward, dy {layout}")
+    assert_close(dx, _ref_grad(x, dy, size, stride), atol=1e-6, what=f"backward, dy {layout}", check_dtype=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -237,7 +220,7 @@ def test_torch_compile_fullgraph(device):
     fn(x).backward()
     xr = x.detach().clone().requires_grad_(True)
     (patchify_ref(xr, 14, 4) * 2).sum().backward()
-    assert_close(x.grad, xr.grad, atol=1e-6, what="compiled fused backward")
+    assert_close(x.grad, xr.grad, atol=1e-6, what="compiled fused backward", check_dtype=True)
 
 
 _AOT_SCRIPT = r"""
@@ -277,16 +260,4 @@ print("compiled")
 def test_kernels_compile_for_gpu_targets():
     """The interpreter does not type-check like the compiler: compile both kernels to sm_80/sm_90
     cubins (Triton's bundled ptxas, no GPU needed) and check aligned fp32 rows use 128-bit loads."""
-    import os
-    import subprocess
-    import sys
-
-    try:
-        from triton.backends.nvidia import compiler  # noqa: F401
-    except ImportError:
-        pytest.skip("Triton's NVIDIA backend is not installed")
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    res = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0 and "compiled" in res.stdout, (
-        f"GPU compilation of the patchify kernels failed:\n{res.stdout}\n{res.stderr[-3000:]}")
+    run_gpu_compile_script(_AOT_SCRIPT, "the patchify kernels")
