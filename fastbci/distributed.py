@@ -169,17 +169,33 @@ def slice_batch(batch: "T.Batch", lo: int, hi: int, meta: "T.HostMeta", *,
     feats = batch.features[lo:hi]
     if keep < t_now:
         feats = feats[:, :keep].contiguous()
-    labels = label_lens = None
+    labels = label_lens = label_lens_host = None
     n_label_total = 0
     if batch.labels is not None:
         lens = meta.seq_len[rows]
         labels = batch.labels[lo:hi, :max(int(lens.max()), 1)]
         label_lens = batch.label_lens[lo:hi]
+        label_lens_host = torch.from_numpy(lens.astype(np.int64))
         n_label_total = int(lens.sum())
+    days = meta.day[rows]
+    present = np.unique(days)
+    local = None
+    if batch.local_day_idx is not None:
+        # positions in this shard's days (host facts), uploaded without a synchronisation
+        local_np = np.searchsorted(present, days).astype(np.int64)
+        local = torch.from_numpy(local_np)
+        if batch.local_day_idx.device.type == "cuda":
+            local = local.pin_memory().to(batch.local_day_idx.device, non_blocking=True)
+
+    def part(t):
+        return None if t is None else t[lo:hi]
+
     return T.Batch(features=feats, n_time_steps=batch.n_time_steps[lo:hi], labels=labels,
                    label_lens=label_lens, day_idx=batch.day_idx[lo:hi],
-                   days_present=[int(d) for d in np.unique(meta.day[rows])], rows=rows,
-                   n_label_total=n_label_total)
+                   days_present=[int(d) for d in present], rows=rows,
+                   n_label_total=n_label_total, n_time_host=part(batch.n_time_host),
+                   input_lens_host=part(batch.input_lens_host), label_lens_host=label_lens_host,
+                   local_day_idx=local)
 
 
 def rank_device(cfg: Mapping, env: DistEnv) -> torch.device:
@@ -496,9 +512,10 @@ class DistributedTrainer(T.Trainer):
                                                        error_if_nonfinite=False, foreach=True)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-        votes = float(summed[1])
-        finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
-        if votes > 0 and self._stop_request is None:
+        # one host read for both the non-finite check and the stop vote
+        finite, voted = torch.stack([torch.isfinite(loss) & torch.isfinite(grad_norm),
+                                     summed[1] > 0]).tolist()
+        if voted and self._stop_request is None:
             self._stop_request = self._local_stop or "interrupt"
         lr = self.optimizer.param_groups[-1]["lr"]
         if finite:

@@ -14,14 +14,17 @@ import torch
 from fastbci.data.phonemes import PHONEMES  # 0 blank, 1-39 ARPAbet, 40 " | " (RECIPE.md s1)
 
 
-def _check_lengths(name: str, lengths: torch.Tensor, B: int, T: int, where: str) -> torch.Tensor:
+def _check_lengths(name: str, lengths: torch.Tensor, B: int, T: int, where: str,
+                   check_range: bool = True) -> torch.Tensor:
+    """``lengths`` as an int64 tensor after the shape and dtype checks (host facts, no sync);
+    ``check_range`` also checks that every value lies in [0, T] (one host read)."""
     if not isinstance(lengths, torch.Tensor):
         lengths = torch.as_tensor(lengths)
     if lengths.dim() != 1 or lengths.shape[0] != B:
         raise ValueError(f"{where}: {name} must have shape ({B},), got {tuple(lengths.shape)}")
     if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
         raise TypeError(f"{where}: {name} must be integers, got {lengths.dtype}")
-    if B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+    if check_range and B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
         raise ValueError(f"{where}: {name} must lie in [0, {T}], got range "
                          f"[{int(lengths.min())}, {int(lengths.max())}]")
     return lengths.to(torch.int64)
@@ -35,24 +38,34 @@ def _check_logits(logits: torch.Tensor, where: str) -> None:
         raise ValueError(f"{where}: logits have no class (K=0)")
 
 
-def greedy_decode(logits: torch.Tensor, lengths, blank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_decode(logits: torch.Tensor, lengths, blank: int = 0, *, width: int | None = None,
+                  check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy CTC decoding of a batch.
 
     Args:
         logits: ``(B, T, K)`` scores (any float dtype; only the argmax matters).
         lengths: ``(B,)`` number of valid frames per trial (the CTC input lengths), in [0, T].
         blank: the blank class id.
+        width: the number of token columns to return, an upper bound of every trial's token
+            count known on the host (the longest of ``lengths``, or T, always is one). None:
+            the longest decoded sequence, read from the device (one host synchronisation).
+            With a width the decoding runs without any synchronisation.
+        check: check that ``lengths`` lies in [0, T] (one host read); ``False`` for trusted
+            internal callers (the trainer's lengths come from the store's metadata).
 
     Returns:
-        ``tokens`` ``(B, L)`` int64, the decoded ids left-aligned and padded with -1 (L is the
-        longest decoded sequence, at least 0), and ``n_tokens`` ``(B,)`` int64.
+        ``tokens`` ``(B, L)`` int64, the decoded ids left-aligned and padded with -1 (L is
+        ``width``, else the longest decoded sequence, at least 0), and ``n_tokens`` ``(B,)``
+        int64.
     """
     where = "greedy_decode"
     _check_logits(logits, where)
     B, T, K = logits.shape
     if not 0 <= blank < K:
         raise ValueError(f"{where}: blank={blank} is not a class id of logits with K={K}")
-    lengths = _check_lengths("lengths", lengths, B, T, where).to(logits.device)
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 0):
+        raise ValueError(f"{where}: width must be an integer >= 0 or None, got {width!r}")
+    lengths = _check_lengths("lengths", lengths, B, T, where, check).to(logits.device)
     ids = logits.argmax(dim=-1)  # (B, T)
     frame = torch.arange(T, device=logits.device)
     valid = frame.unsqueeze(0) < lengths.unsqueeze(1)
@@ -61,16 +74,23 @@ def greedy_decode(logits: torch.Tensor, lengths, blank: int = 0) -> tuple[torch.
         new[:, 1:] = ids[:, 1:] != ids[:, :-1]
     keep = valid & new & (ids != blank)
     n_tokens = keep.sum(dim=1)
-    L = int(n_tokens.max()) if B else 0
-    tokens = torch.full((B, L), -1, dtype=torch.int64, device=logits.device)
-    if L:
-        pos = keep.cumsum(dim=1) - 1
-        b_idx, t_idx = keep.nonzero(as_tuple=True)
-        tokens[b_idx, pos[b_idx, t_idx]] = ids[b_idx, t_idx]
-    return tokens, n_tokens.to(torch.int64)
+    if width is None:
+        L = int(n_tokens.max()) if B else 0
+    else:
+        if check and B and int(n_tokens.max()) > width:
+            raise ValueError(f"{where}: width={width} is shorter than the longest decoded "
+                             f"sequence ({int(n_tokens.max())} tokens)")
+        L = width
+    # scatter every kept frame to its token position; the others go to a spare last column
+    pos = torch.where(keep, keep.cumsum(dim=1) - 1, torch.full_like(ids, max(L, T)))
+    tokens = torch.full((B, max(L, T) + 1), -1, dtype=torch.int64, device=logits.device)
+    tokens.scatter_(1, pos, torch.where(keep, ids, torch.full_like(ids, -1)).to(torch.int64))
+    return tokens[:, :L].contiguous(), n_tokens.to(torch.int64)
 
 
-def edit_distance(hyp: torch.Tensor, hyp_len, ref: torch.Tensor, ref_len) -> torch.Tensor:
+def edit_distance(hyp: torch.Tensor, hyp_len, ref: torch.Tensor, ref_len, *,
+                  max_hyp_len: int | None = None, max_ref_len: int | None = None,
+                  check: bool = True) -> torch.Tensor:
     """Levenshtein distance (unit insert / delete / substitute) between padded sequence pairs.
 
     Args:
@@ -78,11 +98,16 @@ def edit_distance(hyp: torch.Tensor, hyp_len, ref: torch.Tensor, ref_len) -> tor
         hyp_len: ``(B,)``.
         ref: ``(B, Lr)`` integer ids, row b valid up to ``ref_len[b]``.
         ref_len: ``(B,)``.
+        max_hyp_len, max_ref_len: upper bounds of ``hyp_len`` / ``ref_len`` known on the host
+            (e.g. the longest label from the store's metadata); each one given spares reading
+            that maximum from the device. With both, no host synchronisation at all.
+        check: check that the lengths lie in [0, L] and below the bounds (host reads);
+            ``False`` for trusted internal callers.
 
     Returns:
         ``(B,)`` int64 distances. The dynamic programme runs row by row over the shorter side
         (after trimming the padding) for the whole batch at once; insertions along a row are
-        resolved with a cumulative minimum. One host synchronisation reads the longest lengths.
+        resolved with a cumulative minimum.
     """
     where = "edit_distance"
     for name, t in (("hyp", hyp), ("ref", ref)):
@@ -98,12 +123,12 @@ def edit_distance(hyp: torch.Tensor, hyp_len, ref: torch.Tensor, ref_len) -> tor
     B, Lh = hyp.shape
     Lr = ref.shape[1]
     dev = hyp.device
-    hyp_len = _check_lengths("hyp_len", hyp_len, B, Lh, where).to(dev)
-    ref_len = _check_lengths("ref_len", ref_len, B, Lr, where).to(dev)
+    hyp_len = _check_lengths("hyp_len", hyp_len, B, Lh, where, check).to(dev)
+    ref_len = _check_lengths("ref_len", ref_len, B, Lr, where, check).to(dev)
     # Trim the padding and run the programme over the shorter side (the distance is symmetric):
     # validation labels are padded to 500 while early, untrained outputs can be long.
-    Lh = int(hyp_len.max()) if B else 0
-    Lr = int(ref_len.max()) if B else 0
+    Lh = _longest("hyp_len", hyp_len, Lh, max_hyp_len, check, where)
+    Lr = _longest("ref_len", ref_len, Lr, max_ref_len, check, where)
     hyp = hyp[:, :Lh].to(torch.int64)
     ref = ref[:, :Lr].to(torch.int64)
     if Lh > Lr:
@@ -123,6 +148,21 @@ def edit_distance(hyp: torch.Tensor, hyp_len, ref: torch.Tensor, ref_len) -> tor
         done = hyp_len == i
         result = torch.where(done, row.gather(1, ref_len.unsqueeze(1)).squeeze(1), result)
     return result
+
+
+def _longest(name: str, lengths: torch.Tensor, width: int, bound: int | None, check: bool,
+             where: str) -> int:
+    """The number of columns the programme needs: ``bound`` (capped at the padded width) when
+    the host knows it, else the longest length read from the device."""
+    B = lengths.shape[0]
+    if bound is None:
+        return int(lengths.max()) if B else 0
+    if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
+        raise ValueError(f"{where}: max_{name} must be an integer >= 0 or None, got {bound!r}")
+    if check and B and int(lengths.max()) > bound:
+        raise ValueError(f"{where}: {name} reaches {int(lengths.max())}, above "
+                         f"max_{name}={bound}")
+    return min(bound, width)
 
 
 def blank_fraction(logits: torch.Tensor, lengths, blank: int = 0) -> float:

@@ -94,6 +94,15 @@ def official_keys(n_days: int, n_layers: int) -> list[str]:
     return keys
 
 
+def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without a synchronising copy: through pinned (page-
+    locked) memory with ``non_blocking`` on CUDA (the pinned block is held until the copy has
+    run), as is on the CPU."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _import_op(name: str):
     """``fastbci.ops.<name>`` or None when that module is not part of this installation."""
     try:
@@ -230,8 +239,15 @@ class GRUDecoder(nn.Module):
                 f"impl={self.impl!r}, rng={self.rng!r}")
 
     # -----------------------------------------------------------------------------------------
-    def _local_days(self, day_idx: torch.Tensor, days_present) -> tuple[list[int], torch.Tensor]:
-        """The distinct days (host list) and ``day_idx`` remapped to positions in that list."""
+    def _local_days(self, day_idx: torch.Tensor, days_present,
+                    local_day_idx: torch.Tensor | None = None) -> tuple[list[int], torch.Tensor]:
+        """The distinct days (host list) and ``day_idx`` remapped to positions in that list.
+
+        With ``local_day_idx`` (and ``days_present``) given, the remapping is taken as is and only
+        checked with an asynchronous device assertion (no host synchronisation, no copy from
+        pageable host memory); otherwise it is computed through a small lookup table."""
+        if local_day_idx is not None:
+            return self._given_local_days(day_idx, days_present, local_day_idx)
         if days_present is None:
             present = [int(d) for d in torch.unique(day_idx).tolist()]
             given = False
@@ -252,7 +268,7 @@ class GRUDecoder(nn.Module):
                              f"[0, {self.n_days - 1}] (the model has {self.n_days} day layers)")
         lut = torch.full((self.n_days,), -1, dtype=torch.long)
         lut[torch.tensor(present, dtype=torch.long)] = torch.arange(len(present))
-        local = lut.to(day_idx.device, non_blocking=True)[day_idx.clamp(0, self.n_days - 1)]
+        local = _upload(lut, day_idx.device)[day_idx.clamp(0, self.n_days - 1)]
         if given:
             inside = (day_idx >= 0) & (day_idx < self.n_days) & (local >= 0)
             if day_idx.device.type == "cpu":
@@ -265,9 +281,57 @@ class GRUDecoder(nn.Module):
                                                   "not in days_present")
         return present, local
 
+    def _given_local_days(self, day_idx: torch.Tensor, days_present,
+                          local_day_idx) -> tuple[list[int], torch.Tensor]:
+        """Check a caller's ``(days_present, local_day_idx)`` pair (see :meth:`_local_days`)."""
+        where = "GRUDecoder.forward"
+        if days_present is None:
+            raise ValueError(f"{where}: local_day_idx needs days_present (the days its entries "
+                             "index)")
+        try:
+            present = [int(d) for d in days_present]
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: days_present must be a sequence of day indices, got "
+                            f"{days_present!r}") from None
+        if not present:
+            raise ValueError(f"{where}: the batch holds no trial (days_present is empty)")
+        if len(set(present)) != len(present):
+            raise ValueError(f"{where}: days_present has repeated days: {present}")
+        bad = [d for d in present if not 0 <= d < self.n_days]
+        if bad:
+            raise ValueError(f"{where}: day indices {bad} are outside [0, {self.n_days - 1}] "
+                             f"(the model has {self.n_days} day layers)")
+        if not isinstance(local_day_idx, torch.Tensor) or local_day_idx.dim() != 1 \
+                or local_day_idx.shape[0] != day_idx.shape[0]:
+            shape = tuple(local_day_idx.shape) if isinstance(local_day_idx, torch.Tensor) \
+                else type(local_day_idx).__name__
+            raise ValueError(f"{where}: local_day_idx must be a ({day_idx.shape[0]},) tensor, "
+                             f"got {shape}")
+        if local_day_idx.dtype.is_floating_point or local_day_idx.dtype == torch.bool \
+                or local_day_idx.is_complex():
+            raise TypeError(f"{where}: local_day_idx must be an integer tensor, got "
+                            f"{local_day_idx.dtype}")
+        local = local_day_idx.to(device=day_idx.device, dtype=torch.long, non_blocking=True)
+        # every entry must point at its trial's day in days_present; checked on the device,
+        # asynchronously on CUDA (the C++ check runs at once on the CPU)
+        present_t = _upload(torch.tensor(present, dtype=torch.long), day_idx.device)
+        in_range = (local >= 0) & (local < len(present))
+        agrees = present_t[local.clamp(0, len(present) - 1)] == day_idx
+        try:
+            torch._assert_async((in_range & agrees).all(),
+                                f"{where}: local_day_idx does not map day_idx onto "
+                                f"days_present={present}")
+        except RuntimeError:
+            if day_idx.device.type != "cpu":
+                raise
+            raise ValueError(f"{where}: local_day_idx {local.tolist()} does not map day_idx "
+                             f"{day_idx.tolist()} onto days_present={present} (entry i must be "
+                             "the position of day_idx[i] in days_present)") from None
+        return present, local
+
     def _day_layer(self, x: torch.Tensor, day_idx: torch.Tensor, days_present, seed: int,
-                   step: int) -> torch.Tensor:
-        present, local = self._local_days(day_idx, days_present)
+                   step: int, local_day_idx: torch.Tensor | None = None) -> torch.Tensor:
+        present, local = self._local_days(day_idx, days_present, local_day_idx)
         weight = torch.stack([self.day_weights[d] for d in present], dim=0)
         bias = torch.cat([self.day_biases[d] for d in present], dim=0)
         philox_p = self.input_dropout if (self.training and self.rng == "philox") else 0.0
@@ -298,7 +362,7 @@ class GRUDecoder(nn.Module):
 
     def forward(self, x: torch.Tensor, day_idx, states: torch.Tensor | None = None,
                 return_state: bool = False, *, days_present: Sequence[int] | None = None,
-                seed: int = 0, step: int = 0):
+                local_day_idx: torch.Tensor | None = None, seed: int = 0, step: int = 0):
         """Phoneme logits ``(B, P, n_classes)`` (and the final GRU state when ``return_state``).
 
         Args:
@@ -308,6 +372,10 @@ class GRUDecoder(nn.Module):
             return_state: also return the final state ``(n_layers, B, n_units)``.
             days_present: the distinct days of the batch as a host sequence (the trainer knows
                 them, which spares a device sync); ``None``: computed with ``torch.unique``.
+            local_day_idx: ``(B,)`` position of each trial's day in ``days_present`` (needs
+                ``days_present``), e.g. :class:`fastbci.train.Batch` ``local_day_idx``: spares
+                the model building and uploading its day lookup table every step. Checked
+                against ``day_idx`` with a device assertion (asynchronous on CUDA).
             seed, step: the Philox key and step of the day-layer dropout (``rng="philox"``).
         """
         if not isinstance(x, torch.Tensor) or x.dim() != 3:
@@ -334,7 +402,7 @@ class GRUDecoder(nn.Module):
                             f"{day_idx.dtype}")
         day_idx = day_idx.to(device=x.device, dtype=torch.long)
 
-        x = self._day_layer(x, day_idx, days_present, seed, step)
+        x = self._day_layer(x, day_idx, days_present, seed, step, local_day_idx)
         if self.patch_size > 0:
             x = self._patch(x)
 

@@ -175,6 +175,38 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+class StepTimer:
+    """Wall time of one training step, honest on an asynchronous device.
+
+    On CUDA two events bracket the step on the current stream and :meth:`stop` waits for the
+    second one, so the figure covers the step's device work (a host clock alone would stop
+    when the last kernel is queued, not when it has run); elsewhere a host clock. Only the
+    timed (log) steps pay the wait."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+        if self.cuda:
+            self._begin = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+        self._t0: float | None = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._begin.record()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        """Seconds since :meth:`start` (on CUDA: between the events, after waiting for them)."""
+        if self._t0 is None:
+            raise RuntimeError("StepTimer.stop() without start()")
+        self._t0, t0 = None, self._t0
+        if self.cuda:
+            self._end.record()
+            self._end.synchronize()
+            return self._begin.elapsed_time(self._end) / 1000.0
+        return time.perf_counter() - t0
+
+
 # ---------------------------------------------------------------------------------------------
 # data path
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +242,11 @@ class HostMeta:
 
 @dataclasses.dataclass
 class Batch:
-    """One device batch, augmented/smoothed, with its host-side facts."""
+    """One device batch, augmented/smoothed, with its host-side facts.
+
+    The ``*_host`` fields are CPU copies of lengths that the host knows from the store's
+    metadata (no device read); :func:`ctc_per_trial` hands them to ``ctc_loss``, which otherwise
+    copies device lengths to the host (a synchronisation) every step."""
     features: torch.Tensor          # (B, T', C) after the transform
     n_time_steps: torch.Tensor      # (B,) after the cut, on the device
     labels: torch.Tensor | None     # (B, L) phoneme ids, zero padded
@@ -219,6 +255,22 @@ class Batch:
     days_present: list[int]         # host
     rows: np.ndarray                # store rows (host)
     n_label_total: int              # host: sum of label lengths
+    n_time_host: torch.Tensor | None = None     # (B,) CPU int64: n_time_steps after the cut
+    input_lens_host: torch.Tensor | None = None  # (B,) CPU int32: CTC input lengths
+    label_lens_host: torch.Tensor | None = None  # (B,) CPU int64: label lengths
+    local_day_idx: torch.Tensor | None = None    # (B,) device int64: position in days_present
+
+    @property
+    def max_input_len(self) -> int | None:
+        """Longest CTC input length of the batch (host int), None when unknown."""
+        h = self.input_lens_host
+        return None if h is None else (int(h.numpy().max()) if h.numel() else 0)
+
+    @property
+    def max_label_len(self) -> int | None:
+        """Longest label of the batch (host int), None when unknown."""
+        h = self.label_lens_host
+        return None if h is None else (int(h.numpy().max()) if h.numel() else 0)
 
 
 class DataPath:
@@ -228,6 +280,11 @@ class DataPath:
     straight from the packed store (on the device), or, when the store lives on the host,
     ``augment_smooth`` on the padded batch. Otherwise ``store.batch(rows)`` then
     :func:`fastbci.reference.transform_ref` with the configured random source.
+
+    No host synchronisation: every length, maximum and day index is known on the host from the
+    store's metadata (:class:`HostMeta`); the small per-batch tensors (rows, local day indices,
+    lengths) reach a CUDA device through pinned memory with ``non_blocking=True``, and labels
+    and label lengths are gathered on the device from a device-resident store.
     """
 
     def __init__(self, cfg: Mapping, device: torch.device, impl: str, rng: str):
@@ -240,65 +297,131 @@ class DataPath:
         self.fused = impl == "fused" and rng == "philox"
         self.amp = bool(cfg.get("use_amp", True)) and device.type == "cuda"
         self.out_dtype = torch.bfloat16 if (self.fused and self.amp) else None
+        m = cfg.get("model") or {}
+        self.patch = (int(m.get("patch_size", 0) or 0), int(m.get("patch_stride", 0) or 0)) \
+            if "patch_size" in m else None
 
     def _to_dev(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=True)
 
+    def _upload(self, a: np.ndarray) -> torch.Tensor:
+        """A small host array on the device: through pinned memory with ``non_blocking`` on
+        CUDA (no synchronisation; the caching host allocator keeps the pinned block until the
+        copy has run), a fresh CPU tensor otherwise."""
+        t = torch.from_numpy(np.ascontiguousarray(a).copy())
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _host_batch(self, store, rows: np.ndarray, t_max: int) -> torch.Tensor:
+        """The zero-padded features of ``rows`` from a store that is not on the device, on the
+        device. For CUDA they are gathered straight into a pinned buffer (from the caching host
+        allocator, which keeps it until the copy has run) and copied with ``non_blocking``: a
+        copy from pageable memory would wait for the device."""
+        if self.device.type != "cuda" or store.features.device.type != "cpu":
+            return self._to_dev(store.batch(rows)["input_features"])
+        n = len(rows) * t_max * int(store.features.shape[1])
+        buf = torch.empty(n, dtype=torch.float32, pin_memory=True)
+        raw = store.batch(rows, out=buf)["input_features"]
+        return raw.to(self.device, non_blocking=True)
+
+    def _taps(self):
+        if not self.transforms.get("smooth_data"):
+            return None
+        from fastbci.ops.augment import cached_smoothing_taps
+        return cached_smoothing_taps(self.transforms, self.device, "DataPath")
+
     def batch(self, store, meta: HostMeta, rows: np.ndarray, *, mode: str, step: int = 0) -> Batch:
+        """The device :class:`Batch` of store ``rows`` (in that order): augmented
+        (``mode="train"``, random streams of batch ``step``) and smoothed, with its labels, day
+        indices and the host copies of its lengths. ``meta`` is the store's :class:`HostMeta`."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             raise ValueError("DataPath.batch: empty list of trial rows")
+        if rows.ndim != 1 or rows.min() < 0 or rows.max() >= meta.n:
+            raise ValueError(f"DataPath.batch: rows must be a 1-D list of store rows in "
+                             f"[0, {meta.n - 1}], got shape {rows.shape} with values in "
+                             f"[{rows.min()}, {rows.max()}]")
         lengths = meta.lengths[rows]
         t_max = int(lengths.max())
-        n_time = torch.from_numpy(lengths.copy())
+        on_device_store = store.features.device == self.device
+        rows_t = self._upload(rows) if on_device_store else None
         if self.fused:
             from fastbci.ops import augment as aug_op
-            if store.features.device == self.device:
-                rows_t = self._to_dev(torch.from_numpy(rows))
+            if on_device_store:
                 feats, n_out = aug_op.augment_smooth_gather(
                     store.features, store.offsets, store.lengths, rows_t, self.transforms,
                     mode=mode, seed=self.seed, step=step, padding="same",
                     out_dtype=self.out_dtype, impl="fused", t_max=t_max)
             else:
-                raw = store.batch(rows)["input_features"]
                 feats, n_out = aug_op.augment_smooth(
-                    self._to_dev(raw), self._to_dev(n_time), self.transforms, mode=mode,
+                    self._host_batch(store, rows, t_max), self._upload(lengths),
+                    self.transforms, mode=mode,
                     seed=self.seed, step=step, padding="same", out_dtype=self.out_dtype,
                     impl="fused")
         else:
             from fastbci.reference import transform_ref
-            raw = store.batch(rows)["input_features"]
-            feats, n_out = transform_ref(self._to_dev(raw), self._to_dev(n_time), self.transforms,
-                                         mode, rng=self.rng, seed=self.seed, step=step)
+            raw = self._host_batch(store, rows, t_max) if not on_device_store \
+                else store.batch(rows)["input_features"]
+            feats, n_out = transform_ref(raw, self._upload(lengths), self.transforms,
+                                         mode, rng=self.rng, seed=self.seed, step=step,
+                                         taps=self._taps())
         n_out = self._to_dev(n_out)
-        labels = label_lens = None
+        # the cut is the only change of length ('same' smoothing keeps T): read it off the shape
+        cut = t_max - int(feats.shape[1])
+        n_time_host = torch.from_numpy(lengths - cut)
+        input_lens_host = None if self.patch is None else \
+            input_lengths(n_time_host, self.patch[0], self.patch[1])
+        labels = label_lens = label_lens_host = None
         n_label_total = 0
         if meta.has_labels():
             lens = meta.seq_len[rows]
             L = max(int(lens.max()), 1)
-            labels = self._to_dev(torch.from_numpy(
-                np.ascontiguousarray(meta.seq_class_ids[rows, :L]).astype(np.int64)))
-            label_lens = self._to_dev(torch.from_numpy(lens.copy()))
+            seq = getattr(store, "seq_class_ids", None)
+            seq_len = getattr(store, "seq_len", None)
+            if on_device_store and seq is not None and seq_len is not None \
+                    and seq.device == self.device and seq_len.device == self.device:
+                # gathered on the device from the device-resident store: no host copy
+                labels = seq.index_select(0, rows_t)[:, :L].to(torch.int64)
+                label_lens = seq_len.index_select(0, rows_t).to(torch.int64)
+            else:
+                labels = self._upload(meta.seq_class_ids[rows, :L].astype(np.int64))
+                label_lens = self._upload(lens.astype(np.int64))
+            label_lens_host = torch.from_numpy(lens.astype(np.int64))
             n_label_total = int(lens.sum())
         days = meta.day[rows]
+        present = np.unique(days)
+        local = np.searchsorted(present, days).astype(np.int64)
+        day_idx = store.day.index_select(0, rows_t) \
+            if on_device_store and store.day.device == self.device else self._upload(days)
         return Batch(features=feats, n_time_steps=n_out, labels=labels, label_lens=label_lens,
-                     day_idx=self._to_dev(torch.from_numpy(days.copy())),
-                     days_present=[int(d) for d in np.unique(days)], rows=rows,
-                     n_label_total=n_label_total)
+                     day_idx=day_idx, days_present=[int(d) for d in present], rows=rows,
+                     n_label_total=n_label_total, n_time_host=n_time_host,
+                     input_lens_host=input_lens_host, label_lens_host=label_lens_host,
+                     local_day_idx=self._upload(local))
 
 
 def forward_logits(model, batch: Batch, cfg: Mapping, *, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model logits ``(B, P, K)`` and the CTC input lengths ``(B,)`` (int32) of a batch."""
+    """Model logits ``(B, P, K)`` and the CTC input lengths ``(B,)`` (int32, on the device) of a
+    batch."""
     m = cfg["model"]
+    extra = {} if batch.local_day_idx is None else {"local_day_idx": batch.local_day_idx}
     logits = model(batch.features, batch.day_idx, days_present=batch.days_present,
-                   seed=seed, step=step)
+                   seed=seed, step=step, **extra)
     lens = input_lengths(batch.n_time_steps, int(m["patch_size"]), int(m["patch_stride"]))
     return logits, lens
 
 
 def ctc_per_trial(logits: torch.Tensor, lens: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """The official CTC loss per trial: blank 0, reduction 'none', zero_infinity False."""
-    return F.ctc_loss(logits.log_softmax(2).permute(1, 0, 2), batch.labels, lens, batch.label_lens,
+    """The official CTC loss per trial: blank 0, reduction 'none', zero_infinity False.
+
+    ``ctc_loss`` needs its lengths on the host: when the batch carries host copies
+    (``input_lens_host`` / ``label_lens_host``, equal to ``lens`` / ``label_lens`` by
+    construction) they are used, which spares a device-to-host copy (a synchronisation);
+    otherwise ``lens`` and ``batch.label_lens`` are passed as given."""
+    in_lens = batch.input_lens_host if batch.input_lens_host is not None else lens
+    tgt_lens = batch.label_lens_host if batch.label_lens_host is not None else batch.label_lens
+    return F.ctc_loss(logits.log_softmax(2).permute(1, 0, 2), batch.labels, in_lens, tgt_lens,
                       blank=0, reduction="none", zero_infinity=False)
 
 
@@ -326,7 +449,11 @@ def run_validation(model, store, meta: HostMeta, batches: Sequence[np.ndarray], 
     ``blank_frames`` and ``frames``: what a distributed run adds up over ranks), ``n_trials`` and,
     with ``collect``, per-trial ``rows``, ``logits`` (list of (P_b, K) float32 arrays),
     ``tokens`` (list of int arrays). An empty ``batches`` gives zero sums and None / nan rates.
-    All accumulation stays on the device; the host reads it once at the end.
+
+    No host synchronisation per batch: lengths and their maxima come from the store's metadata,
+    decoding and edit distances run with host-known bounds and without range checks, and every
+    sum (and, with ``collect``, every per-trial output) stays on the device until one read at
+    the end.
     """
     from fastbci import metrics
     was_training = model.training
@@ -338,7 +465,7 @@ def run_validation(model, store, meta: HostMeta, batches: Sequence[np.ndarray], 
     phon_by_day: dict[int, int] = {}
     blank = zero.clone()
     frames = zero.clone()
-    out_rows, out_logits, out_tokens = [], [], []
+    kept: list[tuple] = []  # collect: (rows, logits, token width, host lengths, device ints)
     labelled = meta.has_labels()
     try:
         with torch.no_grad():
@@ -353,45 +480,79 @@ def run_validation(model, store, meta: HostMeta, batches: Sequence[np.ndarray], 
                 valid = torch.arange(ids.shape[1], device=dev).unsqueeze(0) < lens64.unsqueeze(1)
                 blank += ((ids == 0) & valid).sum()
                 frames += valid.sum()
-                tokens, n_tok = metrics.greedy_decode(logits, lens64)
+                width = b.max_input_len
+                width = logits.shape[1] if width is None else max(0, min(width, logits.shape[1]))
+                tokens, n_tok = metrics.greedy_decode(logits, lens64, width=width, check=False)
                 if labelled:
-                    ed = metrics.edit_distance(tokens, n_tok, b.labels, b.label_lens)
+                    ed = metrics.edit_distance(tokens, n_tok, b.labels, b.label_lens,
+                                               max_hyp_len=width, max_ref_len=b.max_label_len,
+                                               check=False)
                     day = int(meta.day[rows[0]])
                     edits_by_day[day] = edits_by_day.get(day, zero) + ed.sum()
                     phon_by_day[day] = phon_by_day.get(day, 0) + b.n_label_total
                 if collect:
-                    lg = logits.float().cpu().numpy()
-                    ln = lens64.cpu().numpy()
-                    tk = tokens.cpu().numpy()
-                    nt = n_tok.cpu().numpy()
-                    for i, r in enumerate(rows):
-                        out_rows.append(int(r))
-                        out_logits.append(lg[i, :ln[i]])
-                        out_tokens.append(tk[i, :nt[i]])
+                    host_lens = b.input_lens_host
+                    ints = [n_tok, tokens.reshape(-1)] + ([lens64] if host_lens is None else [])
+                    kept.append((np.asarray(rows), logits.float(), tokens.shape[1],
+                                 None if host_lens is None else host_lens.numpy(),
+                                 torch.cat(ints)))
     finally:
         model.train(was_training)
     days = sorted(edits_by_day)
-    host = torch.stack([blank, frames] + [edits_by_day[d] for d in days]).cpu().tolist()
-    n_frames = host[1]
-    day_edits = dict(zip(days, host[2:]))
+    # one read for every sum: counts are exact in float64 (far below 2**53), the mean loss is
+    # the float32 mean of the float32 batch means, as official
+    parts = [blank.to(torch.float64), frames.to(torch.float64)]
+    parts += [edits_by_day[d].to(torch.float64) for d in days]
+    if losses:
+        stacked = torch.stack(losses)
+        parts += [stacked.mean().to(torch.float64), stacked.double().sum()]
+    host = torch.stack(parts).cpu().tolist()
+    n_blank, n_frames = int(host[0]), int(host[1])
+    day_edits = {d: int(v) for d, v in zip(days, host[2:2 + len(days)])}
+    loss_mean, loss_sum = (host[-2], host[-1]) if losses else (None, 0.0)
     total_ph = sum(phon_by_day.values())
-    loss_sum = float(torch.stack(losses).double().sum()) if losses else 0.0
     res = {
-        "loss": float(torch.stack(losses).mean()) if losses else None,
+        "loss": loss_mean,
         "per": (sum(day_edits.values()) / total_ph) if total_ph > 0 else None,
         "per_by_day": {d: (day_edits[d] / phon_by_day[d] if phon_by_day[d] else None) for d in days},
         "edits_by_day": day_edits,
         "phonemes_by_day": dict(phon_by_day),
-        "blank_fraction": host[0] / n_frames if n_frames else float("nan"),
+        "blank_fraction": n_blank / n_frames if n_frames else float("nan"),
         "n_trials": int(sum(len(r) for r in batches)),
         "loss_sum": loss_sum,
         "n_loss_batches": len(losses),
-        "blank_frames": int(host[0]),
-        "frames": int(n_frames),
+        "blank_frames": n_blank,
+        "frames": n_frames,
     }
     if collect:
-        res.update(rows=out_rows, logits=out_logits, tokens=out_tokens)
+        res.update(_collected_to_host(kept))
     return res
+
+
+def _collected_to_host(kept: list[tuple]) -> dict[str, list]:
+    """The per-trial outputs that :func:`run_validation` kept on the device, moved to the host
+    in two transfers (one float32, one int64) and cut into per-trial arrays there."""
+    out: dict[str, list] = {"rows": [], "logits": [], "tokens": []}
+    if not kept:
+        return out
+    floats = torch.cat([lg.reshape(-1) for _, lg, _, _, _ in kept]).cpu().numpy()
+    ints = torch.cat([iv for *_, iv in kept]).cpu().numpy()
+    f_at = i_at = 0
+    for rows, lg, width, host_lens, _ in kept:
+        B, P, K = lg.shape
+        lg_h = floats[f_at:f_at + B * P * K].reshape(B, P, K)
+        f_at += B * P * K
+        n_tok = ints[i_at:i_at + B]
+        tok = ints[i_at + B:i_at + B + B * width].reshape(B, width)
+        i_at += B + B * width
+        if host_lens is None:
+            host_lens = ints[i_at:i_at + B]
+            i_at += B
+        for i, r in enumerate(rows):
+            out["rows"].append(int(r))
+            out["logits"].append(lg_h[i, :int(host_lens[i])])
+            out["tokens"].append(tok[i, :int(n_tok[i])])
+    return out
 
 
 def pack_trials(res: Mapping, meta: HostMeta) -> dict[str, np.ndarray]:
@@ -925,9 +1086,12 @@ class Trainer:
             self._emulate_loader_draw()
             self._loader_draw_done = True
         ran = 0
+        timer = StepTimer(self.device)
         try:
             for k in range(self.start_batch, n_batches):
-                t_step = time.time()
+                timed = k % log_every == 0
+                if timed:
+                    timer.start()
                 out = self.train_step(k)
                 last = k
                 if not out["finite"]:
@@ -940,8 +1104,8 @@ class Trainer:
                         self.log.error(msg + "\n  Training stopped (fastbci.nonfinite_policy=stop;"
                                        " use =skip to skip such batches)")
                         raise NonFiniteError(msg)
-                if k % log_every == 0:
-                    self._train_log(k, out, time.time() - t_step, bar)
+                if timed:
+                    self._train_log(k, out, timer.stop(), bar)
                 if bar is not None:
                     bar.update(1)
                 is_val = bool(self.val_plan) and (k % val_every == 0 or k == n_batches - 1)
@@ -1012,8 +1176,12 @@ class Trainer:
         gnorm = float(out["grad_norm"])
         logits, lens, batch = out["logits"], out["lens"], out["batch"]
         lens64 = lens.to(torch.int64)
-        tokens, n_tok = metrics.greedy_decode(logits, lens64)
-        ed = metrics.edit_distance(tokens, n_tok, batch.labels, batch.label_lens)
+        width = batch.max_input_len
+        width = logits.shape[1] if width is None else max(0, min(width, logits.shape[1]))
+        tokens, n_tok = metrics.greedy_decode(logits, lens64, width=width, check=False)
+        ed = metrics.edit_distance(tokens, n_tok, batch.labels, batch.label_lens,
+                                   max_hyp_len=width, max_ref_len=batch.max_label_len,
+                                   check=False)
         valid = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0) < lens64.unsqueeze(1)
         blank = ((logits.argmax(dim=-1) == 0) & valid).sum()
         # edits, true phonemes, blank frames, valid frames: summed over the ranks' shares

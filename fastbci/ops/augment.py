@@ -50,7 +50,8 @@ import torch
 from fastbci import philox
 from fastbci.reference import augment_ref, smooth_ref, smoothing_taps, transform_ref
 
-__all__ = ["augment_smooth", "augment_smooth_gather", "IMPLS", "MODES", "PADDINGS"]
+__all__ = ["augment_smooth", "augment_smooth_gather", "cached_smoothing_taps", "IMPLS", "MODES",
+           "PADDINGS"]
 
 IMPLS = ("auto", "fused", "reference")
 MODES = ("train", "val", "eval", "test")
@@ -109,6 +110,38 @@ def _check_seed_step(seed, step, where: str) -> None:
                          f"got {step!r}")
 
 
+_TAPS_CACHE: dict[tuple, torch.Tensor] = {}
+_TAPS_CACHE_MAX = 32
+
+
+def cached_smoothing_taps(transforms: Mapping, device=None, where: str = "augment_smooth"
+                          ) -> torch.Tensor:
+    """``fastbci.reference.smoothing_taps(transforms, device, where)``, cached per
+    ``(smooth_kernel_std, smooth_kernel_size, device)``.
+
+    The taps are built and copied to ``device`` once; later calls return the same tensor, so a
+    training step does not pay a (synchronising, pageable) host-to-device copy for them. The
+    returned tensor is shared: treat it as read-only (clone it before modifying it). Invalid or
+    missing keys raise the errors of ``smoothing_taps`` (nothing is cached then).
+    """
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    std = transforms.get("smooth_kernel_std") if isinstance(transforms, Mapping) else None
+    size = transforms.get("smooth_kernel_size") if isinstance(transforms, Mapping) else None
+    # the types are part of the key: True == 1 and 2 == 2.0 hash alike but validate differently
+    key = (type(std), std, type(size), size, dev)
+    try:
+        hit = _TAPS_CACHE.get(key)
+    except TypeError:  # an unhashable value: let smoothing_taps report it
+        return smoothing_taps(transforms, dev, where)
+    if hit is not None:
+        return hit
+    taps = smoothing_taps(transforms, None, where).to(dev)
+    if len(_TAPS_CACHE) >= _TAPS_CACHE_MAX:
+        _TAPS_CACHE.clear()
+    _TAPS_CACHE[key] = taps
+    return taps
+
+
 def _triton_importable() -> bool:
     try:
         import triton  # noqa: F401
@@ -151,7 +184,7 @@ class _Plan:
 
     def __init__(self, where, transforms, mode, seed, step, padding, t_max, device):
         smooth = _smooth_flag(transforms, where)
-        self.taps = smoothing_taps(transforms, device, where) if smooth else None
+        self.taps = cached_smoothing_taps(transforms, device, where) if smooth else None
         self.noise_std = self.offset_std = 0.0
         self.cut = 0
         self.via_reference = False  # static gain / random walk: augment with the reference ops
@@ -230,8 +263,10 @@ def _fused_padded(where, x, n_time_steps, transforms, mode, seed, step, padding,
 
 def _reference_padded(x, n_time_steps, transforms, mode, seed, step, padding, out_dtype):
     if padding == "same":
+        taps = cached_smoothing_taps(transforms, x.device, "augment_smooth") \
+            if _smooth_flag(transforms, "augment_smooth") else None
         out, n = transform_ref(x, n_time_steps, transforms, mode, rng="philox", seed=seed,
-                               step=step)
+                               step=step, taps=taps)
     else:
         where = "augment_smooth"
         smooth = _smooth_flag(transforms, where)
@@ -241,7 +276,7 @@ def _reference_padded(x, n_time_steps, transforms, mode, seed, step, padding, ou
         else:
             out, n = x.to(torch.float32), n_time_steps
         if smooth:
-            taps = smoothing_taps(transforms, x.device, where)
+            taps = cached_smoothing_taps(transforms, x.device, where)
             out = smooth_ref(out, taps, "valid")
             n = torch.clamp(n - (taps.numel() - 1), min=0)
     return out.to(out_dtype), n
@@ -330,7 +365,9 @@ def _batch_t_max(where, lengths, rows, t_max):
         if isinstance(t_max, bool) or not isinstance(t_max, int) or t_max < 0:
             raise ValueError(f"{where}: t_max must be an integer >= 0 or None, got {t_max!r}")
         if rows.device.type == "cpu" and rows.numel():
-            lo, hi = int(rows.min()), int(rows.max())
+            # host rows: check them with numpy (host data, never a device read)
+            r = rows.detach().numpy()
+            lo, hi = int(r.min()), int(r.max())
             if lo < 0 or hi >= n:
                 raise ValueError(f"{where}: rows must index the {n} trials of the store, got "
                                  f"values in [{lo}, {hi}]")
