@@ -53,7 +53,6 @@ import os
 import signal
 import sys
 import threading
-import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -505,27 +504,14 @@ class DistributedTrainer(T.Trainer):
                               torch.tensor(vote, dtype=torch.float32, device=local.device)])
         summed = self.reducer.all_reduce(full.days_present, extras)
         loss = summed[0]
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        clip = float(cfg["grad_norm_clip_value"])
-        if clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=clip,
-                                                       error_if_nonfinite=False, foreach=True)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        grad_norm = self.clip_gradients()
         # one host read for both the non-finite check and the stop vote
         finite, voted = torch.stack([torch.isfinite(loss) & torch.isfinite(grad_norm),
                                      summed[1] > 0]).tolist()
         if voted and self._stop_request is None:
             self._stop_request = self._local_stop or "interrupt"
         lr = self.optimizer.param_groups[-1]["lr"]
-        if finite:
-            self.optimizer.step()
-            self.scheduler.step()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
-                self.scheduler.step()
+        self.apply_update(finite)
         self.train_losses[k] = loss.detach().float()
         out = {"loss": loss.detach(), "grad_norm": grad_norm.detach(), "per_trial": per_trial.detach(),
                "logits": logits.detach(), "lens": lens, "batch": batch, "finite": finite, "lr": lr}

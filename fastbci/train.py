@@ -970,6 +970,29 @@ class Trainer:
         if self.rng == "torch":
             torch.empty((), dtype=torch.int64).random_()
 
+    def clip_gradients(self) -> torch.Tensor:
+        """Clip the global gradient norm to ``grad_norm_clip_value`` (no host read); returns the
+        norm before clipping (computed also when clipping is off, where the official one is
+        undefined)."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = float(self.cfg["grad_norm_clip_value"])
+        if clip > 0:
+            return torch.nn.utils.clip_grad_norm_(params, max_norm=clip,
+                                                  error_if_nonfinite=False, foreach=True)
+        return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+
+    def apply_update(self, finite: bool) -> None:
+        """Optimiser and scheduler step; for a non-finite step, skip the update but advance the
+        schedule so that the rate stays tied to the batch index."""
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            self.scheduler.step()
+
     def train_step(self, k: int) -> dict:
         """One optimisation step on training batch ``k``; returns device tensors (no sync) plus
         ``finite`` (the only host read: the non-finite check of loss and gradient)."""
@@ -983,24 +1006,10 @@ class Trainer:
             per_trial = ctc_per_trial(logits, lens, batch)
             loss = per_trial.mean()
         loss.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        clip = float(cfg["grad_norm_clip_value"])
-        if clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=clip,
-                                                       error_if_nonfinite=False, foreach=True)
-        else:  # fix: the official grad_norm is undefined without clipping
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        grad_norm = self.clip_gradients()
         finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
         lr = self.optimizer.param_groups[-1]["lr"]
-        if finite:
-            self.optimizer.step()
-            self.scheduler.step()
-        else:
-            # skip the update; the schedule still advances so the rate stays tied to the batch
-            self.optimizer.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
-                self.scheduler.step()
+        self.apply_update(finite)
         self.train_losses[k] = loss.detach().float()
         return {"loss": loss.detach(), "grad_norm": grad_norm.detach(), "per_trial": per_trial.detach(),
                 "logits": logits.detach(), "lens": lens, "batch": batch, "finite": finite, "lr": lr}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .t15 import (BadTrial, DataError, DataWarning, TrialMeta, _Reporter, check_policy, check_split,
-                  open_session_file, read_features, scan_session_file, session_paths, trial_name)
+                  open_session_file, read_features, scan_session_file, session_paths)
 
 __all__ = ["TrialStore", "SessionSource"]
 
