@@ -297,6 +297,9 @@ def test_sigint_stops_after_the_batch_with_a_resumable_checkpoint(synth_dir, tmp
     import os
     import signal
     out = tmp_path / "sig"
+    # the handler in force before the run (SIG_IGN when the test runs as a background job, as
+    # in CI; Python's default_int_handler in a terminal): the trainer must put it back
+    before = signal.getsignal(signal.SIGINT)
     tr = T.Trainer(make_cfg(synth_dir, out, "batches_per_val_step=100"), console=False).setup()
     real_step = tr.train_step
 
@@ -310,7 +313,7 @@ def test_sigint_stops_after_the_batch_with_a_resumable_checkpoint(synth_dir, tmp
     res = tr.fit()
     assert res["status"] == "interrupted" and res["last_batch"] == 1
     assert "fastbci.resume=true" in res["message"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handler restored"
+    assert signal.getsignal(signal.SIGINT) is before, "the SIGINT handler in force before is restored"
     from fastbci import checkpoint as ckpt_io
     st = ckpt_io.resume_state_of(ckpt_io.load(out / "checkpoint" / ckpt_io.RESUME_NAME), "x")
     assert st["next_batch"] == 2
