@@ -591,9 +591,16 @@ def main(argv: Sequence[str], env: DistEnv) -> int:
         trainer = DistributedTrainer(cfg, env, device=device)
         return T.exit_code_of(trainer.fit()["status"])
 
+    code = 1
     try:
-        return T.run_cli(run, report=env.is_main)
+        code = T.run_cli(run, report=env.is_main)
+        return code
     finally:
         if dist.is_initialized():
+            if code in (T.EXIT_OK, T.EXIT_COLLAPSE, T.EXIT_NONFINITE, T.EXIT_INTERRUPTED):
+                # every rank left the training loop together (a fit() status): leave together;
+                # without this barrier a rank can tear its gloo pairs down while a peer is still
+                # closing, which aborts that peer ("terminate called without an active exception")
+                dist.barrier()
             dist.destroy_process_group()
         sys.stdout.flush()
