@@ -2,6 +2,7 @@
 # fastbci's one entry point for a fresh machine.
 #   ./run.sh demo   set up (if needed) and train configs/demo.yaml on built-in synthetic data
 #   ./run.sh test   set up (if needed) and run the whole test suite
+#   ./run.sh bench  set up (if needed) and run the benchmark suite (pytest bench --benchmark-only)
 #   ./run.sh setup  only set up: a virtual environment in .venv (override with FASTBCI_VENV)
 # On a CPU machine the setup installs torch==2.13.0 (CPU wheel) and triton==3.7.1; a GPU user
 # who already has a CUDA build of torch uses FASTBCI_VENV=/path/to/their/env, where the
@@ -44,8 +45,13 @@ case "${1:-}" in
     shift
     exec "$PY" -m pytest -q "$@"
     ;;
+  bench)
+    setup
+    shift
+    exec "$PY" -m pytest bench --benchmark-only -q "$@"
+    ;;
   *)
-    echo "usage: ./run.sh demo|test|setup [args...]" >&2
+    echo "usage: ./run.sh demo|test|bench|setup [args...]" >&2
     exit 2
     ;;
 esac

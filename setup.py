@@ -45,7 +45,12 @@ def _extensions():
             f"{torch.version.cuda!r}, CUDA_HOME={cpp_extension.CUDA_HOME!r}")
     cxx = ["-O3", "-std=c++17"]
     if want_cuda and have_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("FASTBCI_CUDA_ARCH_LIST", "8.0;9.0"))
+        # FASTBCI_CUDA_ARCH_LIST wins over a TORCH_CUDA_ARCH_LIST preset by the environment (some
+        # images list architectures below sm_80, which the kernels do not support)
+        if os.environ.get("FASTBCI_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ["FASTBCI_CUDA_ARCH_LIST"]
+        else:
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         ext = cpp_extension.CUDAExtension(
             "fastbci._C", cpp + cu_bind + cu,
             include_dirs=[os.path.join(ROOT, "csrc")],

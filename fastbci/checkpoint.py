@@ -133,10 +133,8 @@ def resume_state_of(ckpt: Mapping, path: str | os.PathLike) -> dict:
     return dict(st)
 
 
-def find_resume_checkpoint(output_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike) -> Path | None:
-    """The latest resumable checkpoint of a run: ``checkpoint_dir/resume_checkpoint`` if present."""
-    for folder in (Path(checkpoint_dir), Path(output_dir), Path(output_dir) / "checkpoint"):
-        p = folder / RESUME_NAME
-        if p.is_file():
-            return p
-    return None
+def find_resume_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
+    """The latest resumable checkpoint of a run: ``checkpoint_dir/resume_checkpoint`` if present
+    (only there: a stale run elsewhere, e.g. under ``output_dir``, is never picked up)."""
+    p = Path(checkpoint_dir) / RESUME_NAME
+    return p if p.is_file() else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
 from importlib import resources
 from pathlib import Path
@@ -106,7 +107,8 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _schema() -> dict[str, Any]:
+@functools.lru_cache(maxsize=None)
+def _schema_cached() -> dict[str, Any]:
     schema = {}
     for key, value in _flatten(defaults()).items():
         if key in _SPECIAL:
@@ -124,6 +126,11 @@ def _schema() -> dict[str, Any]:
         else:
             raise AssertionError(f"no schema for default key {key}")
     return schema
+
+
+def _schema() -> dict[str, Any]:
+    """{dotted key: type spec} of every known key (computed once; callers must not mutate it)."""
+    return _schema_cached()
 
 
 def known_keys() -> list[str]:
@@ -293,9 +300,9 @@ def validate(cfg: dict) -> dict:
         raise ConfigError(f"dataset.days_per_batch must be in [1, {n_days}] (the number of sessions), "
                           f"got {ds['days_per_batch']}")
     for d in ds.get("must_include_days") or []:
-        if not 0 <= d < n_days:
+        if not -n_days <= d < n_days:  # negative: counted from the end, as officially
             raise ConfigError(f"dataset.must_include_days: day {d} is not a session index "
-                              f"(0..{n_days - 1})")
+                              f"({-n_days}..{n_days - 1}; negative counts from the end)")
     if len(ds.get("must_include_days") or []) > ds["days_per_batch"]:
         raise ConfigError("dataset.must_include_days names more days than dataset.days_per_batch")
     m = cfg["model"]

@@ -84,18 +84,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", default=str(DEFAULT_DATA), help=f"demo data directory (default {DEFAULT_DATA})")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of configs/demo.yaml")
     a = ap.parse_args(argv)
-    try:
+
+    def demo() -> int:
+        from fastbci.train import exit_code_of
         res = run(Path(a.out), Path(a.data), a.overrides)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"fastbci.demo: error: {e}", file=sys.stderr)
-        return 2
-    hist = res["val_history"]
-    if hist and hist[-1]["per"] is not None:
-        print(f"Final validation PER: {100 * hist[-1]['per']:.1f}% (best {100 * res['best_val_PER']:.1f}%), "
-              f"{res['seconds'] / 60:.1f} min; run directory {a.out}")
-    else:
-        print(f"Training ended ({res['status']}) without a validation PER")
-    return 0 if res["status"] in ("finished", "early_stopped") else 1
+        hist = res["val_history"]
+        if hist and hist[-1]["per"] is not None:
+            print(f"Final validation PER: {100 * hist[-1]['per']:.1f}% "
+                  f"(best {100 * res['best_val_PER']:.1f}%), {res['seconds'] / 60:.1f} min; "
+                  f"run directory {a.out}")
+        else:
+            print(f"Training ended ({res['status']}) without a validation PER")
+        return exit_code_of(res["status"])
+
+    from fastbci.train import run_cli
+    return run_cli(demo, prog="fastbci.demo")
 
 
 if __name__ == "__main__":

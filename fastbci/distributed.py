@@ -270,14 +270,16 @@ class GradientReducer:
         self.group = group
         self.shared: list[torch.nn.Parameter] = []
         self.day_params: dict[int, list[torch.nn.Parameter]] = {}
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            head, _, tail = name.rpartition(".")
-            if head in ("day_weights", "day_biases") and tail.isdigit():
-                self.day_params.setdefault(int(tail), []).append(p)
-            else:
-                self.shared.append(p)
+        # the per-day layers from the model's own lists, not from parameter names (a wrapped or
+        # compiled model renames them, which would silently turn every day into a shared one)
+        inner = getattr(model, "_orig_mod", getattr(model, "module", model))
+        day_ids: dict[int, int] = {}
+        for d, (w, b) in enumerate(zip(inner.day_weights, inner.day_biases)):
+            for p in (w, b):
+                if p.requires_grad:
+                    self.day_params.setdefault(d, []).append(p)
+                    day_ids[id(p)] = d
+        self.shared = [p for p in model.parameters() if p.requires_grad and id(p) not in day_ids]
 
     def params_for(self, days: Sequence[int]) -> list[torch.nn.Parameter]:
         """The parameters that a global batch holding ``days`` updates, in bucket order."""
@@ -334,9 +336,9 @@ class DistributedTrainer(T.Trainer):
         if not dist.is_initialized():
             raise RuntimeError("DistributedTrainer needs an initialised torch.distributed process "
                                "group (fastbci.distributed.init_process_group)")
-        if env is None:
-            env = DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                          local_rank=dist.get_rank())
+        if env is None:  # the torchrun environment, else the group (LOCAL_RANK: this node's index)
+            env = env_from_os() or DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                                           local_rank=int(os.environ.get("LOCAL_RANK", 0)))
         if env.world_size != dist.get_world_size() or env.rank != dist.get_rank():
             raise RuntimeError(f"DistributedTrainer: env says rank {env.rank} of {env.world_size}, "
                                f"the process group rank {dist.get_rank()} of {dist.get_world_size()}")
@@ -518,10 +520,11 @@ class DistributedTrainer(T.Trainer):
         if not finite:
             # every rank sees the same non-finite sum: gather the per-trial losses so that the
             # diagnosis names the culprit trials of the whole batch
+            # (in their own keys: "batch"/"per_trial"/"logits" stay this rank's, for the train log)
             parts = [torch.empty_like(out["per_trial"].float()) for _ in range(self.world_size)]
             dist.all_gather(parts, out["per_trial"].float().contiguous())
-            out["per_trial"] = torch.cat(parts)
-            out["batch"] = full
+            out["diag_per_trial"] = torch.cat(parts)
+            out["diag_batch"] = full
         return out
 
     # -- validation -----------------------------------------------------------------------------

@@ -137,8 +137,11 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
         files["json"] = str(json_path)
         for s, p in summary["per_by_day"].items():
             say(f"  {s}: PER {100 * p:.2f}%" if p is not None else f"  {s}: no phonemes")
-        say(f"val PER {100 * res['per']:.2f}% (loss {res['loss']:.4f}, blank fraction "
-            f"{res['blank_fraction']:.3f}) over {n} trials")
+        if res["per"] is not None:
+            say(f"val PER {100 * res['per']:.2f}% (loss {res['loss']:.4f}, blank fraction "
+                f"{res['blank_fraction']:.3f}) over {n} trials")
+        else:
+            say(f"no phoneme labels in this split's files: no PER or loss over {n} trials")
     say(f"Wrote {', '.join(files.values())}")
     return summary
 

@@ -266,5 +266,6 @@ def random_cut(random_cut_max: int, seed: int, step: int) -> int:
     """The batch's random cut in [0, random_cut_max), from the CUT stream (host side, no sync)."""
     if random_cut_max <= 0:
         return 0
-    v = int(randint(torch.zeros(1, dtype=torch.int64), seed, step, CUT)[0])
+    # philox4x32's arithmetic works on Python ints as on tensors: one scalar draw, no torch ops
+    v = philox4x32(0, counter_hi(step, CUT), 0, 0, seed)[0]
     return v % int(random_cut_max)

@@ -90,7 +90,7 @@ again AH G EH N | soon S UW N | later L EY T ER | wait W EY T | sleep S L IY P |
 voice V OY S | toy T OY | boy B OY | enjoy EH N JH OY | measure M EH ZH ER | usual Y UW ZH UW AH L
 yellow Y EH L OW | wish W IH SH | shoe SH UW | push P UH SH | full F UH L | sure SH UH R
 thought TH AO T | brother B R AH DH ER | together T AH G EH DH ER | computer K AH M P Y UW T ER
-weather W EH DH ER | outside AW T S AY D | garden G AA R D AH N | dog D AO G | cat K AE T
+weather W EH DH ER | garden G AA R D AH N | dog D AO G | cat K AE T
 """
 
 

@@ -622,7 +622,7 @@ def prepare_output_dir(cfg: Mapping) -> Path | None:
                 if d.exists():  # checkpoint_dir may sit inside output_dir, already removed
                     shutil.rmtree(d)
         else:
-            has_resume = ckpt_io.find_resume_checkpoint(out, ckdir) is not None
+            has_resume = ckpt_io.find_resume_checkpoint(ckdir) is not None
             hint = ("fastbci.resume=true to continue it, " if has_resume else "")
             raise ConfigError(
                 f"output directory {busy[0]} already exists and is not empty; pass {hint}"
@@ -641,7 +641,7 @@ def resume_path(cfg: Mapping) -> Path | None:
     if isinstance(resume, str) and resume.strip().lower() in ("true", "yes", "latest"):
         resume = True
     if resume is True:
-        found = ckpt_io.find_resume_checkpoint(out, ckdir)
+        found = ckpt_io.find_resume_checkpoint(ckdir)
         if found is None:
             raise ConfigError(
                 f"fastbci.resume=true but there is no resumable checkpoint in {out} "
@@ -1015,8 +1015,9 @@ class Trainer:
                 "logits": logits.detach(), "lens": lens, "batch": batch, "finite": finite, "lr": lr}
 
     def _nonfinite_message(self, k: int, out: dict) -> str:
-        batch: Batch = out["batch"]
-        pt = out["per_trial"].float().cpu()
+        # the whole batch when the step says so (a distributed step gathers it for the diagnosis)
+        batch: Batch = out.get("diag_batch", out["batch"])
+        pt = out.get("diag_per_trial", out["per_trial"]).float().cpu()
         bad = (~torch.isfinite(pt)).nonzero().flatten().tolist()
         feats_bad = (~torch.isfinite(batch.features.float())).flatten(1).any(1).cpu().tolist()
         meta = self.train_meta
@@ -1143,7 +1144,7 @@ class Trainer:
             status, message = "nonfinite", str(e)
         except KeyboardInterrupt:
             status = "interrupted"
-            p = ckpt_io.find_resume_checkpoint(self.output_dir, self.checkpoint_dir)
+            p = ckpt_io.find_resume_checkpoint(self.checkpoint_dir)
             message = ("Interrupted in the middle of a batch: nothing saved now; " +
                        (f"the last resumable checkpoint is {p} (resume with fastbci.resume=true)"
                         if p else "no resumable checkpoint exists yet"))
@@ -1419,10 +1420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(run)
 
 
-def run_cli(fn, *, report: bool = True) -> int:
+def run_cli(fn, *, report: bool = True, prog: str = "fastbci.train") -> int:
     """Run ``fn()`` (returning an exit status) and turn the errors a user can fix into a message
-    on stderr and exit status 2 (``report=False``: no message, for processes other than rank 0).
-    ``FASTBCI_DEBUG=1`` re-raises data and model errors with their traceback."""
+    on stderr, prefixed with ``prog``, and exit status 2 (``report=False``: no message, for
+    processes other than rank 0). ``FASTBCI_DEBUG=1`` re-raises data and model errors with their
+    traceback."""
     def say(msg: str) -> None:
         if report:
             print(msg, file=sys.stderr)
@@ -1430,16 +1432,16 @@ def run_cli(fn, *, report: bool = True) -> int:
     try:
         return fn()
     except ConfigError as e:
-        say(f"fastbci.train: configuration error: {e}")
+        say(f"{prog}: configuration error: {e}")
         return EXIT_CONFIG
     except ckpt_io.CheckpointError as e:
-        say(f"fastbci.train: checkpoint error: {e}")
+        say(f"{prog}: checkpoint error: {e}")
         return EXIT_CONFIG
     except (FileNotFoundError, ValueError) as e:
         # data-layer and model errors carry a message that names the file / trial / key
         if os.environ.get("FASTBCI_DEBUG"):
             raise
-        say(f"fastbci.train: error: {e}\n(set FASTBCI_DEBUG=1 for the traceback)")
+        say(f"{prog}: error: {e}\n(set FASTBCI_DEBUG=1 for the traceback)")
         return EXIT_CONFIG
 
 
@@ -1454,5 +1456,21 @@ def exit_code_of(status: str) -> int:
     return EXIT_OK
 
 
+def _exit_worker(code: int) -> None:
+    """End a ``torchrun`` worker process: flush, then leave without interpreter finalisation.
+    Gloo's C++ threads can still hold Python objects when the interpreter tears itself down,
+    which aborts the process (SIGABRT, "terminate called without an active exception") after a
+    successful run and makes torchrun report a failure; the process group is already destroyed
+    and every file closed by then (distributed.main)."""
+    import logging
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _exit_worker(_code)
+    sys.exit(_code)

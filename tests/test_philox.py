@@ -180,6 +180,14 @@ def test_bad_arguments_are_reported():
         philox.dropout_mask((2, 3), 1.0, 1, 0)
 
 
+def test_random_cut_is_the_cut_stream_randint():
+    for step in (0, 1, 7, 119999, philox.MAX_STEP):
+        for seed in (1, 10, 2**40 + 3):
+            v = int(philox.randint(torch.zeros(1, dtype=torch.int64), seed, step, philox.CUT)[0])
+            assert philox.random_cut(3, seed, step) == v % 3
+            assert philox.random_cut(1000, seed, step) == v % 1000
+
+
 def test_random_cut_range():
     cuts = {philox.random_cut(3, 1, s) for s in range(200)}
     assert cuts == {0, 1, 2}

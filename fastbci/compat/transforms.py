@@ -93,7 +93,7 @@ def gauss_smooth(inputs: torch.Tensor, device, smooth_kernel_std: float = 2,
     if padding == "valid" and T < K:
         raise ValueError(f"{where}: 'valid' smoothing needs T >= K, got T={T} time steps and a "
                          f"{K}-tap kernel (std {smooth_kernel_std}, size {smooth_kernel_size})")
-    weight = taps.to(inputs.device).view(1, 1, K).repeat(C, 1, 1)  # (C, 1, K)
+    weight = taps.to(inputs.device, non_blocking=True).view(1, 1, K).repeat(C, 1, 1)  # (C, 1, K)
     if inputs.dtype != torch.float32 and not _autocast_on(inputs.device.type):
         weight = weight.to(inputs.dtype)
     out = F.conv1d(inputs.permute(0, 2, 1), weight, padding=padding, groups=C)
