@@ -763,19 +763,24 @@ class Trainer:
         from fastbci import data
         ds = cfg["dataset"]
         t0 = time.time()
-        self.train_store = data.TrialStore.from_config(cfg, "train", device="cpu",
+        # a store headed for the GPU is not pinned first (10.7 GB of page-locked memory for the
+        # train split, only to be copied once); one that stays on the host is pinned then
+        to_gpu = self.device.type == "cuda" and self.fb.get("store_device", "auto") != "cpu"
+        pin = False if to_gpu else None
+        self.train_store = data.TrialStore.from_config(cfg, "train", device="cpu", pin_memory=pin,
                                                        progress=self.is_main and self._progress_on())
-        self.val_store = data.TrialStore.from_config(cfg, "val", device="cpu",
+        self.val_store = data.TrialStore.from_config(cfg, "val", device="cpu", pin_memory=pin,
                                                      progress=self.is_main and self._progress_on())
         for name, st in (("train", self.train_store), ("val", self.val_store)):
             if getattr(st, "skipped", None):
                 self.log.info(f"{name}: skipped {len(st.skipped)} bad trial(s) "
                               f"(fastbci.bad_trial_policy=skip): " +
                               "; ".join(f"{s} {f} trial {t}: {r}" for s, f, t, r in st.skipped[:10]))
-        self.train_store = self._place_store(self.train_store, "train")
-        self.val_store = self._place_store(self.val_store, "val")
+        # host metadata from the host stores (views, no device -> host copies), then placement
         self.train_meta = HostMeta(self.train_store)
         self.val_meta = HostMeta(self.val_store)
+        self.train_store = self._place_store(self.train_store, "train")
+        self.val_store = self._place_store(self.val_store, "val")
         if not self.train_meta.has_labels():
             raise ConfigError("the train split has no phoneme labels (seq_class_ids / seq_len)")
         n_batches = int(cfg["num_training_batches"])
@@ -856,8 +861,8 @@ class Trainer:
             free, _ = torch.cuda.mem_get_info(self.device)
             if nbytes > 0.5 * free:
                 self.log.info(f"{split} store ({nbytes / 2**30:.1f} GiB) does not fit beside the "
-                              f"model ({free / 2**30:.1f} GiB free): it stays in host memory")
-                return store
+                              f"model ({free / 2**30:.1f} GiB free): it stays in pinned host memory")
+                return store.pin_memory()
         return store.to(self.device)
 
     def _init_from_checkpoint(self, path) -> None:
