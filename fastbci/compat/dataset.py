@@ -9,9 +9,10 @@ num_workers=4, pin_memory=True``) index the same shared storage rather than rece
 
 Differences, all on error paths: a bad or unreadable trial is a clear error at construction
 (the official loader prints and silently drops it from that batch); a day that can be drawn
-but has no trials, a ``must_include_days`` entry that is not a day, and a file path without a
-``t15.20..`` / ``t12.20..`` session folder are clear errors instead of numpy/IndexError
-tracebacks.
+but has no trials and a ``must_include_days`` entry that is not a day are clear errors instead
+of numpy/IndexError tracebacks (a file path without a ``t15.20..`` / ``t12.20..`` session folder
+is fine here: its trials are labelled with the day key, as the batches carry no session name;
+``train_test_split_indicies`` needs the folder and says so).
 """
 from __future__ import annotations
 
