@@ -248,24 +248,9 @@ class GRUDecoder(nn.Module):
         pageable host memory); otherwise it is computed through a small lookup table."""
         if local_day_idx is not None:
             return self._given_local_days(day_idx, days_present, local_day_idx)
-        if days_present is None:
-            present = [int(d) for d in torch.unique(day_idx).tolist()]
-            given = False
-        else:
-            try:
-                present = [int(d) for d in days_present]
-            except (TypeError, ValueError):
-                raise TypeError("GRUDecoder.forward: days_present must be a sequence of day "
-                                f"indices, got {days_present!r}") from None
-            given = True
-        if not present:
-            raise ValueError("GRUDecoder.forward: the batch holds no trial (days_present is empty)")
-        if len(set(present)) != len(present):
-            raise ValueError(f"GRUDecoder.forward: days_present has repeated days: {present}")
-        bad = [d for d in present if not 0 <= d < self.n_days]
-        if bad:
-            raise ValueError(f"GRUDecoder.forward: day indices {bad} are outside "
-                             f"[0, {self.n_days - 1}] (the model has {self.n_days} day layers)")
+        given = days_present is not None
+        present = self._check_present(days_present if given
+                                      else torch.unique(day_idx).tolist())
         lut = torch.full((self.n_days,), -1, dtype=torch.long)
         lut[torch.tensor(present, dtype=torch.long)] = torch.arange(len(present))
         local = _upload(lut, day_idx.device)[day_idx.clamp(0, self.n_days - 1)]
@@ -281,13 +266,9 @@ class GRUDecoder(nn.Module):
                                                   "not in days_present")
         return present, local
 
-    def _given_local_days(self, day_idx: torch.Tensor, days_present,
-                          local_day_idx) -> tuple[list[int], torch.Tensor]:
-        """Check a caller's ``(days_present, local_day_idx)`` pair (see :meth:`_local_days`)."""
+    def _check_present(self, days_present) -> list[int]:
+        """``days_present`` as a list of distinct day indices of this model, or a clear error."""
         where = "GRUDecoder.forward"
-        if days_present is None:
-            raise ValueError(f"{where}: local_day_idx needs days_present (the days its entries "
-                             "index)")
         try:
             present = [int(d) for d in days_present]
         except (TypeError, ValueError):
@@ -301,6 +282,16 @@ class GRUDecoder(nn.Module):
         if bad:
             raise ValueError(f"{where}: day indices {bad} are outside [0, {self.n_days - 1}] "
                              f"(the model has {self.n_days} day layers)")
+        return present
+
+    def _given_local_days(self, day_idx: torch.Tensor, days_present,
+                          local_day_idx) -> tuple[list[int], torch.Tensor]:
+        """Check a caller's ``(days_present, local_day_idx)`` pair (see :meth:`_local_days`)."""
+        where = "GRUDecoder.forward"
+        if days_present is None:
+            raise ValueError(f"{where}: local_day_idx needs days_present (the days its entries "
+                             "index)")
+        present = self._check_present(days_present)
         if not isinstance(local_day_idx, torch.Tensor) or local_day_idx.dim() != 1 \
                 or local_day_idx.shape[0] != day_idx.shape[0]:
             shape = tuple(local_day_idx.shape) if isinstance(local_day_idx, torch.Tensor) \
