@@ -75,17 +75,13 @@ These are the raw launchers; the argument-checking op is ``fastbci.ops.augment_s
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["augment_smooth_launch", "INTERPRETED"]
+from fastbci.kernels import INTERPRETED  # the package's import-time interpreter state
 
-#: True when the Triton interpreter runs the kernels (CPU tests); decided at import time, as
-#: ``triton.jit`` does.
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+__all__ = ["augment_smooth_launch", "INTERPRETED"]
 
 
 @triton.jit

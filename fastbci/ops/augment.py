@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from fastbci import philox
+from fastbci.ops._triton import interpreted, load_kernels, triton_importable
 from fastbci.reference import augment_ref, smooth_ref, smoothing_taps, transform_ref
 
 __all__ = ["augment_smooth", "augment_smooth_gather", "cached_smoothing_taps", "IMPLS", "MODES",
@@ -142,33 +143,20 @@ def cached_smoothing_taps(transforms: Mapping, device=None, where: str = "augmen
     return taps
 
 
-def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the installation
-        return False
-    return True
-
-
 def _kernels():
-    """Import the Triton launcher lazily, so the reference path works without Triton."""
-    try:
-        from fastbci.kernels import augment as k
-    except ImportError as e:  # pragma: no cover - depends on the installation
-        raise RuntimeError(f"impl='fused' needs Triton, which failed to import ({e}); use "
-                           f"impl='reference'") from e
-    return k
+    """The Triton launcher, imported lazily (the reference path works without Triton)."""
+    return load_kernels("augment", "fastbci.ops.augment")
 
 
 def _resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, where: str) -> str:
     if impl == "auto":
         fusable = device.type == "cuda" and dtype in _FUSED_IN_DTYPES
-        return "fused" if fusable and _triton_importable() else "reference"
+        return "fused" if fusable and triton_importable() else "reference"
     if impl == "fused":
         if device.type == "cuda":
             return impl
         if device.type == "cpu":
-            if not _kernels().INTERPRETED:
+            if not interpreted():
                 raise RuntimeError(
                     f"{where}: impl='fused' on a CPU tensor runs only under the Triton "
                     f"interpreter: set TRITON_INTERPRET=1 before fastbci.kernels is imported, or "

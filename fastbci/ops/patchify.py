@@ -27,10 +27,9 @@ accurate as the reference's low-precision accumulation).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
+from fastbci.ops._triton import interpreted, load_kernels, triton_importable
 from fastbci.reference import patchify_ref
 
 __all__ = ["patchify", "Patchify", "IMPLS"]
@@ -40,26 +39,8 @@ _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _kernels():
-    """Import the Triton launchers lazily, so the reference path works without Triton."""
-    try:
-        from fastbci.kernels import patchify as k
-    except ImportError as e:  # pragma: no cover - depends on the installation
-        raise RuntimeError(
-            "fastbci.ops.patchify: impl='fused' needs Triton, which failed to import "
-            f"({e}); use impl='reference' or install triton") from e
-    return k
-
-
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the installation
-        return False
-    return True
-
-
-def _interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+    """The Triton launchers, imported lazily (the reference path works without Triton)."""
+    return load_kernels("patchify", "fastbci.ops.patchify")
 
 
 # The fused kernels are registered as torch custom ops (namespace ``fastbci``, beside the C++
@@ -135,7 +116,7 @@ def _check_args(x, size, stride, impl) -> None:
 
 def _resolve_impl(x: torch.Tensor, impl: str) -> str:
     if impl == "auto":
-        if x.is_cuda and x.dtype in _FUSED_DTYPES and _triton_available():
+        if x.is_cuda and x.dtype in _FUSED_DTYPES and triton_importable():
             return "fused"
         return "reference"
     if impl == "fused":
@@ -143,7 +124,7 @@ def _resolve_impl(x: torch.Tensor, impl: str) -> str:
             raise TypeError(f"fastbci.ops.patchify: impl='fused' supports "
                             f"{', '.join(str(d) for d in _FUSED_DTYPES)}, got {x.dtype}; "
                             f"use impl='reference'")
-        if not x.is_cuda and not _interpreter_on():
+        if not x.is_cuda and not interpreted():
             raise RuntimeError(
                 f"fastbci.ops.patchify: impl='fused' needs a CUDA tensor, got one on {x.device} "
                 "(set TRITON_INTERPRET=1 before importing the kernels to run them on the CPU "
