@@ -54,7 +54,8 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
     """Restore the states saved by :func:`capture_rng_state`."""
-    torch.set_rng_state(state["torch_cpu"].cpu() if hasattr(state["torch_cpu"], "cpu") else state["torch_cpu"])
+    cpu_state = state["torch_cpu"]
+    torch.set_rng_state(cpu_state.cpu() if hasattr(cpu_state, "cpu") else cpu_state)
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     cuda_states = state.get("torch_cuda")

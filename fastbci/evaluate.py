@@ -37,7 +37,8 @@ from fastbci import config as config_mod
 from fastbci.config import ConfigError
 
 
-def resolve_config(checkpoint: Path, config: str | None, overrides: Sequence[str], ck: dict) -> tuple[dict, str]:
+def resolve_config(checkpoint: Path, config: str | None, overrides: Sequence[str],
+                   ck: dict) -> tuple[dict, str]:
     """The evaluation configuration and where it came from (see the module docstring)."""
     if config is not None:
         return config_mod.load_config(config, overrides), str(config)
@@ -151,11 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m fastbci.evaluate",
         description="Evaluate a fastbci or official checkpoint: PER (val), greedy phoneme "
                     "transcripts (CSV id,text) and logits (npz) for language-model decoding.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. .../checkpoint/best_checkpoint)")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint file (e.g. .../checkpoint/best_checkpoint)")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--config", default=None, help="YAML config (default: args.yaml beside the checkpoint)")
     p.add_argument("--out", default=None, help="output directory (default: CHECKPOINT_DIR/eval_SPLIT)")
-    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: the config's)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="evaluation batch size (default: the config's)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = p.parse_args(argv)

@@ -119,7 +119,8 @@ def group_lambdas(cfg: Mapping, group_types: Iterable[str]) -> list:
     for gt in group_types:
         if kind == "cosine":
             if gt == "day_layer":
-                fn = functools.partial(_cosine, min_ratio=_ratio(cfg["lr_min_day"], cfg["lr_max_day"], "lr_max_day"),
+                ratio = _ratio(cfg["lr_min_day"], cfg["lr_max_day"], "lr_max_day")
+                fn = functools.partial(_cosine, min_ratio=ratio,
                                        decay_steps=int(cfg["lr_decay_steps_day"]),
                                        warmup_steps=int(cfg["lr_warmup_steps_day"]))
             else:

@@ -53,9 +53,11 @@ OFFICIAL_SESSIONS: tuple[str, ...] = tuple(
     ["t15.2023." + d for d in (
         "08.11 08.13 08.18 08.20 08.25 08.27 09.01 09.03 09.24 09.29 10.01 10.06 10.08 10.13 10.15 "
         "10.20 10.22 11.03 11.04 11.17 11.19 11.26 12.03 12.08 12.10 12.17 12.29").split()]
-    + ["t15.2024." + d for d in "02.25 03.03 03.08 03.15 03.17 04.25 04.28 05.10 06.14 07.19 07.21 07.28".split()]
+    + ["t15.2024." + d
+       for d in "02.25 03.03 03.08 03.15 03.17 04.25 04.28 05.10 06.14 07.19 07.21 07.28".split()]
     + ["t15.2025." + d for d in "01.10 01.12 03.14 03.16 03.30 04.13".split()])
-TRAIN_ONLY_SESSIONS: tuple[str, ...] = ("t15.2023.08.11", "t15.2024.03.03", "t15.2024.04.25", "t15.2024.04.28")
+TRAIN_ONLY_SESSIONS: tuple[str, ...] = ("t15.2023.08.11", "t15.2024.03.03", "t15.2024.04.25",
+                                        "t15.2024.04.28")
 assert len(OFFICIAL_SESSIONS) == 45
 
 # A small lexicon of common English words, ordered roughly by frequency (used as sampling
@@ -369,7 +371,8 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
     session_seeds = root.integers(2 ** 63, size=len(sessions))
 
     summary = {"out_dir": str(out_dir), "sessions": list(sessions), "train_only": sorted(train_only_set),
-               "neural_dim": neural_dim, "seed": seed, "files": {}, "n_trials": {"train": 0, "val": 0, "test": 0},
+               "neural_dim": neural_dim, "seed": seed, "files": {},
+               "n_trials": {"train": 0, "val": 0, "test": 0},
                "bytes": 0}
     all_T, all_L = [], []
     E = world.E
@@ -439,7 +442,8 @@ def _format_summary(summ: dict) -> str:
              f"neural_dim {summ['neural_dim']}, seed {summ['seed']}",
              f"  trials: train {n['train']}, val {n['val']}, test {n['test']}; "
              f"{summ['bytes'] / 2**20:.1f} MiB on disk",
-             f"  n_time_steps mean {T['mean']:.0f} (median {T['median']:.0f}, min {T['min']}, max {T['max']}); "
+             f"  n_time_steps mean {T['mean']:.0f} (median {T['median']:.0f}, "
+             f"min {T['min']}, max {T['max']}); "
              f"seq_len mean {L['mean']:.1f}, max {L['max']}"]
     if "config" in summ:
         lines.append(f"  config fragment: {summ['config']}")
@@ -473,8 +477,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     kw = dict(PRESETS[a.preset]) if a.preset else {}
     if a.sessions:
-        kw["sessions"] = int(a.sessions) if a.sessions.isdigit() else [s.strip() for s in a.sessions.split(",") if s.strip()]
-    for name in ("n_train", "n_val", "n_test", "neural_dim", "min_words", "max_words", "signal", "noise", "drift"):
+        kw["sessions"] = (int(a.sessions) if a.sessions.isdigit()
+                          else [s.strip() for s in a.sessions.split(",") if s.strip()])
+    for name in ("n_train", "n_val", "n_test", "neural_dim", "min_words", "max_words", "signal",
+                 "noise", "drift"):
         v = getattr(a, name)
         if v is not None:
             kw[name] = v

@@ -401,7 +401,8 @@ class DataPath:
                      local_day_idx=self._upload(local))
 
 
-def forward_logits(model, batch: Batch, cfg: Mapping, *, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_logits(model, batch: Batch, cfg: Mapping, *, seed: int,
+                   step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Model logits ``(B, P, K)`` and the CTC input lengths ``(B,)`` (int32, on the device) of a
     batch."""
     m = cfg["model"]

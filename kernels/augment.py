@@ -236,7 +236,8 @@ _GPU_CONFIGS = [
 if INTERPRETED:
     _kernel = _augment_smooth_kernel
 else:
-    _kernel = triton.autotune(configs=_GPU_CONFIGS, key=["C", "K", "SMOOTH", "ALIGNED4", "ADD_NOISE", "ADD_OFFSET", "GATHER"],
+    _kernel = triton.autotune(configs=_GPU_CONFIGS,
+                              key=["C", "K", "SMOOTH", "ALIGNED4", "ADD_NOISE", "ADD_OFFSET", "GATHER"],
                               prune_configs_by={"early_config_prune": _prune_configs})(
         _augment_smooth_kernel)
 

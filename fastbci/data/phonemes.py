@@ -39,7 +39,8 @@ def phonemes_to_ids(symbols: Iterable[str]) -> list[int]:
         key = s.strip().rstrip("012") if s.strip() else s
         key = key if key in PHONEME_TO_ID else s
         if key not in PHONEME_TO_ID:
-            raise ValueError(f"unknown phoneme symbol {s!r}; valid symbols: {' '.join(PHONEMES[1:40])} and ' | '")
+            raise ValueError(f"unknown phoneme symbol {s!r}; valid symbols: "
+                             f"{' '.join(PHONEMES[1:40])} and ' | '")
         out.append(PHONEME_TO_ID[key])
     return out
 

@@ -223,7 +223,8 @@ class TrialStore:
         t_max = int(lens.max()) if lens.size else 0
         if pad_to is not None:
             if pad_to < t_max:
-                raise ValueError(f"pad_to = {pad_to} is shorter than the longest trial of the batch ({t_max})")
+                raise ValueError(f"pad_to = {pad_to} is shorter than the longest trial of the "
+                                 f"batch ({t_max})")
             t_max = int(pad_to)
         dev = self.device
         rows_t = torch.from_numpy(rows_np).to(dev, non_blocking=True)

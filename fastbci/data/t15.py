@@ -124,7 +124,8 @@ def session_paths(cfg: Mapping, split: str) -> list[Path | None]:
         if p.is_file():
             out.append(p)
         elif split == "train":
-            where = "the session folder is missing" if not p.parent.is_dir() else "the folder has no data_train.hdf5"
+            where = ("the session folder is missing" if not p.parent.is_dir()
+                     else "the folder has no data_train.hdf5")
             raise DataError(f"session {s!r}: training file {p} not found ({where}); every configured "
                             "session needs a train file (remove the session from dataset.sessions, "
                             "with its dataset_probability_val entry, to leave it out)",
@@ -363,7 +364,8 @@ def _scan_trial(g, idx: int, split: str, session: str, width_expected: int | Non
         return None, (f"seq_len {L} is inconsistent with seq_class_ids: non-zero id at position "
                       f"{L + int(np.argmax(tail != 0))}, after the first seq_len ids")
     if np.any((head < 0) | (head >= n_classes)):
-        return None, f"seq_class_ids holds ids outside 1..{n_classes - 1}: {sorted(set(head[(head < 0) | (head >= n_classes)].tolist()))[:5]}"
+        bad = sorted(set(head[(head < 0) | (head >= n_classes)].tolist()))[:5]
+        return None, f"seq_class_ids holds ids outside 1..{n_classes - 1}: {bad}"
     meta.seq_class_ids = ids
     meta.transcription = trans
     meta.seq_len = seq_len
