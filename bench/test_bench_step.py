@@ -15,7 +15,7 @@ Cases (one ``fastbci.train.Trainer`` each, built on the same synthetic release):
 Groups: ``train_step`` (one optimisation step, ``Trainer.train_step``) and ``validation`` (one
 ``run_validation`` pass over the validation split). extra_info of a ``train_step`` case:
 
-* ``step_s`` (median), ``data_path_s`` (DataPath.batch: gather + augment + smooth),
+* ``step_s`` (median), ``data_path_s`` (BatchBuilder.batch: gather + augment + smooth),
   ``pre_gru_forward_s`` (data path + day projection + patchify forward),
   ``pre_gru_fwd_bwd_s`` (that plus their backward: the day-layer dW/db and the patch fold),
   derived ``day_patch_forward_s``, ``day_patch_backward_s``, ``pre_gru_share`` (fraction of
@@ -54,7 +54,8 @@ try:
 except ImportError:  # plain `pytest` puts bench/ itself, not the repository root, on sys.path
     from conftest import DEVICE, ON_GPU, median_seconds, peak_memory_bytes, run_bench
 from fastbci import synth
-from fastbci import train as T
+from fastbci.data.batch import Batch
+from fastbci.training import Trainer, run_validation
 from fastbci.config import load_config
 from fastbci.ops.day_projection import day_projection
 from fastbci.ops.patchify import patchify
@@ -90,20 +91,20 @@ class Case:
             f"num_training_batches={N_PLAN}", f"fastbci.impl={impl}", f"fastbci.rng={rng}",
             f"fastbci.device={DEVICE.type}", "fastbci.progress=false", "fastbci.plot=false",
             "fastbci.store_device=auto"])
-        self.trainer = T.Trainer(cfg, console=False).setup()
+        self.trainer = Trainer(cfg, console=False).setup()
         self.k = 0
         torch.manual_seed(0)  # the GRU dropout stream: the same for every case's first batch
-        self.loss_step0 = float(self.step()["loss"])
+        self.loss_step0 = float(self.step().loss)
 
-    def step(self) -> dict:
+    def step(self):
         out = self.trainer.train_step(self.k % N_PLAN)
         self.k += 1
         return out
 
-    def _batch(self, k: int) -> T.Batch:
+    def _batch(self, k: int) -> Batch:
         tr = self.trainer
-        return tr.data_path.batch(tr.train_store, tr.train_meta, np.asarray(tr.plan[k % N_PLAN]),
-                                  mode="train", step=k % N_PLAN)
+        return tr.builder.batch(tr.train_store, np.asarray(tr.plan[k % N_PLAN]), mode="train",
+                                step=k % N_PLAN)
 
     def data_path(self):
         self.k += 1
@@ -116,17 +117,14 @@ class Case:
         model, k = tr.model, self.k
         self.k += 1
         batch = self._batch(k)
-        present = batch.days_present
-        lut = np.full(model.n_days, -1, dtype=np.int64)
-        lut[present] = np.arange(len(present))
-        local = torch.from_numpy(lut[tr.train_meta.day[batch.rows]]).to(DEVICE, non_blocking=True)
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if tr.data_path.amp \
+        present, local = batch.days_present, batch.local_day_idx
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if tr.builder.amp \
             else contextlib.nullcontext()
         with amp:
             w = torch.stack([model.day_weights[d] for d in present])
             b = torch.cat([model.day_biases[d] for d in present])
             p = model.input_dropout if model.rng == "philox" else 0.0
-            y = day_projection(batch.features, local, w, b, p, tr.data_path.seed, k % N_PLAN,
+            y = day_projection(batch.features, local, w, b, p, tr.builder.seed, k % N_PLAN,
                                impl=model.impl)
             if model.rng == "torch":
                 y = torch.nn.functional.dropout(y, model.input_dropout, training=True)
@@ -194,7 +192,7 @@ def test_bench_train_step(benchmark, release, cases, case):
     benchmark.group = "train_step"
     c = cases(case)
     out = c.step()
-    assert out["finite"] and float(out["loss"]) > 0, f"{case}: step gave loss {float(out['loss'])}"
+    assert out.finite and float(out.loss) > 0, f"{case}: step gave loss {float(out.loss)}"
     if case == "fused":  # same streams as the reference: same first loss (a fast wrong step fails)
         ref0 = cases("reference").loss_step0
         assert abs(c.loss_step0 - ref0) <= LOSS_RTOL * abs(ref0), \
@@ -228,11 +226,10 @@ def test_bench_validation(benchmark, release, cases, case):
     assert tr.val_plan, "the synthetic release has no validation trials"
 
     def validate():
-        return T.run_validation(tr.model, tr.val_store, tr.val_meta, tr.val_plan, tr.cfg,
-                                tr.data_path)
+        return run_validation(tr.model, tr.val_store, tr.val_plan, tr.cfg, tr.builder)
 
     res = validate()
-    assert res["per"] is not None and res["loss"] is not None and np.isfinite(res["loss"]), res
+    assert res.per is not None and res.loss is not None and np.isfinite(res.loss), res
     n_trials = int(sum(len(r) for r in tr.val_plan))
     info = {"n_trials": n_trials, "n_batches": len(tr.val_plan)}
     if not benchmark.disabled:
@@ -244,8 +241,8 @@ def test_bench_validation(benchmark, release, cases, case):
                     * OFFICIAL_VALIDATIONS / 60)
         if case == "fused":
             ref = cases("reference").trainer
-            t_ref = median_seconds(lambda: T.run_validation(ref.model, ref.val_store, ref.val_meta,
-                                                            ref.val_plan, ref.cfg, ref.data_path),
+            t_ref = median_seconds(lambda: run_validation(ref.model, ref.val_store, ref.val_plan,
+                                                          ref.cfg, ref.builder),
                                    repeat=5 if ON_GPU else 2)
             info["speedup_vs_reference"] = t_ref / val_s
     run_bench(benchmark, validate, rounds=5 if ON_GPU else 2, warmup=1, **_info(release, **info))

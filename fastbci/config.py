@@ -96,12 +96,13 @@ _SPECIAL: dict[str, Any] = {
 }
 
 
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` of a nested configuration (``dataset.bad_trials_dict`` stays whole)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping) and key not in ("dataset.bad_trials_dict",):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -110,7 +111,7 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def _schema_cached() -> dict[str, Any]:
     schema = {}
-    for key, value in _flatten(defaults()).items():
+    for key, value in flatten(defaults()).items():
         if key in _SPECIAL:
             schema[key] = _SPECIAL[key]
         elif key in _NUMBER_KEYS:
@@ -258,7 +259,7 @@ def merge(base: dict, update: Mapping, where: str = "the configuration") -> dict
     """Merge ``update`` into a copy of ``base``, checking every key and value."""
     schema = _schema()
     out = copy.deepcopy(base)
-    for key, value in _flatten(update).items():
+    for key, value in flatten(update).items():
         if key not in schema:
             # a whole sub-mapping given as null/empty (e.g. `fastbci:` with nothing below)
             if value is None and any(k.startswith(key + ".") for k in schema):
@@ -357,8 +358,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 
 def diff_from_official(cfg: Mapping) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (value, official value)}`` for every official key whose value differs."""
-    off = _flatten(official())
-    cur = _flatten(cfg)
+    off = flatten(official())
+    cur = flatten(cfg)
     return {k: (cur.get(k), v) for k, v in off.items() if cur.get(k) != v}
 
 

@@ -12,12 +12,16 @@ import argparse
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import yaml
 
 from fastbci import config as config_mod
 from fastbci.config import ConfigError
+from fastbci.errors import exit_code_of
+
+if TYPE_CHECKING:
+    from fastbci.training import FitSummary
 
 DEFAULT_DATA = Path("data/synth-demo")
 DEFAULT_OUT = Path("trained_models/demo")
@@ -65,9 +69,9 @@ def ensure_data(data_dir: Path, cfg: dict, quiet: bool = False) -> bool:
 
 
 def run(out: Path = DEFAULT_OUT, data_dir: Path = DEFAULT_DATA, overrides: Sequence[str] = (),
-        quiet: bool = False) -> dict:
+        quiet: bool = False) -> "FitSummary":
     """Generate the data if needed and train; returns the trainer's summary."""
-    from fastbci.train import Trainer
+    from fastbci.training import Trainer
     out, data_dir = Path(out), Path(data_dir)
     base = [f"dataset.dataset_dir={data_dir}", f"output_dir={out}", f"checkpoint_dir={out / 'checkpoint'}"]
     if (out / "train.log").is_file() and (out / "args.yaml").is_file():
@@ -86,18 +90,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     def demo() -> int:
-        from fastbci.train import exit_code_of
         res = run(Path(a.out), Path(a.data), a.overrides)
-        hist = res["val_history"]
+        hist = res.val_history
         if hist and hist[-1]["per"] is not None:
             print(f"Final validation PER: {100 * hist[-1]['per']:.1f}% "
-                  f"(best {100 * res['best_val_PER']:.1f}%), {res['seconds'] / 60:.1f} min; "
+                  f"(best {100 * res.best_val_per:.1f}%), {res.seconds / 60:.1f} min; "
                   f"run directory {a.out}")
         else:
-            print(f"Training ended ({res['status']}) without a validation PER")
-        return exit_code_of(res["status"])
+            print(f"Training ended ({res.status}) without a validation PER")
+        return exit_code_of(res.status)
 
-    from fastbci.train import run_cli
+    from fastbci.cli import run_cli
     return run_cli(demo, prog="fastbci.demo")
 
 

@@ -61,9 +61,10 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
     """Run the evaluation and write its files; returns a summary dict (``per``, ``per_by_day``,
     ``loss``, ``blank_fraction``, ``n_trials``, ``files``)."""
     from fastbci import data, metrics
+    from fastbci.data.batch import BatchBuilder
+    from fastbci.devices import resolve_impl, select_device
     from fastbci.model import GRUDecoder
-    from fastbci.train import (DataPath, HostMeta, pack_trials, resolve_impl, run_validation,
-                               select_device)
+    from fastbci.training.validation import pack_trials, run_validation
 
     if split not in ("val", "test"):
         raise ConfigError(f"--split must be 'val' or 'test', got {split!r}")
@@ -78,7 +79,7 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
 
     device = select_device(cfg)
     impl = resolve_impl(cfg, device)
-    rng = config_mod.get(cfg, "fastbci.rng", "philox")
+    rng = cfg["fastbci"]["rng"]
     model = GRUDecoder.from_config(cfg, impl=impl, rng=rng)
     try:
         model.load_official_state_dict(ck["model_state_dict"])
@@ -87,7 +88,6 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
     model.to(device).eval()
 
     store = data.TrialStore.from_config(cfg, split, device="cpu", progress=not quiet)
-    meta = HostMeta(store)
     ds = cfg["dataset"]
     mask = [bool(p) for p in ds["dataset_probability_val"]] if split == "val" else None
     plan = data.val_batch_plan(store.trials_by_day, ds["batch_size"], day_mask=mask)
@@ -95,15 +95,13 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
     if not batches:
         raise ConfigError(f"the {split} split of {ds['dataset_dir']} holds no trial for the "
                           "configured sessions")
-    if split == "test":
-        meta.seq_class_ids = None  # the test split has no labels: never score it
     say(f"Evaluating {checkpoint} on {sum(len(b) for b in batches)} {split} trials "
         f"(config: {cfg_source}, device {device})")
-    res = run_validation(model, store, meta, batches, cfg, DataPath(cfg, device, impl, rng),
+    res = run_validation(model, store, batches, cfg, BatchBuilder(cfg, device, impl, rng),
                          collect=True)
 
     sessions = ds["sessions"]
-    packed = pack_trials(res, meta)  # sorted by (session, block, trial)
+    packed = pack_trials(res.trials, store)  # sorted by (session, block, trial)
     rows = packed["row"]
     n = len(rows)
     # single spaces between symbols; the silence symbol reads '|'
@@ -128,8 +126,8 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
     np.savez(npz_path, **packed, **extra)
     files["npz"] = str(npz_path)
     summary = {"checkpoint": str(checkpoint), "split": split, "n_trials": n,
-               "per": res["per"], "loss": res["loss"], "blank_fraction": res["blank_fraction"],
-               "per_by_day": {sessions[d]: p for d, p in res["per_by_day"].items()},
+               "per": res.per, "loss": res.loss, "blank_fraction": res.blank_fraction,
+               "per_by_day": {sessions[d]: p for d, p in res.per_by_day.items()},
                "files": files}
     if split == "val":
         json_path = out / "per_val.json"
@@ -138,9 +136,9 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
         files["json"] = str(json_path)
         for s, p in summary["per_by_day"].items():
             say(f"  {s}: PER {100 * p:.2f}%" if p is not None else f"  {s}: no phonemes")
-        if res["per"] is not None:
-            say(f"val PER {100 * res['per']:.2f}% (loss {res['loss']:.4f}, blank fraction "
-                f"{res['blank_fraction']:.3f}) over {n} trials")
+        if res.per is not None:
+            say(f"val PER {100 * res.per:.2f}% (loss {res.loss:.4f}, blank fraction "
+                f"{res.blank_fraction:.3f}) over {n} trials")
         else:
             say(f"no phoneme labels in this split's files: no PER or loss over {n} trials")
     say(f"Wrote {', '.join(files.values())}")

@@ -1,17 +1,18 @@
 """Batched validation metrics: greedy CTC decoding, edit distance, blank fraction, PER.
 
 Everything works on whole batches with tensor operations (no Python loop per trial or per frame),
-on the device the logits live on. Semantics follow the official validation (RECIPE.md s6): per
+on the device the logits live on. Semantics follow the official validation (docs/recipe.md): per
 trial, over its first ``lengths[b]`` frames, argmax, merge repeats, drop blanks; the phoneme error
 rate is the total Levenshtein distance over the total number of true phonemes.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
 
-from fastbci.data.phonemes import PHONEMES  # 0 blank, 1-39 ARPAbet, 40 " | " (RECIPE.md s1)
+from fastbci.data.phonemes import PHONEMES  # 0 blank, 1-39 ARPAbet, 40 " | "
 
 
 def _check_lengths(name: str, lengths: torch.Tensor, B: int, T: int, where: str,
@@ -165,6 +166,16 @@ def _longest(name: str, lengths: torch.Tensor, width: int, bound: int | None, ch
     return min(bound, width)
 
 
+def blank_counts(logits: torch.Tensor, lengths: torch.Tensor,
+                 blank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(blank frames, valid frames)`` as 0-d int64 device tensors: the valid frames are
+    ``t < lengths[b]``, a blank frame is a valid one whose argmax is ``blank``. No host read
+    (the lengths are trusted: :func:`blank_fraction` is the checked form)."""
+    T = logits.shape[1]
+    valid = torch.arange(T, device=logits.device).unsqueeze(0) < lengths.to(logits.device).unsqueeze(1)
+    return ((logits.argmax(dim=-1) == blank) & valid).sum(), valid.sum()
+
+
 def blank_fraction(logits: torch.Tensor, lengths, blank: int = 0) -> float:
     """Fraction of the valid frames (``t < lengths[b]``) whose argmax is ``blank``.
 
@@ -175,12 +186,38 @@ def blank_fraction(logits: torch.Tensor, lengths, blank: int = 0) -> float:
     B, T, K = logits.shape
     if not 0 <= blank < K:
         raise ValueError(f"{where}: blank={blank} is not a class id of logits with K={K}")
-    lengths = _check_lengths("lengths", lengths, B, T, where).to(logits.device)
-    valid = torch.arange(T, device=logits.device).unsqueeze(0) < lengths.unsqueeze(1)
-    n = int(valid.sum())
-    if n == 0:
-        return float("nan")
-    return float(((logits.argmax(dim=-1) == blank) & valid).sum()) / n
+    lengths = _check_lengths("lengths", lengths, B, T, where)
+    n_blank, n = (int(v) for v in blank_counts(logits, lengths, blank))
+    return n_blank / n if n else float("nan")
+
+
+@dataclasses.dataclass
+class GreedyStats:
+    """What a training log and validation read off a batch's logits (all on the device)."""
+    tokens: torch.Tensor        # (B, width) greedy decoding, padded with -1
+    n_tokens: torch.Tensor      # (B,)
+    edits: torch.Tensor | None  # (B,) edit distance to the labels (None without labels)
+    blank: torch.Tensor         # 0-d: blank frames among the valid ones
+    frames: torch.Tensor        # 0-d: valid frames
+
+
+def greedy_stats(logits: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor | None = None,
+                 label_lens: torch.Tensor | None = None, *, width: int,
+                 max_label_len: int | None = None) -> GreedyStats:
+    """Greedy decoding, edit distances and blank counts of a batch without any host read.
+
+    ``lengths`` are the valid frames per trial; ``width`` (at least the longest of them, capped
+    at the frame count) and ``max_label_len`` are bounds the caller knows on the host. Trusted
+    inputs: the checked forms are :func:`greedy_decode` and :func:`edit_distance`."""
+    width = max(0, min(int(width), logits.shape[1]))
+    lengths = lengths.to(torch.int64)
+    tokens, n_tok = greedy_decode(logits, lengths, width=width, check=False)
+    edits = None
+    if labels is not None:
+        edits = edit_distance(tokens, n_tok, labels, label_lens, max_hyp_len=width,
+                              max_ref_len=max_label_len, check=False)
+    blank, frames = blank_counts(logits, lengths)
+    return GreedyStats(tokens, n_tok, edits, blank, frames)
 
 
 def phoneme_error_rate(total_edits, total_ref) -> float:

@@ -1,4 +1,4 @@
-"""Distributed training (fastbci.distributed): 2 gloo processes on the CPU equal 1 process.
+"""Distributed training (the DataParallel strategy): 2 gloo processes on the CPU equal 1 process.
 
 The end-to-end tests launch ``torchrun --standalone --nproc_per_node=2 -m fastbci.train`` as a
 subprocess (a free port is picked by torchrun's standalone rendezvous; every launch is
@@ -18,10 +18,13 @@ import torch
 import torch.distributed as dist
 
 from fastbci import checkpoint as ckpt_io
-from fastbci import distributed as D
-from fastbci import synth
-from fastbci import train as T
+from fastbci import cli, synth
 from fastbci.config import ConfigError, load_config
+from fastbci.devices import select_device
+from fastbci.errors import EXIT_CONFIG
+from fastbci.training import DataParallel, Trainer
+from fastbci.training import strategy as D
+from fastbci.training.step import forward_logits
 
 N_BATCHES = 6
 BATCH = 6
@@ -101,9 +104,9 @@ def runs(tmp_path_factory):
     cfg_path = data / "synth_config.yaml"
 
     one = root / "w1"
-    tr = T.Trainer(load_config(cfg_path, _overrides(one)), console=False)
+    tr = Trainer(load_config(cfg_path, _overrides(one)), console=False)
     res1 = tr.fit()
-    assert res1["status"] == "finished"
+    assert res1.status == "finished"
 
     two = root / "w2"
     _torchrun(cfg_path, _overrides(two), root / "w2.log")
@@ -114,9 +117,9 @@ def runs(tmp_path_factory):
               root / "r12.log")
     # world 2 checkpoint -> resume in one process
     r21 = root / "r21"
-    res21 = T.Trainer(load_config(cfg_path, _overrides(
+    res21 = Trainer(load_config(cfg_path, _overrides(
         r21, f"fastbci.resume={two / 'checkpoint' / 'checkpoint_batch_3'}")), console=False).fit()
-    assert res21["status"] == "finished"
+    assert res21.status == "finished"
     return {"trainer": tr, "res1": res1, "one": one, "two": two, "r12": r12, "r21": r21,
             "res21": res21, "root": root}
 
@@ -129,7 +132,7 @@ def test_the_plan_splits_days_across_ranks(runs):
     n_days = len(tr.cfg["dataset"]["sessions"])
     for k in range(N_BATCHES):
         rows = np.asarray(tr.plan[k])
-        halves = [set(tr.train_meta.day[rows[lo:hi]].tolist())
+        halves = [set(tr.train_store.day_np[rows[lo:hi]].tolist())
                   for lo, hi in (D.shard_bounds(BATCH, r, 2) for r in range(2))]
         split |= bool(halves[0] ^ halves[1])
         absent |= len(halves[0] | halves[1]) < n_days
@@ -165,7 +168,7 @@ def test_days_absent_from_the_global_batch_are_untouched(runs):
     n_days = len(tr.cfg["dataset"]["sessions"])
     expected: dict[int, int] = {}
     for k in range(N_BATCHES):
-        for d in set(tr.train_meta.day[np.asarray(tr.plan[k])].tolist()):
+        for d in set(tr.train_store.day_np[np.asarray(tr.plan[k])].tolist()):
             expected[d] = expected.get(d, 0) + 1
     assert _day_steps(_ckpt(runs["one"]), n_days) == expected
     assert _day_steps(_ckpt(runs["two"]), n_days) == expected
@@ -229,8 +232,8 @@ def test_torch_rng_and_pinned_devices_are_refused(small_cfg):
     D.check_world_size(small_cfg("fastbci.rng=torch"), 1)
     env = D.DistEnv(rank=1, world_size=2, local_rank=1)
     with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES"):
-        D.rank_device(small_cfg("fastbci.device=cuda:1"), env)
-    assert D.rank_device(small_cfg("fastbci.device=cpu"), env) == torch.device("cpu")
+        select_device(small_cfg("fastbci.device=cuda:1"), local_rank=env.local_rank)
+    assert select_device(small_cfg("fastbci.device=cpu"), local_rank=env.local_rank) == torch.device("cpu")
 
 
 def test_cli_rejects_an_indivisible_batch_before_joining(small_cfg, tmp_path, monkeypatch, capsys):
@@ -240,7 +243,7 @@ def test_cli_rejects_an_indivisible_batch_before_joining(small_cfg, tmp_path, mo
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert T.main([str(cfg_path)]) == T.EXIT_CONFIG
+    assert cli.main([str(cfg_path)]) == EXIT_CONFIG
     assert "not divisible by the world size 2" in capsys.readouterr().err
     assert not dist.is_initialized()
 
@@ -251,16 +254,16 @@ def test_slice_batch_rows_give_the_full_batch_logits(small_cfg, rank):
     out = Path(small_cfg()["output_dir"]).parent / f"slice{rank}"
     cfg = small_cfg("dataset.data_transforms.random_cut=3", f"output_dir={out}",
                     f"checkpoint_dir={out}/checkpoint")
-    tr = T.Trainer(cfg, console=False).setup()
+    tr = Trainer(cfg, console=False).setup()
     rows = np.asarray(tr.plan[2])
-    full = tr.data_path.batch(tr.train_store, tr.train_meta, rows, mode="train", step=2)
+    full = tr.builder.batch(tr.train_store, rows, mode="train", step=2)
     lo, hi = D.shard_bounds(len(rows), rank, 2)
-    part = D.slice_batch(full, lo, hi, tr.train_meta, min_time=14)
+    part = full.select(lo, hi, min_time=14)
     assert part.features.shape[1] <= full.features.shape[1]
     tr.model.eval()
     with torch.no_grad():
-        lf, nf = T.forward_logits(tr.model, full, tr.cfg, seed=1, step=2)
-        lp, npart = T.forward_logits(tr.model, part, tr.cfg, seed=1, step=2)
+        lf, nf = forward_logits(tr.model, full, seed=1, step=2)
+        lp, npart = forward_logits(tr.model, part, seed=1, step=2)
     assert torch.equal(npart, nf[lo:hi])
     for i in range(hi - lo):
         n = int(npart[i])
@@ -295,7 +298,7 @@ def test_gradient_reducer_keeps_absent_days_none(tmp_path):
 
 
 def test_world_of_one_stops_on_sigterm_after_the_vote_and_saves_rank_states(small_cfg, tmp_path):
-    """A DistributedTrainer in a one-process gloo group: SIGTERM is a vote to stop, agreed in
+    """A DataParallel trainer in a one-process gloo group: SIGTERM is a vote to stop, agreed in
     the next step's all-reduce; rank 0 saves a resumable checkpoint with every rank's generator
     states; the losses equal a plain single-process run."""
     import signal
@@ -306,8 +309,8 @@ def test_world_of_one_stops_on_sigterm_after_the_vote_and_saves_rank_states(smal
         out = tmp_path / "d1"
         cfg = small_cfg(f"output_dir={out}", f"checkpoint_dir={out}/checkpoint",
                         "batches_per_val_step=100")
-        tr = D.DistributedTrainer(cfg, D.DistEnv(0, 1, 0), device=torch.device("cpu"),
-                                  console=False).setup()
+        tr = Trainer(cfg, DataParallel(D.DistEnv(0, 1, 0), device=torch.device("cpu")),
+                     console=False).setup()
         real = tr.train_step
 
         def step(k):
@@ -322,12 +325,12 @@ def test_world_of_one_stops_on_sigterm_after_the_vote_and_saves_rank_states(smal
         before = signal.getsignal(signal.SIGTERM)
         res = tr.fit()
         assert signal.getsignal(signal.SIGTERM) is before, "fit() left its SIGTERM handler behind"
-        assert res["status"] == "interrupted" and res["last_batch"] == 2, res
+        assert res.status == "interrupted" and res.last_batch == 2, res
         st = ckpt_io.resume_state_of(ckpt_io.load(out / "checkpoint" / ckpt_io.RESUME_NAME), "x")
         assert st["next_batch"] == 3 and st["world_size"] == 1 and len(st["rng_by_rank"]) == 1
     finally:
         dist.destroy_process_group()
     plain_out = tmp_path / "p1"
-    plain = T.Trainer(small_cfg(f"output_dir={plain_out}", f"checkpoint_dir={plain_out}/checkpoint",
+    plain = Trainer(small_cfg(f"output_dir={plain_out}", f"checkpoint_dir={plain_out}/checkpoint",
                                 "batches_per_val_step=100"), console=False).fit(stop_after=3)
-    _close(res["train_losses"][:3], plain["train_losses"][:3], "world-of-one vs plain losses")
+    _close(res.train_losses[:3], plain.train_losses[:3], "world-of-one vs plain losses")

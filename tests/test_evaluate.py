@@ -9,7 +9,7 @@ import torch
 
 from fastbci import evaluate as E
 from fastbci import synth
-from fastbci import train as T
+from fastbci.training import Trainer
 from fastbci.config import dump, load_config
 from fastbci.data import read_session_file
 from fastbci.metrics import PHONEMES
@@ -30,8 +30,8 @@ def trained(tmp_path_factory):
         "num_training_batches=3", "batches_per_val_step=100", "lr_warmup_steps=0",
         "lr_warmup_steps_day=0", "lr_max=0.01", "lr_max_day=0.01", "fastbci.impl=reference",
         "fastbci.device=cpu", "fastbci.progress=false", "fastbci.plot=false"])
-    res = T.Trainer(cfg, console=False).fit()
-    assert res["status"] == "finished"
+    res = Trainer(cfg, console=False).fit()
+    assert res.status == "finished"
     return {"root": root, "data": data, "out": out, "cfg": cfg, "res": res}
 
 
@@ -53,7 +53,7 @@ def test_val_per_csv_and_npz_match_the_trainer(trained, tmp_path):
     out = tmp_path / "ev"
     summary = E.evaluate(ckpt, "val", out_dir=out, quiet=True)
     # the best checkpoint was saved at the last validation (batch 2): same PER and loss
-    last_val = trained["res"]["val_history"][-1]
+    last_val = trained["res"].val_history[-1]
     assert summary["per"] == pytest.approx(last_val["per"], abs=1e-12)
     assert summary["loss"] == pytest.approx(last_val["loss"], rel=1e-5)
     assert summary["per_by_day"] == pytest.approx(last_val["per_by_day"])

@@ -37,7 +37,9 @@ import pytest
 import torch
 
 from fastbci import synth
-from fastbci import train as T
+from fastbci.data.batch import Batch, BatchBuilder
+from fastbci.training import Trainer, seed_everything
+from fastbci.training.step import ctc_per_trial, forward_logits
 from fastbci.config import load_config
 from fastbci.data import TrialStore, read_session_file, train_batch_plan, write_session_file
 from helpers import assert_close
@@ -198,28 +200,28 @@ def _grads(model) -> dict[str, torch.Tensor | None]:
 def build_model(cfg, impl: str, dtype=torch.float32):
     """The model exactly as the trainer builds it (seed, then construction), in ``dtype``."""
     from fastbci.model import GRUDecoder
-    T.seed_everything(int(cfg["seed"]))
+    seed_everything(int(cfg["seed"]))
     model = GRUDecoder.from_config(cfg, impl=impl, rng="philox")
     return model.to(device=torch.device(cfg["fastbci"]["device"]), dtype=dtype).train()
 
 
-def make_batch(cfg, impl: str, k: int) -> T.Batch:
-    """Training batch ``k`` of the official plan through ``DataPath`` (augmented + smoothed)."""
+def make_batch(cfg, impl: str, k: int) -> Batch:
+    """Training batch ``k`` of the official plan through ``BatchBuilder`` (augmented + smoothed)."""
     dev = torch.device(cfg["fastbci"]["device"])
     store = TrialStore.from_config(cfg, "train", device=dev, progress=False)
     ds = cfg["dataset"]
     plan = train_batch_plan(store.trials_by_day, k + 1, ds["batch_size"], ds["days_per_batch"],
                             ds["seed"])
-    data_path = T.DataPath(cfg, dev, impl, "philox")
-    return data_path.batch(store, T.HostMeta(store), np.asarray(plan[k]), mode="train", step=k)
+    builder = BatchBuilder(cfg, dev, impl, "philox")
+    return builder.batch(store, np.asarray(plan[k]), mode="train", step=k)
 
 
-def step_on(model, batch: T.Batch, cfg, k: int) -> dict:
+def step_on(model, batch: Batch, cfg, k: int) -> dict:
     """Forward + CTC + backward of one batch (the trainer's step before clipping)."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1234)  # the GRU's inter-layer dropout draws from torch's generator
-    logits, lens = T.forward_logits(model, batch, cfg, seed=int(cfg["dataset"]["seed"]), step=k)
-    per_trial = T.ctc_per_trial(logits, lens, batch)
+    logits, lens = forward_logits(model, batch, seed=int(cfg["dataset"]["seed"]), step=k)
+    per_trial = ctc_per_trial(logits, lens, batch)
     loss = per_trial.mean()
     loss.backward()
     return {"logits": logits.detach(), "lens": lens, "per_trial": per_trial.detach(),
@@ -339,12 +341,12 @@ def test_one_step_fused_matches_reference(small_release, tmp_path, monkeypatch, 
 # 50 steps
 # ---------------------------------------------------------------------------------------------
 def run_curve(cfg, steps: int):
-    tr = T.Trainer(cfg, console=False).setup()
+    tr = Trainer(cfg, console=False).setup()
     losses, finite = [], []
     for k in range(steps):
         out = tr.train_step(k)
-        finite.append(out["finite"])
-        losses.append(out["loss"])
+        finite.append(out.finite)
+        losses.append(out.loss)
     curve = torch.stack(losses).double().cpu().numpy()
     params = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     return curve, finite, params

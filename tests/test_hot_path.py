@@ -34,7 +34,10 @@ import torch
 
 import fastbci
 from fastbci import metrics, synth
-from fastbci import train as T
+from fastbci.reference import patch_input_lengths
+from fastbci.training import Trainer, run_validation
+from fastbci.training.report import StepTimer
+from fastbci.training.step import ctc_per_trial, forward_logits
 from fastbci.config import load_config
 from fastbci.reference import smoothing_taps
 
@@ -100,9 +103,9 @@ def make_cfg(release, out, *over, device="cpu", impl="fused"):
     return load_config(release / "synth_config.yaml", base + list(over))
 
 
-def trainer(release, tmp_path, *over, device="cpu", impl="fused") -> T.Trainer:
+def trainer(release, tmp_path, *over, device="cpu", impl="fused") -> Trainer:
     cfg = make_cfg(release, tmp_path / "run", *over, device=device, impl=impl)
-    return T.Trainer(cfg, console=False).setup()
+    return Trainer(cfg, console=False).setup()
 
 
 @dataclasses.dataclass
@@ -181,7 +184,7 @@ def test_fused_train_step_reads_the_host_once(release, tmp_path, monkeypatch):
     """Each fused ``Trainer.train_step`` reads the host exactly once: the non-finite check."""
     dev = hot_device()
     tr = trainer(release, tmp_path, device=dev)
-    assert tr.data_path.fused and tr.train_store.features.device.type == dev.type
+    assert tr.builder.fused and tr.train_store.features.device.type == dev.type
     tr.train_step(0)  # warm caches (taps, kernels) outside the count
     ctc_calls = []
     ctc = torch.nn.functional.ctc_loss
@@ -195,9 +198,9 @@ def test_fused_train_step_reads_the_host_once(release, tmp_path, monkeypatch):
         ctc_calls.clear()
         with count_host_reads(monkeypatch) as reads, sync_debug(dev):
             out = tr.train_step(k)
-        assert out["finite"]
+        assert out.finite
         # ctc_loss reads its lengths on the host: it must get the batch's host copies
-        b = out["batch"]
+        b = out.batch
         assert len(ctc_calls) == 1 and ctc_calls[0][0] is b.input_lens_host \
             and ctc_calls[0][1] is b.label_lens_host, "ctc_loss did not get the host lengths"
         assert b.input_lens_host.device.type == "cpu" and b.label_lens_host.device.type == "cpu"
@@ -205,8 +208,8 @@ def test_fused_train_step_reads_the_host_once(release, tmp_path, monkeypatch):
         where = "\n  ".join(str(r) for r in bad)
         assert len(bad) == 1, f"step {k}: expected one host read (the non-finite check), got " \
                               f"{len(bad)}:\n  {where}"
-        assert bad[0].method == "__bool__" and bad[0].function == "train_step" \
-            and Path(bad[0].file).name == "train.py", f"step {k}: the one read is {bad[0]}"
+        assert bad[0].method == "__int__" and bad[0].function == "__call__" \
+            and Path(bad[0].file).name == "step.py", f"step {k}: the one read is {bad[0]}"
 
 
 def test_validation_reads_the_host_a_fixed_number_of_times(release, tmp_path, monkeypatch):
@@ -218,8 +221,8 @@ def test_validation_reads_the_host_a_fixed_number_of_times(release, tmp_path, mo
     for n in (1, len(tr.val_plan)):
         for collect in (False, True):
             with count_host_reads(monkeypatch) as reads:
-                T.run_validation(tr.model, tr.val_store, tr.val_meta, tr.val_plan[:n], tr.cfg,
-                                 tr.data_path, collect=collect)
+                run_validation(tr.model, tr.val_store, tr.val_plan[:n], tr.cfg, tr.builder,
+                               collect=collect)
             bad = unexpected(reads)
             assert all(r.function in ("run_validation", "_collected_to_host") for r in bad), \
                 "host reads outside the final gathering:\n  " + "\n  ".join(map(str, bad))
@@ -229,7 +232,7 @@ def test_validation_reads_the_host_a_fixed_number_of_times(release, tmp_path, mo
 
 
 def test_step_timer_measures_and_checks_use():
-    timer = T.StepTimer(torch.device("cpu"))
+    timer = StepTimer(torch.device("cpu"))
     with pytest.raises(RuntimeError, match="without start"):
         timer.stop()
     timer.start()
@@ -248,45 +251,44 @@ def test_step_timer_measures_and_checks_use():
 def test_batch_host_copies_match_the_device(release, tmp_path, impl, mode, k):
     dev = hot_device() if impl == "fused" else torch.device("cpu")
     tr = trainer(release, tmp_path, device=dev, impl=impl)
-    store, meta = (tr.train_store, tr.train_meta) if mode == "train" else (tr.val_store, tr.val_meta)
+    store = tr.train_store if mode == "train" else tr.val_store
     rows = np.asarray(tr.plan[k] if mode == "train" else tr.val_plan[k])
-    b = tr.data_path.batch(store, meta, rows, mode=mode, step=k)
+    b = tr.builder.batch(store, rows, mode=mode, step=k)
     m = tr.cfg["model"]
     ctx = f"{impl} {mode} batch {k} rows {rows.tolist()}"
     assert b.n_time_host.device.type == "cpu" and b.input_lens_host.device.type == "cpu"
     assert torch.equal(b.n_time_host, b.n_time_steps.cpu()), \
         f"{ctx}: n_time_host {b.n_time_host.tolist()} vs device {b.n_time_steps.tolist()}"
-    want = T.input_lengths(b.n_time_steps, int(m["patch_size"]), int(m["patch_stride"])).cpu()
+    want = patch_input_lengths(b.n_time_steps, int(m["patch_size"]), int(m["patch_stride"])).cpu()
     assert torch.equal(b.input_lens_host, want), \
         f"{ctx}: input_lens_host {b.input_lens_host.tolist()} vs {want.tolist()}"
     assert torch.equal(b.label_lens_host, b.label_lens.cpu()), ctx
-    assert torch.equal(b.label_lens.cpu(), torch.from_numpy(meta.seq_len[rows].astype(np.int64)))
-    want_labels = torch.from_numpy(meta.seq_class_ids[rows, :b.labels.shape[1]].astype(np.int64))
+    assert torch.equal(b.label_lens.cpu(), torch.from_numpy(store.seq_len_np[rows].astype(np.int64)))
+    want_labels = torch.from_numpy(store.seq_class_ids_np[rows, :b.labels.shape[1]].astype(np.int64))
     assert torch.equal(b.labels.cpu(), want_labels), f"{ctx}: labels differ"
-    assert b.labels.shape[1] == max(int(meta.seq_len[rows].max()), 1)
-    assert torch.equal(b.day_idx.cpu(), torch.from_numpy(meta.day[rows])), ctx
+    assert b.labels.shape[1] == max(int(store.seq_len_np[rows].max()), 1)
+    assert torch.equal(b.day_idx.cpu(), torch.from_numpy(store.day_np[rows])), ctx
     present = torch.tensor(b.days_present)
     assert torch.equal(present[b.local_day_idx.cpu()], b.day_idx.cpu()), \
         f"{ctx}: local_day_idx {b.local_day_idx.tolist()} does not map onto {b.days_present}"
-    assert b.max_input_len == int(want.max()) and b.max_label_len == int(meta.seq_len[rows].max())
+    assert b.max_input_len == int(want.max()) and b.max_label_len == int(store.seq_len_np[rows].max())
 
 
 def test_ctc_with_host_lengths_equals_device_lengths(release, tmp_path):
     tr = trainer(release, tmp_path, impl="reference")
     for k in (0, 1):
-        b = tr.data_path.batch(tr.train_store, tr.train_meta, np.asarray(tr.plan[k]),
-                               mode="train", step=k)
-        logits, lens = T.forward_logits(tr.model.eval(), b, tr.cfg, seed=1, step=k)
-        got = T.ctc_per_trial(logits, lens, b)
+        b = tr.builder.batch(tr.train_store, np.asarray(tr.plan[k]), mode="train", step=k)
+        logits, lens = forward_logits(tr.model.eval(), b, seed=1, step=k)
+        got = ctc_per_trial(logits, lens, b)
         plain = dataclasses.replace(b, input_lens_host=None, label_lens_host=None)
-        want = T.ctc_per_trial(logits, lens, plain)
+        want = ctc_per_trial(logits, lens, plain)
         assert torch.equal(got, want), f"batch {k}: {got.tolist()} vs {want.tolist()}"
 
 
 def test_model_local_day_idx_equals_the_lookup_and_is_checked(release, tmp_path):
     tr = trainer(release, tmp_path, impl="reference")
     model = tr.model.eval()
-    b = tr.data_path.batch(tr.train_store, tr.train_meta, np.asarray(tr.plan[2]), mode="val")
+    b = tr.builder.batch(tr.train_store, np.asarray(tr.plan[2]), mode="val")
     with torch.no_grad():
         given = model(b.features, b.day_idx, days_present=b.days_present,
                       local_day_idx=b.local_day_idx)
@@ -310,32 +312,31 @@ def test_validation_equals_an_independent_recomputation(release, tmp_path):
     """``run_validation`` (sync-free decoding, on-device sums, gathered outputs) against a
     per-batch recomputation with the checked metrics."""
     tr = trainer(release, tmp_path, impl="reference")
-    res = T.run_validation(tr.model, tr.val_store, tr.val_meta, tr.val_plan, tr.cfg,
-                           tr.data_path, collect=True)
+    res = run_validation(tr.model, tr.val_store, tr.val_plan, tr.cfg, tr.builder, collect=True)
     model = tr.model.eval()
     losses, edits, phon, rows_all, logits_all, tokens_all = [], {}, {}, [], [], []
     with torch.no_grad():
         for rows in tr.val_plan:
-            b = tr.data_path.batch(tr.val_store, tr.val_meta, rows, mode="val")
-            logits, lens = T.forward_logits(model, b, tr.cfg, seed=1, step=0)
-            losses.append(float(T.ctc_per_trial(logits, lens, b).mean()))
+            b = tr.builder.batch(tr.val_store, rows, mode="val")
+            logits, lens = forward_logits(model, b, seed=1, step=0)
+            losses.append(float(ctc_per_trial(logits, lens, b).mean()))
             tok, n_tok = metrics.greedy_decode(logits, lens.long())
             ed = metrics.edit_distance(tok, n_tok, b.labels, b.label_lens)
-            d = int(tr.val_meta.day[rows[0]])
+            d = int(tr.val_store.day_np[rows[0]])
             edits[d] = edits.get(d, 0) + int(ed.sum())
             phon[d] = phon.get(d, 0) + int(b.label_lens.sum())
             for i, r in enumerate(rows):
                 rows_all.append(int(r))
                 logits_all.append(logits[i, :int(lens[i])].float().numpy())
                 tokens_all.append(tok[i, :int(n_tok[i])].numpy())
-    assert res["edits_by_day"] == edits and res["phonemes_by_day"] == phon
-    assert res["per"] == sum(edits.values()) / sum(phon.values())
-    assert res["loss"] == pytest.approx(float(np.mean(np.float32(losses), dtype=np.float32)),
-                                        rel=1e-6)
-    assert res["rows"] == rows_all
-    for i, (g, w) in enumerate(zip(res["logits"], logits_all)):
+    assert res.edits_by_day == edits and res.phonemes_by_day == phon
+    assert res.per == sum(edits.values()) / sum(phon.values())
+    assert res.loss == pytest.approx(float(np.mean(np.float32(losses), dtype=np.float32)),
+                                     rel=1e-6)
+    assert res.trials.rows == rows_all
+    for i, (g, w) in enumerate(zip(res.trials.logits, logits_all)):
         assert g.shape == w.shape and np.array_equal(g, w), f"trial {i}: logits differ"
-    for i, (g, w) in enumerate(zip(res["tokens"], tokens_all)):
+    for i, (g, w) in enumerate(zip(res.trials.tokens, tokens_all)):
         assert np.array_equal(g, w), f"trial {i}: tokens {g} vs {w}"
 
 

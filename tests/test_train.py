@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from fastbci import synth
-from fastbci import train as T
+from fastbci import cli, synth
+from fastbci.devices import select_device
+from fastbci.errors import NonFiniteError
+from fastbci.reference import patch_input_lengths
+from fastbci.training import Trainer
 from fastbci.config import ConfigError, load_config
 
 
@@ -41,9 +44,9 @@ def test_short_run_loss_falls_and_writes_its_files(synth_dir, tmp_path):
     cfg = make_cfg(synth_dir, out, "num_training_batches=24", "batches_per_val_step=8",
                    "batches_per_train_log=4", "fastbci.plot=true", "dataset.data_transforms.white_noise_std=0.2",
                    "dataset.data_transforms.constant_offset_std=0.05")
-    res = T.Trainer(cfg, console=False).fit()
-    assert res["status"] == "finished", res["message"]
-    losses = res["train_losses"]
+    res = Trainer(cfg, console=False).fit()
+    assert res.status == "finished", res.message
+    losses = res.train_losses
     assert losses.shape == (24,) and np.isfinite(losses).all(), losses
     first, last = losses[2:6].mean(), losses[-4:].mean()
     assert last < 0.8 * first, f"loss did not fall: first batches {losses[2:6]}, last {losses[-4:]}"
@@ -63,7 +66,7 @@ def test_short_run_loss_falls_and_writes_its_files(synth_dir, tmp_path):
         assert r["loss"] == pytest.approx(float(losses[r["batch"]]), rel=1e-6)
     # per-day PER for the two sessions that have validation data (the third is train-only)
     assert set(val_recs[-1]["per_by_day"]) == {"t15.2023.08.13", "t15.2023.08.18"}
-    assert res["best_val_PER"] == min(r["per"] for r in val_recs)
+    assert res.best_val_per == min(r["per"] for r in val_recs)
     # the learning rate follows the schedule: batch 0 runs at 0 during warm-up
     # (lr_min 1e-4, lr_max 0.01, warm-up 2, decay 40: batch 4 is 2/38 into the cosine)
     r = 1e-4 / 0.01
@@ -81,19 +84,19 @@ def test_short_run_loss_falls_and_writes_its_files(synth_dir, tmp_path):
 
 
 def test_gradient_clipping(synth_dir, tmp_path):
-    tr = T.Trainer(make_cfg(synth_dir, tmp_path / "a", "grad_norm_clip_value=0.001"), console=False).setup()
+    tr = Trainer(make_cfg(synth_dir, tmp_path / "a", "grad_norm_clip_value=0.001"), console=False).setup()
     out = tr.train_step(0)
-    pre = float(out["grad_norm"])
+    pre = float(out.grad_norm)
     post = torch.nn.utils.get_total_norm([p.grad for p in tr.model.parameters() if p.grad is not None])
     assert pre > 0.001, "the test needs a gradient norm above the clip value"
     assert float(post) == pytest.approx(0.001, rel=1e-3), f"clipped norm {float(post)} (pre-clip {pre})"
 
-    tr0 = T.Trainer(make_cfg(synth_dir, tmp_path / "b", "grad_norm_clip_value=0"), console=False).setup()
+    tr0 = Trainer(make_cfg(synth_dir, tmp_path / "b", "grad_norm_clip_value=0"), console=False).setup()
     out0 = tr0.train_step(0)
     post0 = torch.nn.utils.get_total_norm([p.grad for p in tr0.model.parameters() if p.grad is not None])
-    assert float(out0["grad_norm"]) == pytest.approx(float(post0), rel=1e-6), \
+    assert float(out0.grad_norm) == pytest.approx(float(post0), rel=1e-6), \
         "without clipping the logged norm is the gradient's norm and the gradient is untouched"
-    assert float(out0["grad_norm"]) == pytest.approx(pre, rel=1e-5), "same batch, same seed, same norm"
+    assert float(out0.grad_norm) == pytest.approx(pre, rel=1e-5), "same batch, same seed, same norm"
 
 
 def test_output_directory_policy(synth_dir, tmp_path, capsys):
@@ -101,24 +104,24 @@ def test_output_directory_policy(synth_dir, tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     with pytest.raises(ConfigError, match="fastbci.overwrite=true") as e:
-        T.Trainer(make_cfg(synth_dir, out), console=False).setup()
+        Trainer(make_cfg(synth_dir, out), console=False).setup()
     assert "already exists" in str(e.value)
     assert (out / "keep.txt").read_text() == "user data", "never overwritten silently"
 
     with pytest.raises(ConfigError, match="no resumable checkpoint"):
-        T.Trainer(make_cfg(synth_dir, out, "fastbci.resume=true"), console=False).setup()
+        Trainer(make_cfg(synth_dir, out, "fastbci.resume=true"), console=False).setup()
 
-    T.Trainer(make_cfg(synth_dir, out, "fastbci.overwrite=true"), console=False).setup()
+    Trainer(make_cfg(synth_dir, out, "fastbci.overwrite=true"), console=False).setup()
     assert not (out / "keep.txt").exists() and (out / "train.log").is_file()
 
     # the CLI prints the message and exits with status 2, no traceback
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text((synth_dir / "synth_config.yaml").read_text())
-    rc = T.main([str(cfg_file), f"output_dir={out}", f"checkpoint_dir={out}/checkpoint",
+    rc = cli.main([str(cfg_file), f"output_dir={out}", f"checkpoint_dir={out}/checkpoint",
                  "fastbci.progress=false"])
     err = capsys.readouterr().err
     assert rc == 2 and "already exists" in err and "Traceback" not in err
-    rc = T.main([str(cfg_file), "dataset.batch_sise=4"])
+    rc = cli.main([str(cfg_file), "dataset.batch_sise=4"])
     err = capsys.readouterr().err
     assert rc == 2 and "dataset.batch_size" in err, err
 
@@ -144,13 +147,13 @@ def test_collapse_watch_triggers_on_all_blank_outputs(synth_dir, tmp_path):
                    "lr_warmup_steps=1", "lr_warmup_steps_day=1", "fastbci.collapse_patience=2",
                    "dataset.data_transforms.white_noise_std=0.25",
                    "dataset.data_transforms.constant_offset_std=0.05")
-    tr = T.Trainer(cfg, console=False).setup()
+    tr = Trainer(cfg, console=False).setup()
     _shift_logits(tr, 0)
     res = tr.fit()
-    assert res["status"] == "collapsed"
+    assert res.status == "collapsed"
     # validations at 0 (inside warm-up: not counted), 1 and 2 -> stop after batch 2
-    assert res["last_batch"] == 2
-    assert "white_noise_std" in res["message"] and "constant_offset_std" in res["message"], res["message"]
+    assert res.last_batch == 2
+    assert "white_noise_std" in res.message and "constant_offset_std" in res.message, res.message
     val = [r for r in read_metrics(tmp_path / "c") if r["split"] == "val"]
     assert all(r["blank_fraction"] == 1.0 for r in val)
     assert "Blank collapse" in (tmp_path / "c" / "train.log").read_text()
@@ -159,11 +162,11 @@ def test_collapse_watch_triggers_on_all_blank_outputs(synth_dir, tmp_path):
 def test_collapse_watch_quiet_on_a_healthy_run(synth_dir, tmp_path):
     cfg = make_cfg(synth_dir, tmp_path / "h", "batches_per_val_step=1", "num_training_batches=5",
                    "lr_warmup_steps=0", "lr_warmup_steps_day=0", "fastbci.collapse_patience=1")
-    tr = T.Trainer(cfg, console=False).setup()
+    tr = Trainer(cfg, console=False).setup()
     _shift_logits(tr, 7, when=lambda step, training: not training)  # non-blank outputs at validation
     res = tr.fit()
-    assert res["status"] == "finished", res["message"]
-    assert tr.collapse_count == 0
+    assert res.status == "finished", res.message
+    assert tr.state.collapse_count == 0
 
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
@@ -171,7 +174,7 @@ def test_nonfinite_loss_is_reported_with_trial_ids(synth_dir, tmp_path, policy):
     out = tmp_path / policy
     cfg = make_cfg(synth_dir, out, f"fastbci.nonfinite_policy={policy}", "num_training_batches=5",
                    "batches_per_val_step=100")
-    tr = T.Trainer(cfg, console=False).setup()
+    tr = Trainer(cfg, console=False).setup()
     # poison one training trial: NaN features
     row = int(tr.plan[2][0])
     o = tr.train_store.offsets_np
@@ -180,18 +183,19 @@ def test_nonfinite_loss_is_reported_with_trial_ids(synth_dir, tmp_path, policy):
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     res = tr.fit()
     log = (out / "train.log").read_text()
-    meta = tr.train_meta
-    trial_id = f"{meta.session[row]} block {int(meta.block_num[row])} trial {int(meta.trial_num[row])}"
+    trial_id = tr.train_store.trial_ids([row])[0]
+    st = tr.train_store
+    assert trial_id == f"{st.session[row]} block {int(st.block_num[row])} trial {int(st.trial_num[row])}"
     assert trial_id in log, f"the log must name the poisoned trial ({trial_id}):\n{log}"
     assert "input features hold NaN/inf" in log
     assert f"at batch {bad_batches[0]}" in log
     if policy == "stop":
-        assert res["status"] == "nonfinite" and res["last_batch"] == bad_batches[0]
-        assert T.NonFiniteError.exit_code == 4
+        assert res.status == "nonfinite" and res.last_batch == bad_batches[0]
+        assert NonFiniteError.exit_code == 4
     else:
-        assert res["status"] == "finished"
-        assert res["nonfinite_skipped"] == len(bad_batches)
-        losses = res["train_losses"]
+        assert res.status == "finished"
+        assert res.nonfinite_skipped == len(bad_batches)
+        losses = res.train_losses
         assert np.isnan(losses[bad_batches]).all() and np.isfinite(np.delete(losses, bad_batches)).all()
         for n, p in tr.model.named_parameters():
             assert torch.isfinite(p).all(), f"{n} became non-finite despite the skip"
@@ -201,24 +205,24 @@ def test_nonfinite_loss_is_reported_with_trial_ids(synth_dir, tmp_path, policy):
 def test_nonfinite_gradient_with_finite_loss(synth_dir, tmp_path):
     """A gradient overflow with a finite loss is diagnosed as such (every trial listed)."""
     cfg = make_cfg(synth_dir, tmp_path / "g", "num_training_batches=3", "batches_per_val_step=100")
-    tr = T.Trainer(cfg, console=False).setup()
+    tr = Trainer(cfg, console=False).setup()
 
     def hook(grad):
         return grad * float("inf")
 
     tr.model.h0.register_hook(hook)
     res = tr.fit()
-    assert res["status"] == "nonfinite" and res["last_batch"] == 0
-    assert "non-finite gradient" in res["message"] and "finite loss" in res["message"]
-    assert res["message"].count("block") == 6, "all 6 trials of the batch are listed"
+    assert res.status == "nonfinite" and res.last_batch == 0
+    assert "non-finite gradient" in res.message and "finite loss" in res.message
+    assert res.message.count("block") == 6, "all 6 trials of the batch are listed"
 
 
 def test_input_lengths_official_formula():
     n = torch.tensor([14, 15, 17, 18, 100, 1025])
-    got = T.input_lengths(n, 14, 4)
+    got = patch_input_lengths(n, 14, 4)
     want = torch.tensor([int((v - 14) / 4 + 1) for v in n.tolist()], dtype=torch.int32)
     assert torch.equal(got, want) and got.dtype == torch.int32
-    assert torch.equal(T.input_lengths(n, 0, 0), n.to(torch.int32))
+    assert torch.equal(patch_input_lengths(n, 0, 0), n.to(torch.int32))
 
 
 def test_device_selection_falls_back_to_cpu(caplog):
@@ -226,11 +230,11 @@ def test_device_selection_falls_back_to_cpu(caplog):
     cfg = load_config(None, ["gpu_number=1"])
     log = logging.getLogger("test_device")
     with caplog.at_level(logging.INFO, logger="test_device"):
-        dev = T.select_device(cfg, log)
+        dev = select_device(cfg, log)
     if not torch.cuda.is_available():
         assert dev == torch.device("cpu") and "CPU" in caplog.text
         with pytest.raises(ConfigError, match="CUDA is not available"):
-            T.select_device(load_config(None, ["fastbci.device=cuda"]))
+            select_device(load_config(None, ["fastbci.device=cuda"]))
     else:
         assert dev.type == "cuda"
 
@@ -265,12 +269,12 @@ def test_fused_data_path_matches_reference(synth_dir, tmp_path):
     for impl in ("reference", "fused"):
         cfg = make_cfg(synth_dir, tmp_path / impl, f"fastbci.impl={impl}", "num_training_batches=3",
                        "batches_per_val_step=2", "dataset.batch_size=4")
-        runs[impl] = T.Trainer(cfg, console=False).fit()
-        assert runs[impl]["status"] == "finished", runs[impl]["message"]
+        runs[impl] = Trainer(cfg, console=False).fit()
+        assert runs[impl].status == "finished", runs[impl].message
     ref, fus = runs["reference"], runs["fused"]
-    np.testing.assert_allclose(fus["train_losses"], ref["train_losses"], rtol=1e-5,
+    np.testing.assert_allclose(fus.train_losses, ref.train_losses, rtol=1e-5,
                                err_msg="fused vs reference training losses")
-    for a, b in zip(fus["val_history"], ref["val_history"]):
+    for a, b in zip(fus.val_history, ref.val_history):
         assert a["per"] == b["per"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
@@ -281,16 +285,16 @@ def test_save_all_val_steps_final_model_and_early_stopping(synth_dir, tmp_path):
     cfg = make_cfg(synth_dir, out, "save_all_val_steps=true", "save_final_model=true",
                    "early_stopping=true", "early_stopping_val_steps=2", "batches_per_val_step=1",
                    "num_training_batches=8", "fastbci.collapse_watch=false")
-    tr = T.Trainer(cfg, console=False).setup()
+    tr = Trainer(cfg, console=False).setup()
     _shift_logits(tr, 7, when=lambda step, training: not training, replace=True)  # no improvement
     res = tr.fit()
-    assert res["status"] == "early_stopped" and res["last_batch"] == 2, res
+    assert res.status == "early_stopped" and res.last_batch == 2, res
     ck = out / "checkpoint"
     for k in range(3):
         c = torch.load(ck / f"checkpoint_batch_{k}", weights_only=False)
-        assert c["val_PER"] == res["val_history"][k]["per"]
+        assert c["val_PER"] == res.val_history[k]["per"]
     final = torch.load(ck / "final_checkpoint_batch_2", weights_only=False)
-    assert final["val_PER"] == res["val_history"][-1]["per"] and "model_state_dict" in final
+    assert final["val_PER"] == res.val_history[-1]["per"] and "model_state_dict" in final
 
 
 def test_sigint_stops_after_the_batch_with_a_resumable_checkpoint(synth_dir, tmp_path):
@@ -300,7 +304,7 @@ def test_sigint_stops_after_the_batch_with_a_resumable_checkpoint(synth_dir, tmp
     # the handler in force before the run (SIG_IGN when the test runs as a background job, as
     # in CI; Python's default_int_handler in a terminal): the trainer must put it back
     before = signal.getsignal(signal.SIGINT)
-    tr = T.Trainer(make_cfg(synth_dir, out, "batches_per_val_step=100"), console=False).setup()
+    tr = Trainer(make_cfg(synth_dir, out, "batches_per_val_step=100"), console=False).setup()
     real_step = tr.train_step
 
     def step(k):
@@ -311,8 +315,8 @@ def test_sigint_stops_after_the_batch_with_a_resumable_checkpoint(synth_dir, tmp
 
     tr.train_step = step
     res = tr.fit()
-    assert res["status"] == "interrupted" and res["last_batch"] == 1
-    assert "fastbci.resume=true" in res["message"]
+    assert res.status == "interrupted" and res.last_batch == 1
+    assert "fastbci.resume=true" in res.message
     assert signal.getsignal(signal.SIGINT) is before, "the SIGINT handler in force before is restored"
     from fastbci import checkpoint as ckpt_io
     st = ckpt_io.resume_state_of(ckpt_io.load(out / "checkpoint" / ckpt_io.RESUME_NAME), "x")
@@ -332,7 +336,7 @@ def test_rng_torch_reproduces_an_official_style_loop(synth_dir, tmp_path):
     n_batches = 3
     cfg = make_cfg(synth_dir, tmp_path / "t", "fastbci.rng=torch", f"num_training_batches={n_batches}",
                    "model.n_layers=2", "model.rnn_dropout=0.3", "batches_per_val_step=100")
-    res = T.Trainer(cfg, console=False).fit()
+    res = Trainer(cfg, console=False).fit()
 
     ds, m = cfg["dataset"], cfg["model"]
     np.random.seed(cfg["seed"]); random.seed(cfg["seed"]); torch.manual_seed(cfg["seed"])
@@ -386,5 +390,5 @@ def test_rng_torch_reproduces_an_official_style_loop(synth_dir, tmp_path):
         losses.append(loss.item())
         if i == 0 or i == n_batches - 1:
             torch.empty((), dtype=torch.int64).random_()  # validation: the val iterator's base seed
-    np.testing.assert_allclose(res["train_losses"], np.array(losses, dtype=np.float32), rtol=2e-6,
+    np.testing.assert_allclose(res.train_losses, np.array(losses, dtype=np.float32), rtol=2e-6,
                                err_msg="trainer (rng=torch) vs official-style loop")

@@ -7,7 +7,7 @@ import torch
 
 from fastbci import checkpoint as ckpt_io
 from fastbci import synth
-from fastbci import train as T
+from fastbci.training import Trainer
 from fastbci.config import load_config
 
 
@@ -41,24 +41,24 @@ def _strip_seconds(recs):
 
 @pytest.mark.parametrize("rng", ["philox", "torch"])
 def test_interrupted_and_resumed_run_equals_straight_run(synth_dir, tmp_path, rng):
-    straight = T.Trainer(make_cfg(synth_dir, tmp_path / "a", f"fastbci.rng={rng}"), console=False).fit()
-    assert straight["status"] == "finished"
+    straight = Trainer(make_cfg(synth_dir, tmp_path / "a", f"fastbci.rng={rng}"), console=False).fit()
+    assert straight.status == "finished"
 
     out = tmp_path / "b"
-    first = T.Trainer(make_cfg(synth_dir, out, f"fastbci.rng={rng}"), console=False).fit(stop_after=3)
-    assert first["status"] == "interrupted" and first["last_batch"] == 2
-    assert "fastbci.resume=true" in first["message"]
+    first = Trainer(make_cfg(synth_dir, out, f"fastbci.rng={rng}"), console=False).fit(stop_after=3)
+    assert first.status == "interrupted" and first.last_batch == 2
+    assert "fastbci.resume=true" in first.message
     assert (out / "checkpoint" / ckpt_io.RESUME_NAME).is_file()
-    second = T.Trainer(make_cfg(synth_dir, out, f"fastbci.rng={rng}", "fastbci.resume=true"),
+    second = Trainer(make_cfg(synth_dir, out, f"fastbci.rng={rng}", "fastbci.resume=true"),
                        console=False).fit()
-    assert second["status"] == "finished"
+    assert second.status == "finished"
 
-    a, b = straight["train_losses"], second["train_losses"]
+    a, b = straight.train_losses, second.train_losses
     assert np.isfinite(a).all()
     np.testing.assert_array_equal(b, a, err_msg=f"rng={rng}: resumed losses differ from the straight run")
-    assert second["best_val_PER"] == straight["best_val_PER"]
-    assert second["best_val_loss"] == straight["best_val_loss"]
-    assert _strip_seconds(second["val_history"]) == _strip_seconds(straight["val_history"])
+    assert second.best_val_per == straight.best_val_per
+    assert second.best_val_loss == straight.best_val_loss
+    assert _strip_seconds(second.val_history) == _strip_seconds(straight.val_history)
     # the metrics file reads as one run (no duplicate records after the resume)
     assert _strip_seconds(_metrics(out)) == _strip_seconds(_metrics(tmp_path / "a"))
     # same final weights, bit for bit
@@ -71,10 +71,10 @@ def test_interrupted_and_resumed_run_equals_straight_run(synth_dir, tmp_path, rn
 def test_resume_from_a_periodic_checkpoint_after_a_crash(synth_dir, tmp_path):
     """checkpoint_every: the run dies after batch 4 (no validation since batch 2); resuming
     from the batch-4 checkpoint redoes nothing twice and ends where the straight run ends."""
-    straight = T.Trainer(make_cfg(synth_dir, tmp_path / "a", "batches_per_val_step=100"),
+    straight = Trainer(make_cfg(synth_dir, tmp_path / "a", "batches_per_val_step=100"),
                          console=False).fit()
     out = tmp_path / "b"
-    tr = T.Trainer(make_cfg(synth_dir, out, "batches_per_val_step=100", "fastbci.checkpoint_every=2"),
+    tr = Trainer(make_cfg(synth_dir, out, "batches_per_val_step=100", "fastbci.checkpoint_every=2"),
                    console=False).setup()
     real_step = tr.train_step
 
@@ -85,17 +85,17 @@ def test_resume_from_a_periodic_checkpoint_after_a_crash(synth_dir, tmp_path):
 
     tr.train_step = crashing_step
     res = tr.fit()
-    assert res["status"] == "interrupted" and "resume_checkpoint" in res["message"]
+    assert res.status == "interrupted" and "resume_checkpoint" in res.message
     st = ckpt_io.resume_state_of(ckpt_io.load(out / "checkpoint/resume_checkpoint"), "x")
     assert st["next_batch"] == 4, "checkpoint_every=2 saved after batch 3 (the 4th batch)"
-    resumed = T.Trainer(make_cfg(synth_dir, out, "batches_per_val_step=100", "fastbci.checkpoint_every=2",
+    resumed = Trainer(make_cfg(synth_dir, out, "batches_per_val_step=100", "fastbci.checkpoint_every=2",
                                  "fastbci.resume=true"), console=False).fit()
-    np.testing.assert_array_equal(resumed["train_losses"], straight["train_losses"])
+    np.testing.assert_array_equal(resumed.train_losses, straight.train_losses)
 
 
 def test_resume_with_an_explicit_path_and_request_stop(synth_dir, tmp_path):
     out = tmp_path / "c"
-    tr = T.Trainer(make_cfg(synth_dir, out), console=False).setup()
+    tr = Trainer(make_cfg(synth_dir, out), console=False).setup()
     real_step = tr.train_step
 
     def step_then_stop(k):
@@ -106,37 +106,37 @@ def test_resume_with_an_explicit_path_and_request_stop(synth_dir, tmp_path):
 
     tr.train_step = step_then_stop
     res = tr.fit()
-    assert res["status"] == "interrupted" and res["last_batch"] == 0
+    assert res.status == "interrupted" and res.last_batch == 0
     path = out / "checkpoint" / ckpt_io.RESUME_NAME
     moved = tmp_path / "saved_state.pt"
     path.rename(moved)
-    resumed = T.Trainer(make_cfg(synth_dir, out, f"fastbci.resume={moved}"), console=False).fit()
-    straight = T.Trainer(make_cfg(synth_dir, tmp_path / "d"), console=False).fit()
-    np.testing.assert_array_equal(resumed["train_losses"], straight["train_losses"])
+    resumed = Trainer(make_cfg(synth_dir, out, f"fastbci.resume={moved}"), console=False).fit()
+    straight = Trainer(make_cfg(synth_dir, tmp_path / "d"), console=False).fit()
+    np.testing.assert_array_equal(resumed.train_losses, straight.train_losses)
 
 
 def test_resume_refuses_an_official_checkpoint_with_a_hint(synth_dir, tmp_path):
     off = tmp_path / "official_ckpt"
-    tr = T.Trainer(make_cfg(synth_dir, tmp_path / "e"), console=False).setup()
+    tr = Trainer(make_cfg(synth_dir, tmp_path / "e"), console=False).setup()
     torch.save({"model_state_dict": tr.model.official_state_dict(), "val_PER": 0.5}, off)
     with pytest.raises(ckpt_io.CheckpointError, match="init_from_checkpoint"):
-        T.Trainer(make_cfg(synth_dir, tmp_path / "f", f"fastbci.resume={off}"), console=False).setup()
+        Trainer(make_cfg(synth_dir, tmp_path / "f", f"fastbci.resume={off}"), console=False).setup()
 
 
 def test_init_from_checkpoint_continues_at_the_saved_batch(synth_dir, tmp_path):
     """Official defect fixed: init_from_checkpoint continues at the scheduler's step count."""
     out = tmp_path / "g"
-    T.Trainer(make_cfg(synth_dir, out), console=False).fit(stop_after=4)
+    Trainer(make_cfg(synth_dir, out), console=False).fit(stop_after=4)
     ck = ckpt_io.load(out / "checkpoint" / ckpt_io.RESUME_NAME)
     official = {k: ck[k] for k in ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
                                     "val_PER", "val_loss")}
     p = tmp_path / "official_style"
     torch.save(official, p)
-    tr = T.Trainer(make_cfg(synth_dir, tmp_path / "h", "init_from_checkpoint=true",
+    tr = Trainer(make_cfg(synth_dir, tmp_path / "h", "init_from_checkpoint=true",
                             f"init_checkpoint_path={p}"), console=False).setup()
-    assert tr.start_batch == 4
+    assert tr.state.next_batch == 4
     assert tr.optimizer.param_groups[-1]["lr"] == pytest.approx(
         ck["optimizer_state_dict"]["param_groups"][-1]["lr"])
     res = tr.fit()
-    assert res["status"] == "finished" and np.isnan(res["train_losses"][:4]).all() \
-        and np.isfinite(res["train_losses"][4:]).all()
+    assert res.status == "finished" and np.isnan(res.train_losses[:4]).all() \
+        and np.isfinite(res.train_losses[4:]).all()

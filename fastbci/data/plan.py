@@ -86,22 +86,10 @@ def _global_rng() -> np.random.RandomState:
     return np.random.mtrand._rand
 
 
-def train_batch_plan(trials_by_day: Sequence[Sequence[int]], n_batches: int, batch_size: int,
-                     days_per_batch: int, seed: int | None,
-                     must_include_days: Sequence[int] | None = None, *,
-                     rng: np.random.RandomState | None = None) -> BatchPlan:
-    """Draw the official train batch plan (see the module docstring).
-
-    ``trials_by_day[d]``: the rows of day ``d`` (the official list of trial indices of that day;
-    rows are drawn from it exactly as the official draws trial indices). ``seed``: the draws use
-    a private ``np.random.RandomState(seed)``, identical to the official ``np.random.seed(seed)``
-    followed by ``np.random.choice`` but without touching numpy's global generator; ``seed=None``
-    or ``-1`` draws from the global generator in its current state (the official
-    ``random_seed=-1``). ``rng``: draw from this generator instead (the compat dataset passes the
-    global one after seeding it, to leave the same global state as the official code).
-    Negative ``must_include_days`` count from the end, as in the official dataset.
-    """
-    days_arr = _as_day_arrays(trials_by_day)
+def _check_train_plan(days_arr: list[np.ndarray], n_batches: int, batch_size: int,
+                      days_per_batch: int, must_include_days) -> list[int]:
+    """The arguments of :func:`train_batch_plan` checked; returns ``must_include_days`` with
+    negative days counted from the end."""
     n_days = len(days_arr)
     if n_batches < 0:
         raise ValueError(f"n_batches must be >= 0, got {n_batches}")
@@ -124,6 +112,27 @@ def train_batch_plan(trials_by_day: Sequence[Sequence[int]], n_batches: int, bat
     if empty:
         raise ValueError(f"day(s) {empty} have no training trials but can be drawn into a batch; "
                          "remove them from the configuration (or give them trials)")
+    return must
+
+
+def train_batch_plan(trials_by_day: Sequence[Sequence[int]], n_batches: int, batch_size: int,
+                     days_per_batch: int, seed: int | None,
+                     must_include_days: Sequence[int] | None = None, *,
+                     rng: np.random.RandomState | None = None) -> BatchPlan:
+    """Draw the official train batch plan (see the module docstring).
+
+    ``trials_by_day[d]``: the rows of day ``d`` (the official list of trial indices of that day;
+    rows are drawn from it exactly as the official draws trial indices). ``seed``: the draws use
+    a private ``np.random.RandomState(seed)``, identical to the official ``np.random.seed(seed)``
+    followed by ``np.random.choice`` but without touching numpy's global generator; ``seed=None``
+    or ``-1`` draws from the global generator in its current state (the official
+    ``random_seed=-1``). ``rng``: draw from this generator instead (the compat dataset passes the
+    global one after seeding it, to leave the same global state as the official code).
+    Negative ``must_include_days`` count from the end, as in the official dataset.
+    """
+    days_arr = _as_day_arrays(trials_by_day)
+    must = _check_train_plan(days_arr, n_batches, batch_size, days_per_batch, must_include_days)
+    n_days = len(days_arr)
     if rng is None:
         rng = _global_rng() if seed is None or seed == -1 else np.random.RandomState(seed)
 

@@ -63,6 +63,11 @@ def _int_tensor(values: list, what: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A host copy of a metadata tensor, made once when the store is built."""
+    return t.detach().cpu().numpy().copy()
+
+
 def _padded_stack(arrays: list[np.ndarray]) -> torch.Tensor:
     """Stack 1-D integer arrays, zero-padding to the longest (as pad_sequence does)."""
     if not arrays:
@@ -93,6 +98,98 @@ def _resolve_device(device: str | torch.device, nbytes: int) -> torch.device:
     return dev
 
 
+def _scan_sources(sources, split: str, width: int | None, *, feature_subset, n_classes: int,
+                  policy: str, bad_trials_dict, skipped: list, excluded: list):
+    """Pass 1 of :meth:`TrialStore.from_sources`: every trial's metadata, validated, without
+    reading features; returns ``[(source, [TrialMeta])]`` and the feature width."""
+    plan: list[tuple[SessionSource, list[TrialMeta]]] = []
+    for src in sources:
+        if src.path is None or (src.trials is not None and not src.trials):
+            if src.path is None and src.trials:
+                raise DataError(f"session {src.session!r}: trials {src.trials[:5]} requested "
+                                "but the session has no file", session=src.session)
+            plan.append((src, []))
+            continue
+        with open_session_file(src.path, src.session) as f:
+            metas = scan_session_file(f, src.path, split, src.session, neural_dim=width,
+                                      n_classes=n_classes, feature_subset=feature_subset,
+                                      policy=policy, skipped=skipped,
+                                      bad_trials_dict=bad_trials_dict, excluded=excluded,
+                                      indices=src.trials)
+        rep = _Reporter(src.session, src.path, policy, skipped)
+        if width is None and feature_subset is None:
+            good = []
+            for m in metas:
+                if width is None:
+                    width = m.width
+                if m.width != width:
+                    rep.bad(m.name, f"feature width {m.width} differs from the width {width} "
+                                    "of the trials loaded before it")
+                    continue
+                good.append(m)
+            metas = good
+        if src.trials is not None:
+            # the requested trials in the requested order (repeats kept); bad ones (skipped)
+            # and those excluded by bad_trials_dict are already recorded and left out
+            by_index = {m.index: m for m in metas}
+            metas = [by_index[t] for t in src.trials if t in by_index]
+        plan.append((src, metas))
+    return plan, width
+
+
+def _read_packed(plan, split: str, n_cols: int, total: int, n_total_trials: int, *, feature_subset,
+                 device, pin_memory, progress: bool, policy: str, skipped: list):
+    """Pass 2 of :meth:`TrialStore.from_sources`: the features of every trial of ``plan``,
+    straight into one packed tensor (plus a zero sentinel row); returns it and the kept
+    ``(row, source, TrialMeta)``."""
+    dev = _resolve_device(device, (total + 1) * n_cols * 4)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    on_cuda = dev.type == "cuda"
+    if on_cuda:
+        packed = torch.empty((total + 1, n_cols), dtype=torch.float32, device=dev)
+    else:
+        packed = torch.empty((total + 1, n_cols), dtype=torch.float32,
+                             pin_memory=bool(pin_memory) and torch.cuda.is_available())
+    host = None if on_cuda else packed.numpy()
+    cursor = 0
+    kept: list[tuple[int, SessionSource, TrialMeta]] = []
+    it = _progress(((s, m) for s, metas in plan for m in metas), n_total_trials,
+                   f"loading {split}", progress)
+    current_path, f = None, None
+    staging = None
+    try:
+        for src, m in it:
+            if src.path != current_path:
+                if f is not None:
+                    f.close()
+                f = open_session_file(src.path, src.session)
+                current_path = src.path
+            T = m.n_time_steps
+            if on_cuda:
+                if staging is None or staging.shape[0] < T:
+                    staging = torch.empty((max(T, 2048), n_cols), dtype=torch.float32,
+                                          pin_memory=True)
+                dest = staging.numpy()[:T]
+            else:
+                dest = host[cursor:cursor + T]
+            x, reason = read_features(f, m, out=dest, feature_subset=feature_subset)
+            if x is None:
+                _Reporter(src.session, src.path, policy, skipped).bad(m.name, reason)
+                continue
+            if on_cuda:
+                packed[cursor:cursor + T].copy_(staging[:T])
+            cursor += T
+            kept.append((len(kept), src, m))
+    finally:
+        if f is not None:
+            f.close()
+    packed = packed[:cursor + 1]
+    packed[cursor].zero_()
+
+    return packed, kept
+
+
 class TrialStore:
     """One split of the t15 data, packed. Build it with :meth:`from_config` or :meth:`from_sources`.
 
@@ -105,6 +202,9 @@ class TrialStore:
       trial group number in its file (``trial_0007`` -> 7);
     * train / val only (``None`` for test): ``seq_class_ids`` ``(n, 500)`` and
       ``transcriptions`` ``(n, 500)`` in the files' integer dtype, ``seq_len`` ``(n,)``;
+    * host (numpy) copies of the metadata a training step needs, so that no step reads the
+      device: ``offsets_np``, ``lengths_np``, ``day_np``, ``block_num_np``, ``trial_num_np`` and,
+      with labels, ``seq_len_np`` and ``seq_class_ids_np`` (None for test);
     * ``session`` and ``sentence_label``: lists of str per trial (``''`` labels for test);
     * ``sessions`` (per day), ``files`` (per day, None where absent), ``trials_by_day`` (per day,
       the store rows of that day in file order), ``n_days``, ``n_trials``;
@@ -140,6 +240,10 @@ class TrialStore:
         self.seq_class_ids = None if seq_class_ids is None else seq_class_ids.to(self.device)
         self.seq_len = None if seq_len is None else seq_len.to(self.device)
         self.transcriptions = None if transcriptions is None else transcriptions.to(self.device)
+        self.block_num_np = _host(block_num)
+        self.trial_num_np = _host(trial_num)
+        self.seq_len_np = None if seq_len is None else _host(seq_len).astype(np.int64)
+        self.seq_class_ids_np = None if seq_class_ids is None else _host(seq_class_ids)
         self.skipped: list[BadTrial] = list(skipped or [])
         self.excluded: list[tuple[str, str, str]] = list(excluded or [])
         if packed.ndim != 2 or packed.shape[0] != self.offsets_np[-1] + 1:
@@ -261,6 +365,11 @@ class TrialStore:
         out["trial_nums"] = self.trial_num.index_select(0, rows_t)
         return out
 
+    def trial_ids(self, rows: Sequence[int]) -> list[str]:
+        """``"SESSION block B trial T"`` for each store row (for messages)."""
+        return [f"{self.session[r]} block {int(self.block_num_np[r])} trial "
+                f"{int(self.trial_num_np[r])}" for r in rows]
+
     def trial(self, row: int) -> torch.Tensor:
         """The ``(T, C)`` features of one trial (a view)."""
         o = self.offsets_np
@@ -348,89 +457,18 @@ class TrialStore:
         skipped: list[BadTrial] = []
         excluded: list = []
         width = neural_dim if feature_subset is None else None
-        # ---- pass 1: metadata and validation (no features read) ----
-        plan: list[tuple[SessionSource, list[TrialMeta]]] = []
-        for src in sources:
-            if src.path is None or (src.trials is not None and not src.trials):
-                if src.path is None and src.trials:
-                    raise DataError(f"session {src.session!r}: trials {src.trials[:5]} requested "
-                                    "but the session has no file", session=src.session)
-                plan.append((src, []))
-                continue
-            with open_session_file(src.path, src.session) as f:
-                metas = scan_session_file(f, src.path, split, src.session, neural_dim=width,
-                                          n_classes=n_classes, feature_subset=feature_subset,
-                                          policy=policy, skipped=skipped,
-                                          bad_trials_dict=bad_trials_dict, excluded=excluded,
-                                          indices=src.trials)
-            rep = _Reporter(src.session, src.path, policy, skipped)
-            if width is None and feature_subset is None:
-                good = []
-                for m in metas:
-                    if width is None:
-                        width = m.width
-                    if m.width != width:
-                        rep.bad(m.name, f"feature width {m.width} differs from the width {width} "
-                                        "of the trials loaded before it")
-                        continue
-                    good.append(m)
-                metas = good
-            if src.trials is not None:
-                # the requested trials in the requested order (repeats kept); bad ones (skipped)
-                # and those excluded by bad_trials_dict are already recorded and left out
-                by_index = {m.index: m for m in metas}
-                metas = [by_index[t] for t in src.trials if t in by_index]
-            plan.append((src, metas))
+        plan, width = _scan_sources(sources, split, width, feature_subset=feature_subset,
+                                    n_classes=n_classes, policy=policy,
+                                    bad_trials_dict=bad_trials_dict, skipped=skipped,
+                                    excluded=excluded)
         n_cols = len(feature_subset) if feature_subset is not None else (width or 0)
         total = sum(m.n_time_steps for _, metas in plan for m in metas)
         n_total_trials = sum(len(metas) for _, metas in plan)
 
-        # ---- pass 2: features, straight into the packed tensor ----
-        dev = _resolve_device(device, (total + 1) * n_cols * 4)
-        if pin_memory is None:
-            pin_memory = torch.cuda.is_available()
-        on_cuda = dev.type == "cuda"
-        if on_cuda:
-            packed = torch.empty((total + 1, n_cols), dtype=torch.float32, device=dev)
-        else:
-            packed = torch.empty((total + 1, n_cols), dtype=torch.float32,
-                                 pin_memory=bool(pin_memory) and torch.cuda.is_available())
-        host = None if on_cuda else packed.numpy()
-        cursor = 0
-        kept: list[tuple[int, SessionSource, TrialMeta]] = []
-        it = _progress(((s, m) for s, metas in plan for m in metas), n_total_trials,
-                       f"loading {split}", progress)
-        current_path, f = None, None
-        staging = None
-        try:
-            for src, m in it:
-                if src.path != current_path:
-                    if f is not None:
-                        f.close()
-                    f = open_session_file(src.path, src.session)
-                    current_path = src.path
-                T = m.n_time_steps
-                if on_cuda:
-                    if staging is None or staging.shape[0] < T:
-                        staging = torch.empty((max(T, 2048), n_cols), dtype=torch.float32,
-                                              pin_memory=True)
-                    dest = staging.numpy()[:T]
-                else:
-                    dest = host[cursor:cursor + T]
-                x, reason = read_features(f, m, out=dest, feature_subset=feature_subset)
-                if x is None:
-                    _Reporter(src.session, src.path, policy, skipped).bad(m.name, reason)
-                    continue
-                if on_cuda:
-                    packed[cursor:cursor + T].copy_(staging[:T])
-                cursor += T
-                kept.append((len(kept), src, m))
-        finally:
-            if f is not None:
-                f.close()
-        packed = packed[:cursor + 1]
-        packed[cursor].zero_()
-
+        packed, kept = _read_packed(plan, split, n_cols, total, n_total_trials,
+                                    feature_subset=feature_subset, device=device,
+                                    pin_memory=pin_memory, progress=progress, policy=policy,
+                                    skipped=skipped)
         # ---- metadata tensors ----
         lengths = np.fromiter((m.n_time_steps for _, _, m in kept), dtype=np.int64, count=len(kept))
         offsets = np.zeros(len(kept) + 1, dtype=np.int64)

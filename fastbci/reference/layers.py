@@ -106,5 +106,9 @@ def patchify_ref(x: torch.Tensor, size: int = 14, stride: int = 4) -> torch.Tens
 
 
 def patch_input_lengths(n_time_steps: torch.Tensor, size: int = 14, stride: int = 4) -> torch.Tensor:
-    """Official CTC input lengths: int32 of ((n - size) / stride + 1) computed in floating point."""
+    """Official CTC input lengths: int32 of ``(n - size) / stride + 1`` computed in floating
+    point; without patching (``size == 0``) the lengths are ``n`` itself (the official formula
+    divides by zero there)."""
+    if size == 0:
+        return n_time_steps.to(torch.int32)
     return ((n_time_steps.to(torch.float32) - size) / stride + 1).to(torch.int32)

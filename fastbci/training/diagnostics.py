@@ -1,0 +1,102 @@
+"""What the trainer says when training goes wrong: the non-finite report (batch, days, trials,
+likely cause), the blank-collapse watch and the doctor's findings for the configuration."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from fastbci.training.step import StepResult
+
+
+def doctor_lines(cfg: Mapping) -> list[str]:
+    """The configuration's risky differences from the official recipe, as indented lines."""
+    try:
+        from fastbci import doctor
+        findings = doctor.assess(cfg)
+    except Exception as e:  # the diagnosis must not hide the original problem
+        return [f"  (fastbci.doctor could not assess the configuration: {e})"]
+    risky = [f for f in findings if f.severity in ("severe", "warning")]
+    if not risky:
+        return ["  No configuration difference from the official recipe is known to cause "
+                f"this (fastbci.doctor: {len(findings)} informational finding(s))."]
+    out = ["  Configuration differences from the official recipe that carry a risk "
+           "(fastbci.doctor, most severe first):"]
+
+    def short(v):
+        r = repr(v)
+        return r if len(r) <= 60 else r[:57] + "..."
+
+    for f in risky:
+        out.append(f"    [{f.severity}] {f.key} = {short(f.value)} (official {short(f.official)}): "
+                   f"{f.impact}")
+    if len(findings) > len(risky):
+        out.append(f"    (+{len(findings) - len(risky)} informational; run python -m "
+                   "fastbci.doctor CONFIG for the full table)")
+    return out
+
+
+def nonfinite_message(k: int, res: StepResult, per_trial_all: torch.Tensor, store,
+                      cfg: Mapping) -> str:
+    """The report of a non-finite step ``k``: which trials of the whole batch (``per_trial_all``:
+    the CTC losses of every process's trials, in batch order) have a non-finite loss, or, with
+    a finite loss, that the gradient overflowed; their ids, lengths and whether their input
+    features hold NaN/inf; the likely cause and the doctor's findings."""
+    batch = res.full_batch
+    pt = per_trial_all.float().cpu()
+    bad = (~torch.isfinite(pt)).nonzero().flatten().tolist()
+    feats_bad = (~torch.isfinite(batch.features.float())).flatten(1).any(1).cpu().tolist()
+    if bad:
+        what = f"non-finite CTC loss in {len(bad)} of {len(pt)} trial(s)"
+        idx = bad
+    else:
+        what = (f"finite loss {float(res.loss):.4f} but a non-finite gradient norm "
+                f"({float(res.grad_norm)}): an overflow in the backward pass")
+        idx = list(range(len(pt)))
+    sessions = cfg["dataset"]["sessions"]
+    lines = [f"Non-finite loss or gradient at batch {k}: {what}; days in the batch: "
+             + ", ".join(f"{d} ({sessions[d]})" for d in batch.days_present)]
+    for i in idx[:16]:
+        r = int(batch.rows[i])
+        flag = " [input features hold NaN/inf]" if feats_bad[i] else ""
+        lines.append(f"  day {int(store.day_np[r])}: {store.trial_ids([r])[0]} "
+                     f"(store row {r}, T={int(store.lengths_np[r])}, phonemes "
+                     f"{int(store.seq_len_np[r])}){flag}")
+    if len(idx) > 16:
+        lines.append(f"  ... and {len(idx) - 16} more")
+    if bad:
+        lines.append("  A CTC loss is infinite when a trial's output is shorter than its "
+                     "phoneme sequence (with repeats): check n_time_steps vs seq_len, "
+                     "patch_size/patch_stride and random_cut.")
+    return "\n".join(lines + doctor_lines(cfg))
+
+
+class CollapseWatch:
+    """Stops a run whose validation outputs stay (almost) all blank after warm-up
+    (``fastbci.collapse_watch``, ``collapse_blank_fraction``, ``collapse_patience``)."""
+
+    def __init__(self, cfg: Mapping, warmup: int):
+        fb = cfg["fastbci"]
+        self.enabled = bool(fb["collapse_watch"])
+        self.threshold = float(fb["collapse_blank_fraction"])
+        self.patience = int(fb["collapse_patience"])
+        self.warmup = warmup
+        self.cfg = cfg
+
+    def check(self, k: int, blank_fraction: float, count: int) -> tuple[int, str | None]:
+        """The new consecutive count after validation at batch ``k``, and the stop message
+        once it reaches the patience (None otherwise)."""
+        if not self.enabled or k < self.warmup or blank_fraction != blank_fraction:  # NaN
+            return count, None
+        count = count + 1 if blank_fraction >= self.threshold else 0
+        if count < self.patience:
+            return count, None
+        msg = "\n".join([
+            f"Blank collapse: the validation outputs have been {100 * blank_fraction:.1f}% blank "
+            f"(threshold fastbci.collapse_blank_fraction={self.threshold}) for {count} "
+            f"validation(s) after warm-up; stopping at batch {k}.",
+            *doctor_lines(self.cfg),
+            "  Known causes (docs/recipe.md): weaker augmentation (white_noise_std, "
+            "constant_offset_std), lower lr_max, longer warm-up and smaller batches than "
+            "official. Turn the watch off with fastbci.collapse_watch=false."])
+        return count, msg

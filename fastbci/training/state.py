@@ -1,0 +1,138 @@
+"""The run's state and its home on disk: :class:`RunState` (every counter of a run, once, with
+its checkpoint form) and the output-directory and resume policy."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from fastbci import checkpoint as ckpt_io
+from fastbci.config import ConfigError
+
+#: the checkpoint keys of the counters (official spelling ``best_val_PER`` kept on disk)
+_KEYS = {"next_batch": "next_batch", "best_val_per": "best_val_PER",
+         "best_val_loss": "best_val_loss",
+         "val_steps_since_improvement": "val_steps_since_improvement",
+         "collapse_count": "collapse_count", "nonfinite_skipped": "nonfinite_skipped",
+         "elapsed": "elapsed"}
+
+
+@dataclasses.dataclass
+class RunState:
+    """Everything a run counts. ``train_losses`` lives on the training device (a step writes
+    its loss there without a host read); the rest are host values."""
+    train_losses: torch.Tensor               # (num_training_batches,) float32, NaN until run
+    next_batch: int = 0
+    best_val_per: float = math.inf
+    best_val_loss: float = math.inf
+    val_steps_since_improvement: int = 0
+    collapse_count: int = 0
+    nonfinite_skipped: int = 0
+    elapsed: float = 0.0                     # seconds of training before this process
+    val_history: list[dict] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def fresh(cls, n_batches: int, device: torch.device) -> "RunState":
+        return cls(train_losses=torch.full((n_batches,), float("nan"), dtype=torch.float32,
+                                           device=device))
+
+    def to_dict(self, elapsed_now: float) -> dict[str, Any]:
+        """The checkpoint form (``elapsed_now``: seconds run by this process so far)."""
+        out = {key: getattr(self, name) for name, key in _KEYS.items()}
+        out["elapsed"] = self.elapsed + elapsed_now
+        out["train_losses"] = self.train_losses[:self.next_batch].cpu().numpy()
+        out["val_history"] = self.val_history
+        return out
+
+    def load_dict(self, d: Mapping[str, Any]) -> None:
+        """Take the counters of a checkpoint's resume state (written by :meth:`to_dict`)."""
+        defaults = RunState(train_losses=self.train_losses)
+        for name, key in _KEYS.items():
+            kind = type(getattr(defaults, name))
+            setattr(self, name, kind(d.get(key, getattr(defaults, name))))
+        self.val_history = list(d.get("val_history", []))
+        losses = torch.as_tensor(np.asarray(d.get("train_losses", []), dtype=np.float32))
+        n = min(len(losses), len(self.train_losses))
+        self.train_losses[:n] = losses[:n].to(self.train_losses.device)
+
+    def summary_value(self, name: str) -> float | None:
+        """``best_val_per`` / ``best_val_loss`` as reported: None while never set."""
+        v = getattr(self, name)
+        return None if math.isinf(v) else v
+
+
+# ---------------------------------------------------------------------------------------------
+# output directory and resume
+# ---------------------------------------------------------------------------------------------
+def _is_nonempty_dir(p: Path) -> bool:
+    return p.is_dir() and any(p.iterdir())
+
+
+def _dangerous_to_delete(p: Path) -> bool:
+    p = p.resolve()
+    cwd = Path.cwd().resolve()
+    home = Path.home().resolve()
+    return p == Path(p.anchor) or p == home or p == cwd or p in cwd.parents
+
+
+def resume_path(cfg: Mapping) -> Path | None:
+    """The checkpoint ``fastbci.resume`` asks for (None when not resuming); no side effect."""
+    out = Path(cfg["output_dir"])
+    ckdir = Path(cfg["checkpoint_dir"])
+    resume = cfg["fastbci"]["resume"]
+    if isinstance(resume, str) and resume.strip().lower() in ("", "false", "no", "none"):
+        resume = False
+    if isinstance(resume, str) and resume.strip().lower() in ("true", "yes", "latest"):
+        resume = True
+    if resume is True:
+        found = ckpt_io.find_resume_checkpoint(ckdir)
+        if found is None:
+            raise ConfigError(
+                f"fastbci.resume=true but there is no resumable checkpoint in {out} "
+                f"(looked for {ckdir / ckpt_io.RESUME_NAME}); start a new run without "
+                "fastbci.resume, or give the checkpoint path: fastbci.resume=PATH")
+        return found
+    if isinstance(resume, str):
+        p = Path(resume)
+        if not p.is_file():
+            raise ConfigError(f"fastbci.resume: checkpoint file not found: {p}")
+        return p
+    return None
+
+
+def prepare_output_dir(cfg: Mapping) -> Path | None:
+    """Apply the output-directory policy; returns the checkpoint to resume from, or None.
+
+    * ``fastbci.resume`` true: the latest resumable checkpoint of ``output_dir`` (an error if
+      there is none); a path: that checkpoint.
+    * otherwise an existing non-empty ``output_dir`` (or ``checkpoint_dir``) is an error that
+      says how to proceed, unless ``fastbci.overwrite=true``, which deletes it first.
+    """
+    found = resume_path(cfg)
+    if found is not None:
+        return found
+    out = Path(cfg["output_dir"])
+    ckdir = Path(cfg["checkpoint_dir"])
+    busy = [d for d in (out, ckdir) if _is_nonempty_dir(d)]
+    if not busy:
+        return None
+    if not cfg["fastbci"]["overwrite"]:
+        has_resume = ckpt_io.find_resume_checkpoint(ckdir) is not None
+        hint = "fastbci.resume=true to continue it, " if has_resume else ""
+        raise ConfigError(
+            f"output directory {busy[0]} already exists and is not empty; pass {hint}"
+            "fastbci.overwrite=true to replace it, or choose another output_dir=DIR "
+            "(with checkpoint_dir=DIR/checkpoint)")
+    for d in busy:
+        if _dangerous_to_delete(d):
+            raise ConfigError(f"fastbci.overwrite=true would delete {d.resolve()}, which is "
+                              "the file-system root, your home, the working directory or "
+                              "one of its parents: choose another output_dir")
+        if d.exists():  # checkpoint_dir may sit inside output_dir, already removed
+            shutil.rmtree(d)
+    return None

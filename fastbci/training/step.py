@@ -1,0 +1,119 @@
+"""One optimisation step of the official recipe: forward under autocast, CTC per trial, the
+loss over the global batch, backward, the strategy's gradient reduction, clipping, the
+non-finite check, AdamW and the schedule. The same step serves one process and many."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastbci.data.batch import Batch, BatchBuilder
+from fastbci.devices import autocast
+from fastbci.reference.layers import patch_input_lengths
+
+
+@dataclasses.dataclass
+class StepResult:
+    """What one step leaves for the log and the diagnosis (device tensors, no host read)."""
+    loss: torch.Tensor        # 0-d: mean CTC loss of the global batch
+    grad_norm: torch.Tensor   # 0-d: global gradient norm before clipping
+    per_trial: torch.Tensor   # (B_local,) CTC losses of this process's trials
+    logits: torch.Tensor      # (B_local, P, K)
+    lens: torch.Tensor        # (B_local,) CTC input lengths
+    batch: Batch              # this process's share of the batch
+    full_batch: Batch         # the whole global batch
+    lr: float                 # learning rate of the last parameter group, before the step
+    finite: bool              # loss and gradient norm finite (the update was applied)
+    stop_voted: bool          # some process asked to stop after this batch
+
+
+def forward_logits(model, batch: Batch, *, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model logits ``(B, P, K)`` and the CTC input lengths ``(B,)`` (int32, on the device)."""
+    logits = model(batch.features, batch.day_idx, days_present=batch.days_present,
+                   local_day_idx=batch.local_day_idx, seed=seed, step=step)
+    return logits, patch_input_lengths(batch.n_time_steps, model.patch_size, model.patch_stride)
+
+
+def ctc_per_trial(logits: torch.Tensor, lens: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The official CTC loss per trial: blank 0, reduction 'none', zero_infinity False.
+
+    ``ctc_loss`` needs its lengths on the host: the batch's host copies (equal to ``lens`` and
+    ``label_lens`` by construction) spare a device-to-host copy; a batch without them (None)
+    passes the device lengths."""
+    in_lens = batch.input_lens_host if batch.input_lens_host is not None else lens
+    tgt_lens = batch.label_lens_host if batch.label_lens_host is not None else batch.label_lens
+    return F.ctc_loss(logits.log_softmax(2).permute(1, 0, 2), batch.labels, in_lens, tgt_lens,
+                      blank=0, reduction="none", zero_infinity=False)
+
+
+def clip_gradients(params: list[torch.nn.Parameter], clip: float) -> torch.Tensor:
+    """Clip the global gradient norm to ``clip`` (no host read); returns the norm before
+    clipping (computed also when clipping is off, where the official one is undefined)."""
+    params = [p for p in params if p.grad is not None]
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm=clip, error_if_nonfinite=False,
+                                              foreach=True)
+    return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+
+
+def apply_update(optimizer, scheduler, finite: bool) -> None:
+    """Optimiser and scheduler step; for a non-finite step, skip the update but advance the
+    schedule so that the rate stays tied to the batch index."""
+    if finite:
+        optimizer.step()
+        scheduler.step()
+        return
+    optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+        scheduler.step()
+
+
+class TrainStep:
+    """``step(k, rows, stop_request)`` runs one optimisation step on the store ``rows`` of
+    training batch ``k`` and returns a :class:`StepResult`.
+
+    The strategy supplies what differs between one process and many: this process's share of
+    the batch, its part of the global mean loss, the gradient sum over processes (which also
+    carries the loss and the stop vote) and the dropout key. The only host read is the joint
+    non-finite check and stop vote, one read per step."""
+
+    def __init__(self, model, optimizer, scheduler, strategy, builder: BatchBuilder, store,
+                 clip: float):
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.strategy = strategy
+        self.builder = builder
+        self.store = store
+        self.clip = float(clip)
+        self.params = list(model.parameters())
+
+    def __call__(self, k: int, rows: np.ndarray, stop_request: bool) -> StepResult:
+        model, strategy = self.model, self.strategy
+        model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        full = self.builder.batch(self.store, rows, mode="train", step=k)
+        batch = strategy.shard(full, min_time=max(1, model.patch_size))
+        with autocast(self.builder.device, self.builder.amp):
+            logits, lens = forward_logits(model, batch, seed=strategy.dropout_seed(self.builder.seed),
+                                          step=k)
+            per_trial = ctc_per_trial(logits, lens, batch)
+            local = strategy.local_loss(per_trial, len(full.rows))
+        local.backward()
+        vote = torch.ones((), device=local.device) if stop_request else torch.zeros((), device=local.device)
+        summed = strategy.reduce_gradients(full.days_present, torch.stack([local.detach().float(), vote]))
+        loss = summed[0]
+        grad_norm = clip_gradients(self.params, self.clip)
+        # one host read for the non-finite check and the stop vote together
+        flags = (torch.isfinite(loss) & torch.isfinite(grad_norm)).to(torch.int64) + 2 * (summed[1] > 0)
+        code = int(flags)
+        finite, voted = bool(code & 1), bool(code & 2)
+        lr = self.optimizer.param_groups[-1]["lr"]
+        apply_update(self.optimizer, self.scheduler, finite)
+        return StepResult(loss=loss.detach(), grad_norm=grad_norm.detach(),
+                          per_trial=per_trial.detach(), logits=logits.detach(), lens=lens,
+                          batch=batch, full_batch=full, lr=lr, finite=finite, stop_voted=voted)
