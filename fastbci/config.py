@@ -300,11 +300,11 @@ def validate(cfg: dict) -> dict:
     if not 1 <= ds["days_per_batch"] <= n_days:
         raise ConfigError(f"dataset.days_per_batch must be in [1, {n_days}] (the number of sessions), "
                           f"got {ds['days_per_batch']}")
-    for d in ds.get("must_include_days") or []:
+    for d in ds["must_include_days"] or []:
         if not -n_days <= d < n_days:  # negative: counted from the end, as officially
             raise ConfigError(f"dataset.must_include_days: day {d} is not a session index "
                               f"({-n_days}..{n_days - 1}; negative counts from the end)")
-    if len(ds.get("must_include_days") or []) > ds["days_per_batch"]:
+    if len(ds["must_include_days"] or []) > ds["days_per_batch"]:
         raise ConfigError("dataset.must_include_days names more days than dataset.days_per_batch")
     m = cfg["model"]
     if m["patch_size"] < 0 or m["patch_stride"] < 0 or (m["patch_size"] > 0 and m["patch_stride"] == 0):

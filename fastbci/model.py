@@ -216,7 +216,8 @@ class GRUDecoder(nn.Module):
                     rng: str | None = None) -> "GRUDecoder":
         """Build the model from a fastbci / official configuration dict (as the official
         trainer does: ``n_days = len(dataset.sessions)``). ``impl``/``rng`` default to
-        ``fastbci.impl`` / ``fastbci.rng`` of the config, else ``"auto"`` / ``"philox"``."""
+        ``fastbci.impl`` / ``fastbci.rng`` of the config (an official configuration without a
+        ``fastbci`` section gets fastbci's defaults)."""
         try:
             m = cfg["model"]
             ds = cfg["dataset"]
@@ -229,9 +230,9 @@ class GRUDecoder(nn.Module):
                 patch_stride=m["patch_stride"])
         except (KeyError, TypeError) as e:
             raise ValueError(f"GRUDecoder.from_config: the configuration lacks {e}") from None
-        extra = cfg.get("fastbci") or {}
-        return cls(**kwargs, impl=impl or extra.get("impl", "auto"),
-                   rng=rng or extra.get("rng", "philox"))
+        from fastbci.config import defaults
+        extra = cfg["fastbci"] if "fastbci" in cfg else defaults()["fastbci"]
+        return cls(**kwargs, impl=impl or extra["impl"], rng=rng or extra["rng"])
 
     def extra_repr(self) -> str:
         return (f"neural_dim={self.neural_dim}, n_days={self.n_days}, "

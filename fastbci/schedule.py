@@ -114,7 +114,7 @@ def _ratio(lo: float, hi: float, what: str) -> float:
 
 def group_lambdas(cfg: Mapping, group_types: Iterable[str]) -> list:
     """One multiplier function per parameter group (in the optimiser's group order)."""
-    kind = cfg.get("lr_scheduler_type", "cosine")
+    kind = cfg["lr_scheduler_type"]
     out = []
     for gt in group_types:
         if kind == "cosine":

@@ -428,9 +428,9 @@ class TrialStore:
         """
         check_split(split)
         ds = cfg["dataset"]
-        policy = check_policy((cfg.get("fastbci") or {}).get("bad_trial_policy", "fail"))
+        policy = check_policy(cfg["fastbci"]["bad_trial_policy"])
         neural_dim = int(ds["neural_dim"])
-        subset = ds.get("feature_subset") or None
+        subset = ds["feature_subset"] or None
         if subset is not None and len(subset) != neural_dim:
             raise DataError(f"dataset.feature_subset selects {len(subset)} features but "
                             f"dataset.neural_dim is {neural_dim}: set neural_dim (and "
@@ -438,8 +438,8 @@ class TrialStore:
         paths = session_paths(cfg, split)
         sources = [SessionSource(d, s, p) for d, (s, p) in enumerate(zip(ds["sessions"], paths))]
         return cls.from_sources(sources, split, neural_dim=None if subset else neural_dim,
-                                feature_subset=subset, n_classes=int(ds.get("n_classes", 41)),
-                                bad_trials_dict=ds.get("bad_trials_dict"), policy=policy,
+                                feature_subset=subset, n_classes=int(ds["n_classes"]),
+                                bad_trials_dict=ds["bad_trials_dict"], policy=policy,
                                 device=device, progress=progress, pin_memory=pin_memory)
 
     @classmethod
