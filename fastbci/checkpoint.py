@@ -15,22 +15,35 @@ Files in ``checkpoint_dir``: ``best_checkpoint`` (best validation PER, ties by l
 ``resume_checkpoint`` (the latest resumable state, rewritten at every validation, every
 ``fastbci.checkpoint_every`` batches and on interrupt), ``checkpoint_batch_{k}``
 (``save_all_val_steps``) and ``final_checkpoint_batch_{k}`` (``save_final_model``).
-Writes are atomic (temporary file + rename), so an interrupted save never leaves a truncated
-checkpoint behind.
+Writes are atomic (temporary file, fsync, rename, fsync of the folder), so an interrupted save
+or a full disk never leaves a truncated checkpoint behind, and the previous one stays.
+
+Loading never runs code: files are read with ``torch.load(weights_only=True)``, allowing only
+tensors, plain Python values and numpy arrays / scalars (what fastbci and the official trainer
+store). A file that needs more is refused with the types it holds; ``trust=True``
+(``fastbci.trust_checkpoint=true``, ``evaluate --trust-checkpoint``) loads it anyway, with a
+warning. fastbci checkpoints carry a checksum of their contents (``fastbci_checksum``), verified
+on load; official checkpoints, which have none, load as they are.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from fastbci.fileio import atomic_path
+
 RESUME_NAME = "resume_checkpoint"
 BEST_NAME = "best_checkpoint"
 FORMAT_VERSION = 1
+CHECKSUM_KEY = "fastbci_checksum"
+CHECKSUM_ALGORITHM = "blake2b-128"
 
 
 class CheckpointError(RuntimeError):
@@ -72,16 +85,44 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 # io
 # ---------------------------------------------------------------------------------------------
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    """``torch.save`` to a temporary file in the same folder, fsync, rename over ``path``, fsync
+    the folder; a full disk is a :class:`~fastbci.fileio.StorageError` and ``path`` keeps its
+    previous content."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+
+def _digest(obj: Any, h) -> None:
+    """Feed ``obj`` (nested dicts / lists of tensors, arrays and plain values, in their stored
+    order) to the hash ``h``."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(f"A{a.dtype.str}{a.shape}".encode())
+        h.update(a.view(np.uint8).data if a.size and a.dtype != object else repr(a).encode())
+    elif isinstance(obj, Mapping):
+        h.update(b"{")
+        for k, v in obj.items():
+            _digest(k, h)
+            _digest(v, h)
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for v in obj:
+            _digest(v, h)
+        h.update(b"]")
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r}".encode())
+
+
+def checksum(ckpt: Mapping) -> str:
+    """The checksum of a checkpoint's contents (everything but the checksum itself)."""
+    h = hashlib.blake2b(digest_size=16)
+    _digest({k: v for k, v in ckpt.items() if k != CHECKSUM_KEY}, h)
+    return h.hexdigest()
 
 
 def build_checkpoint(model_state: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -97,19 +138,67 @@ def build_checkpoint(model_state: Mapping[str, torch.Tensor], optimizer: torch.o
     }
     if resume_state is not None:
         ckpt["fastbci"] = {"format": FORMAT_VERSION, **resume_state}
+    ckpt[CHECKSUM_KEY] = {"algorithm": CHECKSUM_ALGORITHM, "digest": checksum(ckpt)}
     return ckpt
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint file (fastbci's or the official one) with a clear error when it fails."""
+def _safe_globals() -> list:
+    """What a checkpoint may hold besides tensors and plain values: numpy arrays and scalars
+    (fastbci's loss history and generator states, the official ``val_loss``)."""
+    core = getattr(np, "_core", None) or np.core
+    allowed = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
+    allowed += [getattr(np.dtypes, n) for n in dir(getattr(np, "dtypes", None) or object)
+                if n.endswith("DType")]
+    return allowed
+
+
+def _read(path: Path, map_location, trust: bool):
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        error = e
+    try:
+        allowed = {f"{g.__module__}.{g.__qualname__}" for g in _safe_globals()}
+        unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                  if g not in allowed]
+    except Exception:  # noqa: BLE001 - not a readable torch file at all
+        unsafe = []
+    if not unsafe:
+        text = str(error).splitlines()[0] if str(error) else repr(error)
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: "
+                              f"{text[:300]}") from None
+    held = ", ".join(unsafe[:8])
+    if not trust:
+        raise CheckpointError(
+            f"{path} needs arbitrary unpickling to load (it holds {held}): loading it could run "
+            "code from the file, so fastbci refuses. If you made this file or trust its source, "
+            "pass fastbci.trust_checkpoint=true (training) or --trust-checkpoint (evaluate)")
+    warnings.warn(f"loading {path} with full unpickling (trusted by request): it holds {held}",
+                  UserWarning, stacklevel=3)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+         trust: bool = False) -> dict:
+    """Read a checkpoint file (fastbci's or the official one) without running code from it
+    (``trust``: allow full unpickling, with a warning), verify its checksum when it has one,
+    and give a clear error when any of that fails."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    ckpt = _read(path, map_location, trust)
     if isinstance(ckpt, Mapping) and "model_state_dict" in ckpt:
+        stored = ckpt.get(CHECKSUM_KEY)
+        if isinstance(stored, Mapping) and stored.get("algorithm") == CHECKSUM_ALGORITHM \
+                and stored.get("digest") != checksum(ckpt):
+            raise CheckpointError(
+                f"{path} is corrupt: its contents do not match the checksum stored when it was "
+                "written (a damaged disk or an incomplete copy); use another checkpoint, e.g. "
+                f"{RESUME_NAME} or {BEST_NAME} of the same run")
         return dict(ckpt)
     if isinstance(ckpt, Mapping) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         # a bare state dict

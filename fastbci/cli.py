@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from fastbci import checkpoint as ckpt_io
 from fastbci import config as config_mod
 from fastbci.config import ConfigError
+from fastbci.fileio import StorageError
 from fastbci.errors import (EXIT_COLLAPSE, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_OK,
                             exit_code_of)
 
@@ -42,6 +43,9 @@ def run_cli(fn: Callable[[], int], *, report: bool = True, prog: str = "fastbci.
         return EXIT_CONFIG
     except ckpt_io.CheckpointError as e:
         say(f"{prog}: checkpoint error: {e}")
+        return EXIT_CONFIG
+    except StorageError as e:
+        say(f"{prog}: storage error: {e.strerror or e}; the files written before are intact")
         return EXIT_CONFIG
     except (FileNotFoundError, ValueError) as e:
         # data-layer and model errors carry a message that names the file / trial / key

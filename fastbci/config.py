@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import functools
 import os
 from importlib import resources
@@ -327,7 +328,38 @@ def validate(cfg: dict) -> dict:
     for k in ("model.rnn_dropout", "model.input_network.input_layer_dropout"):
         if not 0.0 <= _get(cfg, k) < 1.0:
             raise ConfigError(f"{k} must be in [0, 1), got {_get(cfg, k)}")
+    _check_optimiser(cfg)
     return cfg
+
+
+#: optimiser keys and the ranges AdamW and the schedule accept: (low, high, high included)
+_RANGES = {
+    "lr_max": (0.0, math.inf, False), "lr_min": (0.0, math.inf, False),
+    "lr_max_day": (0.0, math.inf, False), "lr_min_day": (0.0, math.inf, False),
+    "beta0": (0.0, 1.0, False), "beta1": (0.0, 1.0, False),
+    "epsilon": (0.0, math.inf, False), "weight_decay": (0.0, math.inf, False),
+    "weight_decay_day": (0.0, math.inf, False), "grad_norm_clip_value": (0.0, math.inf, False),
+    "lr_warmup_steps": (0, math.inf, False), "lr_warmup_steps_day": (0, math.inf, False),
+    "lr_decay_steps": (0, math.inf, False), "lr_decay_steps_day": (0, math.inf, False),
+    "fastbci.collapse_blank_fraction": (0.0, 1.0, True),
+}
+
+
+def _check_optimiser(cfg: Mapping) -> None:
+    """The values AdamW, the schedule or the watch would reject, named with their range."""
+    for key, (lo, hi, hi_in) in _RANGES.items():
+        v = _get(cfg, key)
+        if not (lo <= v and (v <= hi if hi_in else v < hi)) or v != v:
+            upper = "" if hi == math.inf else (f", {hi}]" if hi_in else f", {hi})")
+            allowed = f">= {lo}" if not upper else f"in [{lo}{upper}"
+            raise ConfigError(f"config key '{key}': {v!r} is out of range (must be {allowed})")
+    for key in ("lr_max", "lr_max_day"):
+        if cfg[key] <= 0:
+            raise ConfigError(f"config key '{key}': {cfg[key]!r} is out of range (must be > 0: "
+                              "the schedule scales from it)")
+    if cfg["lr_min"] > cfg["lr_max"] or cfg["lr_min_day"] > cfg["lr_max_day"]:
+        raise ConfigError(f"lr_min ({cfg['lr_min']}) / lr_min_day ({cfg['lr_min_day']}) must not "
+                          f"exceed lr_max ({cfg['lr_max']}) / lr_max_day ({cfg['lr_max_day']})")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> dict:
@@ -365,5 +397,6 @@ def diff_from_official(cfg: Mapping) -> dict[str, tuple[Any, Any]]:
 
 def dump(cfg: Mapping, path: str | os.PathLike) -> None:
     """Write a configuration as YAML (the trainer saves ``args.yaml`` beside its checkpoints)."""
-    with open(path, "w") as f:
-        yaml.safe_dump(dict(cfg), f, sort_keys=False, default_flow_style=None)
+    from fastbci.fileio import atomic_write
+    atomic_write(path, lambda f: yaml.safe_dump(dict(cfg), f, sort_keys=False,
+                                                default_flow_style=None))

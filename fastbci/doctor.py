@@ -4,10 +4,9 @@ official recipe, and what each departure is known to risk.
 Every official key whose value differs from ``configs/official.yaml`` is reported with its value,
 the official value, a severity and the known impact, most severe first:
 
-* ``severe``: a change linked to a reported failure (RECIPE.md s8): weaker augmentation or a lower
-  peak learning rate (the weak configuration white noise 0.25, offset 0.05, lr_max 0.002, warm-up
-  2,000, batch 48 is reported to collapse to all-blank outputs), or an AdamW epsilon orders of
-  magnitude below 0.1 (eps 1e-8 with lr 0.002 is reported to explode to NaN);
+* ``severe``: a change linked to a reported failure (docs/recipe.md section 8): weaker
+  augmentation or a lower peak learning rate (blank collapse), or an AdamW epsilon orders of
+  magnitude below 0.1 (NaN);
 * ``warning``: a change of the optimisation, regularisation, schedule, architecture or input
   processing that moves training away from the published 10.1 % PER without a reported failure;
 * ``info``: bookkeeping (paths, logging, seeds, hardware) with no expected effect on accuracy.
@@ -33,8 +32,13 @@ WARNING = "warning"
 INFO = "info"
 _RANK = {SEVERE: 0, WARNING: 1, INFO: 2}
 
-_COLLAPSE = ("the weaker configuration of RECIPE.md s8 (white noise 0.25, offset 0.05, lr_max "
-             "0.002, warm-up 2000, batch 48) is reported to collapse to 100% blank predictions")
+#: the blank-collapse mechanism, stated once below the findings that carry the risk
+COLLAPSE_WHY = ("Why blank collapse: CTC lowers its loss fastest by predicting blank everywhere; "
+                "with weak input noise the network settles there before it learns phonemes, and a "
+                "low peak learning rate under AdamW's epsilon of 0.1 takes steps too small to "
+                "leave (the configuration white noise 0.25, offset 0.05, lr_max 0.002, warm-up "
+                "2000, batch 48 is reported to end 100% blank). Restore the official values "
+                "(docs/recipe.md section 8).")
 _AUG = "dataset.data_transforms."
 
 
@@ -46,6 +50,11 @@ class Finding:
     official: Any
     severity: str  # "severe" | "warning" | "info"
     impact: str
+
+    @property
+    def collapse_risk(self) -> bool:
+        """Part of the blank-collapse pattern (explained once by :data:`COLLAPSE_WHY`)."""
+        return "blank" in self.impact
 
 
 def _num(v: Any) -> float | None:
@@ -72,7 +81,7 @@ def _epsilon(value, off):
     if ratio <= 1e-2:
         return SEVERE, ("NaN risk: AdamW epsilon far below the official 0.1 makes steps on "
                         "parameters with tiny second moments huge; eps 1e-8 with lr 0.002 is "
-                        "reported to explode to NaN")
+                        "reported to explode to NaN; restore 0.1")
     if ratio < 1.0:
         return WARNING, ("smaller AdamW epsilon than 0.1: larger effective steps, less stable "
                          "training (eps 1e-8 is reported to explode to NaN)")
@@ -109,23 +118,21 @@ _BOOK = "bookkeeping only: no expected effect on accuracy"
 # key -> (order of appearance among equal severities, rule or (severity, impact))
 _RULES: dict[str, tuple[int, Any]] = {
     _AUG + "white_noise_std": (0, _lower_higher(
-        (SEVERE, "weaker augmentation than official (white noise): blank-collapse risk; "
-                 + _COLLAPSE),
+        (SEVERE, "weaker white noise than official: blank-collapse risk; restore 1.0"),
         (WARNING, "stronger white noise than official: slower learning, untested"))),
     _AUG + "constant_offset_std": (1, _lower_higher(
-        (SEVERE, "weaker augmentation than official (constant offset): blank-collapse risk; "
-                 + _COLLAPSE),
+        (SEVERE, "weaker constant offset than official: blank-collapse risk; restore 0.2"),
         (WARNING, "stronger constant offset than official: untested"))),
     "lr_max": (2, _lower_higher(
-        (SEVERE, "lower peak learning rate than official: blank-collapse risk; " + _COLLAPSE),
+        (SEVERE, "lower peak learning rate than official: blank-collapse risk; restore 0.005"),
         (WARNING, "higher peak learning rate than official: instability / NaN risk"))),
     "lr_warmup_steps": (3, _lower_higher(
         (WARNING, "shorter warm-up than official: early instability risk"),
-        (WARNING, "longer warm-up than official: slower start; part of the weak configuration "
-                  "reported to collapse to all-blank"))),
+        (WARNING, "longer warm-up than official: slower start; part of the all-blank "
+                  "collapse pattern; restore 1000"))),
     "dataset.batch_size": (4, _lower_higher(
-        (WARNING, "smaller batch than official: noisier gradients; part of the weak "
-                  "configuration reported to collapse to all-blank"),
+        (WARNING, "smaller batch than official: noisier gradients; part of the all-blank "
+                  "collapse pattern; restore 64"),
         (WARNING, "larger batch than official: fewer updates per trial seen, untested with these "
                   "learning rates"))),
     "epsilon": (5, _epsilon),
@@ -244,6 +251,8 @@ def format_findings(findings: Sequence[Finding]) -> str:
         lines += textwrap.wrap(f.impact, width=max(70, len(head) + 6),
                                initial_indent=" " * 10, subsequent_indent=" " * 10)
     counts = {s: sum(f.severity == s for f in findings) for s in (SEVERE, WARNING, INFO)}
+    if any(f.collapse_risk for f in findings):
+        lines += [""] + textwrap.wrap(COLLAPSE_WHY, width=max(70, len(head) + 6))
     lines.append("")
     lines.append(f"{counts[SEVERE]} severe, {counts[WARNING]} warning(s), {counts[INFO]} info")
     return "\n".join(lines)

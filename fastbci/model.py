@@ -1,4 +1,4 @@
-"""The GRUDecoder of the Brain-to-Text '25 baseline (RECIPE.md section 4), with fastbci's fast path.
+"""The GRUDecoder of the Brain-to-Text '25 baseline (docs/recipe.md section 4), with fastbci's fast path.
 
 Architecture, parameters, initialisation and state-dict keys are those of the official model
 (``model_training/rnn_model.py`` of nejm-brain-to-text), so an official checkpoint loads as is:

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of the official recipe (RECIPE.md section 5).
+"""Optimiser and learning-rate schedule of the official recipe (docs/recipe.md section 5).
 
 * :func:`param_groups` splits a model's parameters into the three official AdamW groups, in the
   official order: ``bias`` (names containing ``gru.bias`` or ``out.bias``, weight decay 0),

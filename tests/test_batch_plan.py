@@ -1,6 +1,6 @@
 """The official batch plans: same trials in every batch as the official draw order.
 
-The reference sampler below is written from RECIPE.md section 2, literally, with numpy's global
+The reference sampler below is written from docs/recipe.md section 2, literally, with numpy's global
 legacy generator and np.random.choice (dict of days -> trial lists, as the official dataset);
 fastbci's plan must give the same batches, laid out day by day in drawn order.
 """

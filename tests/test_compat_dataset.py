@@ -1,6 +1,6 @@
 """fastbci.compat BrainToTextDataset / train_test_split_indicies vs the official behaviour.
 
-The reference below re-implements the official loader from RECIPE.md section 2 and the official
+The reference below re-implements the official loader from docs/recipe.md section 2 and the official
 signatures: trial-index dicts, np.random draws on the global generator, HDF5 files re-opened for
 every batch, trials padded with pad_sequence. The compat classes must give identical batches
 (keys, dtypes, values), identical splits, and leave the global generators in the same state.

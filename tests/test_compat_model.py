@@ -1,5 +1,5 @@
 """fastbci.compat.GRUDecoder against an independent per-trial implementation of the official
-forward pass, written here from the wording of RECIPE.md s4."""
+forward pass, written here from the wording of docs/recipe.md section 4."""
 from __future__ import annotations
 
 import importlib.util
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 
 
 class OfficialForward:
-    """The official forward pass, per trial, from RECIPE.md s4: for each trial its own day matrix
+    """The official forward pass, per trial, from docs/recipe.md section 4: for each trial its own day matrix
     and bias, softsign, dropout (torch's generator), windows of ``size`` steps every ``stride``
     steps flattened time-major, a batch-first GRU from h0, a Linear layer."""
 

@@ -16,7 +16,7 @@ OFFICIAL = dict(white_noise_std=1.0, constant_offset_std=0.2, random_walk_std=0.
 
 
 def _recipe_kernel(std, size):
-    """RECIPE.md s3: scipy blur of a float32 impulse, taps > 0.01, normalised to sum 1."""
+    """docs/recipe.md section 3: scipy blur of a float32 impulse, taps > 0.01, normalised to sum 1."""
     impulse = np.zeros(size, dtype=np.float32)
     impulse[size // 2] = 1
     k = gaussian_filter1d(impulse, std)
@@ -25,7 +25,7 @@ def _recipe_kernel(std, size):
 
 
 def _recipe_smooth(x, std=2, size=100, padding="same", dtype=torch.float32):
-    """RECIPE.md s3: depthwise conv1d along time on the (B, C, T) view of the batch."""
+    """docs/recipe.md section 3: depthwise conv1d along time on the (B, C, T) view of the batch."""
     k = _recipe_kernel(std, size)
     C = x.shape[2]
     w = k.view(1, 1, -1).repeat(C, 1, 1).to(dtype)

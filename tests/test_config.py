@@ -9,7 +9,7 @@ from fastbci.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# RECIPE.md section 7, transcribed key by key (independently of configs/official.yaml).
+# docs/recipe.md section 7, transcribed key by key (independently of configs/official.yaml).
 OFFICIAL = {
     "model.n_input_features": 512, "model.n_units": 768, "model.rnn_dropout": 0.4,
     "model.rnn_trainable": True, "model.n_layers": 5, "model.patch_size": 14,

@@ -18,7 +18,7 @@ def _write_release(root):
         for split, n in (("train", N), ("val", 2)):
             trials = []
             for i in range(n):
-                T = int(rng.integers(16, 40))
+                T = int(rng.integers(16, 40)) + 60  # long enough for 14/4 patching and CTC
                 ids = rng.integers(1, 41, size=int(rng.integers(2, 9))).astype(np.int32)
                 trials.append(Trial(input_features=rng.standard_normal((T, WIDTH)).astype(np.float32),
                                     block_num=1, trial_num=i, session=s, seq_class_ids=ids,
@@ -195,3 +195,49 @@ def test_feature_subset_and_bad_trials_dict(tmp_path):
     cfg["dataset"]["feature_subset"] = [0, 1, 99]
     with pytest.raises(DataError, match="outside the file's 8 features"):
         TrialStore.from_config(cfg, "train", progress=False)
+
+
+def _shorten(root, session, split, trial, T, ids=None):
+    with h5py.File(root / session / f"data_{split}.hdf5", "r+") as f:
+        g = f[trial]
+        _replace(g, "input_features", np.zeros((T, WIDTH), np.float32))
+        g.attrs["n_time_steps"] = T
+        if ids is not None:
+            seq = np.zeros(500, np.int32)
+            seq[:len(ids)] = ids
+            _replace(g, "seq_class_ids", seq)
+            g.attrs["seq_len"] = len(ids)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("case,T,ids,reason", [
+    ("shorter than a patch", 10, None, "shorter than one patch of 14 steps"),
+    ("too short for CTC", 30, [5, 6, 7, 8, 9, 10], "too short for CTC"),
+    ("repeats need blanks", 30, [5, 5, 5, 5], "which need 7"),
+])
+def test_trials_too_short_for_the_model_are_caught_at_load(tmp_path, split, case, T, ids, reason):
+    """A trial shorter than one patch, or with fewer patched frames than CTC needs, is a bad
+    trial at load (a train one used to stop the run at a later batch; a val one made every
+    validation loss infinite), under the bad-trial policy."""
+    _write_release(tmp_path)
+    _shorten(tmp_path, SESSIONS[1], split, "trial_0001", T, ids)
+    cfg = _cfg(tmp_path)
+    with pytest.raises(DataError, match=reason) as e:
+        TrialStore.from_config(cfg, split, progress=False)
+    msg = str(e.value)
+    assert SESSIONS[1] in msg and "trial_0001" in msg and f"data_{split}.hdf5" in msg, msg
+    with pytest.warns(DataWarning):
+        store = TrialStore.from_config(_cfg(tmp_path, "skip"), split, progress=False)
+    assert [(b.session, b.trial) for b in store.skipped] == [(SESSIONS[1], "trial_0001")]
+    assert reason.split(" (")[0] in store.skipped[0].reason
+
+
+def test_the_random_cut_counts_for_train_only(tmp_path):
+    """Train trials must fit after the largest cut (random_cut - 1 steps); val trials see none."""
+    _write_release(tmp_path)
+    ids = [5, 6, 7]  # 3 frames needed: (T - cut - 14) // 4 + 1 >= 3 -> T - cut >= 22
+    for split in ("train", "val"):
+        _shorten(tmp_path, SESSIONS[0], split, "trial_0000", 23, ids)
+    assert TrialStore.from_config(_cfg(tmp_path), "val", progress=False).n_trials == 4
+    with pytest.raises(DataError, match="after a random cut of up to 2 steps"):
+        TrialStore.from_config(_cfg(tmp_path), "train", progress=False)

@@ -9,7 +9,7 @@ import pytest
 from fastbci.config import _official_path, load_config
 from fastbci.doctor import SEVERE, WARNING, INFO, Finding, assess, format_findings, main
 
-WEAK = {  # RECIPE.md s8: reported to collapse to all-blank
+WEAK = {  # docs/recipe.md section 8: reported to collapse to all-blank
     "dataset.data_transforms.white_noise_std": 0.25,
     "dataset.data_transforms.constant_offset_std": 0.05,
     "lr_max": 0.002,

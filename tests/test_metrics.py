@@ -128,7 +128,7 @@ def test_phoneme_error_rate():
 
 def test_decode_to_text():
     recipe = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T "
-              "TH UH UW V W Y Z ZH").split()  # RECIPE.md s1, ids 1-39
+              "TH UH UW V W Y Z ZH").split()  # docs/recipe.md section 1, ids 1-39
     assert len(PHONEMES) == 41 and list(PHONEMES[1:40]) == recipe and PHONEMES[40] == " | "
     tokens = torch.tensor([[16, 3, 21, 25, 40], [1, 39, -1, -1, -1]])
     text = decode_to_text(tokens, torch.tensor([5, 2]))

@@ -1,6 +1,6 @@
 """The reference augmentations and transform step (fastbci.reference.augment).
 
-Expected tensors are computed step by step here from the RECIPE.md s3 wording, with the random
+Expected tensors are computed step by step here from the docs/recipe.md section 3 wording, with the random
 generators put in a fixed state first.
 """
 import numpy as np

@@ -1,4 +1,4 @@
-"""The reference day layer and patching (fastbci.reference.layers) against RECIPE.md s4/s5."""
+"""The reference day layer and patching (fastbci.reference.layers) against docs/recipe.md section 4/s5."""
 import pytest
 import torch
 

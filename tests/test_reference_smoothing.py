@@ -10,7 +10,7 @@ STD2_HALF = [0.02763055, 0.06628225, 0.12383153, 0.18017381, 0.20416369]
 
 
 def _recipe_taps(std, size):
-    """RECIPE.md s3 step by step: float32 impulse at size//2, gaussian_filter1d defaults,
+    """docs/recipe.md section 3 step by step: float32 impulse at size//2, gaussian_filter1d defaults,
     taps > 0.01 (compared in float32), divided by their float32 sum."""
     impulse = np.zeros(size, dtype=np.float32)
     impulse[size // 2] = np.float32(1.0)
@@ -45,7 +45,7 @@ def test_std2_taps_match_recipe_values():
         f"got {taps.dtype} {tuple(taps.shape)}"
     expected = torch.tensor(STD2_HALF + STD2_HALF[-2::-1], dtype=torch.float32)
     torch.testing.assert_close(taps, expected, atol=5e-9, rtol=0,
-                               msg=lambda m: f"std-2 taps differ from RECIPE.md: {m}\n{taps}")
+                               msg=lambda m: f"std-2 taps differ from docs/recipe.md: {m}\n{taps}")
     assert torch.equal(taps, taps.flip(0)), "std-2 kernel must be symmetric"
     assert abs(float(taps.double().sum()) - 1.0) < 1e-6
 

@@ -114,11 +114,15 @@ def test_output_directory_policy(synth_dir, tmp_path, capsys):
     Trainer(make_cfg(synth_dir, out, "fastbci.overwrite=true"), console=False).setup()
     assert not (out / "keep.txt").exists() and (out / "train.log").is_file()
 
-    # the CLI prints the message and exits with status 2, no traceback
+    # a folder of a run that trained (it holds a checkpoint): the CLI prints the message and
+    # exits with status 2, no traceback
+    trained = tmp_path / "trained"
+    assert Trainer(make_cfg(synth_dir, trained, "num_training_batches=2"), console=False).fit().status \
+        == "finished"
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text((synth_dir / "synth_config.yaml").read_text())
-    rc = cli.main([str(cfg_file), f"output_dir={out}", f"checkpoint_dir={out}/checkpoint",
-                 "fastbci.progress=false"])
+    rc = cli.main([str(cfg_file), f"output_dir={trained}", f"checkpoint_dir={trained}/checkpoint",
+                   "fastbci.progress=false"])
     err = capsys.readouterr().err
     assert rc == 2 and "already exists" in err and "Traceback" not in err
     rc = cli.main([str(cfg_file), "dataset.batch_sise=4"])
@@ -325,7 +329,7 @@ def test_sigint_stops_after_the_batch_with_a_resumable_checkpoint(synth_dir, tmp
 
 def test_rng_torch_reproduces_an_official_style_loop(synth_dir, tmp_path):
     """fastbci.rng=torch: the trainer's losses equal those of a loop written the way the official
-    trainer runs (RECIPE.md s2, s5; official seeding order, its DataLoader iterators' base-seed
+    trainer runs (docs/recipe.md section 2, s5; official seeding order, its DataLoader iterators' base-seed
     draws), built from the official-compatible pieces (fastbci.compat)."""
     import random
 

@@ -1,4 +1,4 @@
-"""Optimiser groups and learning-rate schedule of the trainer (RECIPE.md section 5)."""
+"""Optimiser groups and learning-rate schedule of the trainer (docs/recipe.md section 5)."""
 import math
 
 import pytest
@@ -17,7 +17,7 @@ def _cfg(**over):
 
 
 def _expected_multiplier(s, lr_max, lr_min, warmup, decay):
-    """RECIPE.md s5 in words: linear warm-up s/warmup, cosine from lr_max to lr_min until decay,
+    """docs/recipe.md section 5 in words: linear warm-up s/warmup, cosine from lr_max to lr_min until decay,
     then flat at lr_min."""
     r = lr_min / lr_max
     if s < warmup:

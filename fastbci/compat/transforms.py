@@ -16,7 +16,7 @@ Differences from the official code, all where it fails or surprises:
 * the inputs are never modified in place (the official ``transform_data`` adds the noise into the
   caller's ``features`` tensor when static gain is off);
 * the static-gain matrix is built on the features' device (the official one mixes a CPU identity
-  with device noise and fails on CUDA, RECIPE.md s9);
+  with device noise and fails on CUDA, docs/recipe.md section 9);
 * the kernel is built on the inputs' device; ``device`` must name that device type;
 * bad shapes, keys, values, modes or paddings raise errors that say what is wrong.
 """

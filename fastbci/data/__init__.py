@@ -1,12 +1,12 @@
 """fastbci.data: the t15 data layer.
 
-* :mod:`~fastbci.data.t15`: read / write / validate session files (RECIPE.md section 1):
+* :mod:`~fastbci.data.t15`: read / write / validate session files (docs/recipe.md section 1):
   :func:`session_paths`, :func:`read_session_file`, :func:`write_session_file`,
   :class:`DataError`, :class:`BadTrial`.
 * :mod:`~fastbci.data.store`: :class:`TrialStore`, a whole split packed in one
   ``(N_total_steps, C)`` float32 tensor; ``store.batch(rows)`` gives the official batch dict
   with one gather.
-* :mod:`~fastbci.data.plan`: the official batch plans (RECIPE.md section 2),
+* :mod:`~fastbci.data.plan`: the official batch plans (docs/recipe.md section 2),
   :func:`train_batch_plan` and :func:`val_batch_plan` -> :class:`BatchPlan`.
 * :mod:`~fastbci.data.phonemes`: :data:`PHONEMES` (41 classes, 0 = ``"BLANK"``, 40 = ``" | "``).
 

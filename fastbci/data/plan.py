@@ -1,4 +1,4 @@
-"""The official batch plans (RECIPE.md section 2), drawn once, up front.
+"""The official batch plans (docs/recipe.md section 2), drawn once, up front.
 
 Train: with numpy's legacy generator seeded with ``dataset.seed``, for every batch in order
 

@@ -98,8 +98,40 @@ def _resolve_device(device: str | torch.device, nbytes: int) -> torch.device:
     return dev
 
 
+def trial_length_rule(patch_size: int, patch_stride: int, max_cut: int = 0):
+    """A check that a trial is long enough for the model: one patch of ``patch_size`` steps
+    after the largest random cut (``max_cut`` steps), and, with labels, as many patched frames
+    as CTC needs to emit its phonemes (one per phoneme plus one blank between repeats).
+    Returns ``check(meta) -> reason | None``."""
+    def check(m: TrialMeta) -> str | None:
+        T = int(m.n_time_steps)
+        t_min = T - max_cut
+        after = f" after a random cut of up to {max_cut} steps" if max_cut else ""
+        if t_min < max(patch_size, 1):
+            return (f"n_time_steps {T} leaves {t_min} steps{after}, shorter than one patch of "
+                    f"{max(patch_size, 1)} steps (model.patch_size)")
+        if m.seq_class_ids is None or m.seq_len is None:
+            return None
+        frames = (t_min - patch_size) // patch_stride + 1 if patch_size > 0 else t_min
+        ids = np.asarray(m.seq_class_ids)[:int(m.seq_len)]
+        need = len(ids) + int(np.count_nonzero(ids[1:] == ids[:-1]))
+        if frames < need:
+            return (f"too short for CTC: n_time_steps {T} gives {frames} output frames{after} "
+                    f"for {len(ids)} phonemes, which need {need} (a blank between repeats); "
+                    "its loss would be infinite")
+        return None
+    return check
+
+
+def length_rule_of(cfg: Mapping, split: str):
+    """:func:`trial_length_rule` for a configuration's patching and (train split) random cut."""
+    m = cfg["model"]
+    cut = int(cfg["dataset"]["data_transforms"]["random_cut"]) if split == "train" else 0
+    return trial_length_rule(int(m["patch_size"]), int(m["patch_stride"]), max(cut - 1, 0))
+
+
 def _scan_sources(sources, split: str, width: int | None, *, feature_subset, n_classes: int,
-                  policy: str, bad_trials_dict, skipped: list, excluded: list):
+                  policy: str, bad_trials_dict, skipped: list, excluded: list, length_rule=None):
     """Pass 1 of :meth:`TrialStore.from_sources`: every trial's metadata, validated, without
     reading features; returns ``[(source, [TrialMeta])]`` and the feature width."""
     plan: list[tuple[SessionSource, list[TrialMeta]]] = []
@@ -127,6 +159,15 @@ def _scan_sources(sources, split: str, width: int | None, *, feature_subset, n_c
                                     "of the trials loaded before it")
                     continue
                 good.append(m)
+            metas = good
+        if length_rule is not None:
+            good = []
+            for m in metas:
+                reason = length_rule(m)
+                if reason is None:
+                    good.append(m)
+                else:
+                    rep.bad(m.name, reason)
             metas = good
         if src.trials is not None:
             # the requested trials in the requested order (repeats kept); bad ones (skipped)
@@ -418,7 +459,8 @@ class TrialStore:
         ``n_classes``, ``feature_subset`` (applied at load; then its length must equal
         ``neural_dim``), ``bad_trials_dict`` (official rule ``{session: {str(block):
         [trial_num]}}``; note that the official trainer ignores this key and passes None, fastbci
-        applies it) and ``fastbci.bad_trial_policy``. Every existing file of the split is loaded,
+        applies it) and ``fastbci.bad_trial_policy``, which also covers trials too short for
+        the model's patching or for CTC (:func:`length_rule_of`). Every existing file of the split is loaded,
         as the official trainer does: a missing val/test file gives zero trials for that day,
         and days whose ``dataset_probability_val`` is 0 are loaded too (the official trainer
         loads and batches them, then skips those batches in validation: pass ``day_mask`` to
@@ -440,17 +482,19 @@ class TrialStore:
         return cls.from_sources(sources, split, neural_dim=None if subset else neural_dim,
                                 feature_subset=subset, n_classes=int(ds["n_classes"]),
                                 bad_trials_dict=ds["bad_trials_dict"], policy=policy,
-                                device=device, progress=progress, pin_memory=pin_memory)
+                                device=device, progress=progress, pin_memory=pin_memory,
+                                length_rule=length_rule_of(cfg, split))
 
     @classmethod
     def from_sources(cls, sources: Sequence[SessionSource], split: str, *, neural_dim: int | None = None,
                      feature_subset: Sequence[int] | None = None, n_classes: int = 41,
                      bad_trials_dict: Mapping | None = None, policy: str = "fail",
                      device: str | torch.device = "cpu", progress: bool = False,
-                     pin_memory: bool | None = None) -> "TrialStore":
+                     pin_memory: bool | None = None, length_rule=None) -> "TrialStore":
         """Load the given sessions (one :class:`SessionSource` per day, in day order).
 
         ``neural_dim=None`` accepts any width as long as every trial has the same one.
+        ``length_rule``: a per-trial check (:func:`trial_length_rule`) applied under ``policy``.
         """
         check_split(split)
         check_policy(policy)
@@ -460,7 +504,7 @@ class TrialStore:
         plan, width = _scan_sources(sources, split, width, feature_subset=feature_subset,
                                     n_classes=n_classes, policy=policy,
                                     bad_trials_dict=bad_trials_dict, skipped=skipped,
-                                    excluded=excluded)
+                                    excluded=excluded, length_rule=length_rule)
         n_cols = len(feature_subset) if feature_subset is not None else (width or 0)
         total = sum(m.n_time_steps for _, metas in plan for m in metas)
         n_total_trials = sum(len(metas) for _, metas in plan)

@@ -1,6 +1,6 @@
 """Reading, writing and validating t15 session files (the "hdf5_data_final" release layout).
 
-Layout (RECIPE.md section 1): ``<dataset_dir>/<session>/data_{train,val,test}.hdf5``; each file
+Layout (docs/recipe.md section 1): ``<dataset_dir>/<session>/data_{train,val,test}.hdf5``; each file
 holds groups ``trial_0000``, ``trial_0001``, ... numbered without gaps. Each group has
 
 * dataset ``input_features`` float32 ``(n_time_steps, neural_dim)``;
@@ -94,6 +94,14 @@ def session_file(dataset_dir: str | os.PathLike, session: str, split: str) -> Pa
     return Path(dataset_dir) / session / SPLIT_FILES[check_split(split)]
 
 
+#: what a missing-data error tells the user to do
+DATA_HINT = ("The official data is the 't15 copy task' release of the Brain-to-Text '25 benchmark "
+             "(Dryad, doi:10.5061/dryad.dncjsxm85), folder hdf5_data_final: download it and pass "
+             "dataset.dataset_dir=/path/to/hdf5_data_final. To try fastbci without it, make a "
+             "synthetic release: python -m fastbci.synth --out data/synth, then "
+             "python -m fastbci.train data/synth/synth_config.yaml (or run python -m fastbci.demo).")
+
+
 def session_paths(cfg: Mapping, split: str) -> list[Path | None]:
     """One path per configured session (``cfg["dataset"]["sessions"]``, in day order).
 
@@ -117,7 +125,12 @@ def session_paths(cfg: Mapping, split: str) -> list[Path | None]:
         seen.add(s)
     if not dataset_dir.is_dir():
         raise DataError(f"dataset.dataset_dir {str(dataset_dir)!r} is not a directory "
-                        f"(resolved: {dataset_dir.resolve()})", file=dataset_dir)
+                        f"(resolved: {dataset_dir.resolve()}). {DATA_HINT}", file=dataset_dir)
+    if split == "train" and sessions and not any(
+            session_file(dataset_dir, s, split).is_file() for s in sessions):
+        raise DataError(f"dataset.dataset_dir {str(dataset_dir)!r} holds none of the configured "
+                        f"sessions' training files (e.g. {session_file(dataset_dir, sessions[0], split)}): "
+                        f"is it the release folder? {DATA_HINT}", file=dataset_dir)
     out: list[Path | None] = []
     for s in sessions:
         p = session_file(dataset_dir, s, split)

@@ -1,4 +1,4 @@
-"""Reference training augmentations and the full transform step (RECIPE.md s3).
+"""Reference training augmentations and the full transform step (docs/recipe.md section 3).
 
 The official trainer's transform step, in this order, on a zero-padded batch (B, T_max, C)
 (padding included in every augmentation):

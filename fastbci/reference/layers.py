@@ -1,4 +1,4 @@
-"""Reference (pure PyTorch) day layer and patching, with the official semantics (RECIPE.md s4).
+"""Reference (pure PyTorch) day layer and patching, with the official semantics (docs/recipe.md section 4).
 
 These are the contract the fused ops (``fastbci.ops.day_projection``, ``fastbci.ops.patchify``)
 are tested against. They run on any device and are differentiable through autograd.

@@ -1,4 +1,4 @@
-"""Reference Gaussian smoothing along time, with the official semantics (RECIPE.md s3).
+"""Reference Gaussian smoothing along time, with the official semantics (docs/recipe.md section 3).
 
 The official trainer smooths every batch (training and validation) with a short Gaussian kernel
 applied per channel along time. The kernel is built by filtering a unit impulse of length

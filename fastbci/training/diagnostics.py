@@ -71,32 +71,60 @@ def nonfinite_message(k: int, res: StepResult, per_trial_all: torch.Tensor, stor
     return "\n".join(lines + doctor_lines(cfg))
 
 
+def startup_warnings(cfg: Mapping) -> list[str]:
+    """What a run should hear before it starts: the doctor's severe findings (the collapse
+    mechanism once), and a warm-up that the run never leaves."""
+    from fastbci import doctor
+    out = []
+    severe = [f for f in doctor.assess(cfg) if f.severity == doctor.SEVERE]
+    for f in severe:
+        out.append(f"Configuration risk: {f.key} = {f.value!r} (official {f.official!r}): {f.impact}")
+    if any(f.collapse_risk for f in severe):
+        out.append(doctor.COLLAPSE_WHY)
+    n = int(cfg["num_training_batches"])
+    for key in ("lr_warmup_steps", "lr_warmup_steps_day"):
+        w = int(cfg[key])
+        if w >= n:
+            out.append(f"{key} = {w} is not shorter than the run (num_training_batches = {n}): "
+                       "the learning rate never leaves warm-up and never reaches its peak")
+    return out
+
+
 class CollapseWatch:
-    """Stops a run whose validation outputs stay (almost) all blank after warm-up
-    (``fastbci.collapse_watch``, ``collapse_blank_fraction``, ``collapse_patience``)."""
+    """Stops a run whose validation outputs stay (almost) all blank: after warm-up when the
+    blank fraction stays at or above ``collapse_blank_fraction`` for ``collapse_patience``
+    validations; during warm-up when the outputs are 100% blank for
+    ``collapse_warmup_patience`` validations (``fastbci.collapse_watch`` turns both off)."""
 
     def __init__(self, cfg: Mapping, warmup: int):
         fb = cfg["fastbci"]
         self.enabled = bool(fb["collapse_watch"])
         self.threshold = float(fb["collapse_blank_fraction"])
         self.patience = int(fb["collapse_patience"])
+        self.warmup_patience = int(fb["collapse_warmup_patience"])
         self.warmup = warmup
         self.cfg = cfg
 
-    def check(self, k: int, blank_fraction: float, count: int) -> tuple[int, str | None]:
-        """The new consecutive count after validation at batch ``k``, and the stop message
-        once it reaches the patience (None otherwise)."""
-        if not self.enabled or k < self.warmup or blank_fraction != blank_fraction:  # NaN
-            return count, None
-        count = count + 1 if blank_fraction >= self.threshold else 0
-        if count < self.patience:
-            return count, None
-        msg = "\n".join([
+    def check(self, k: int, blank_fraction: float, state) -> str | None:
+        """Count the validation at batch ``k`` in ``state`` (``collapse_count`` after warm-up,
+        ``warmup_blank_count`` during it); the stop message once a count reaches its
+        patience, else None."""
+        if not self.enabled or blank_fraction != blank_fraction:  # NaN: no valid frame
+            return None
+        if k < self.warmup:
+            state.warmup_blank_count = state.warmup_blank_count + 1 if blank_fraction >= 1.0 else 0
+            if state.warmup_blank_count < self.warmup_patience:
+                return None
+            count, where = state.warmup_blank_count, "during warm-up (all blank)"
+        else:
+            state.collapse_count = state.collapse_count + 1 if blank_fraction >= self.threshold else 0
+            if state.collapse_count < self.patience:
+                return None
+            count, where = state.collapse_count, (f"after warm-up (threshold "
+                                                  f"fastbci.collapse_blank_fraction={self.threshold})")
+        from fastbci import doctor
+        return "\n".join([
             f"Blank collapse: the validation outputs have been {100 * blank_fraction:.1f}% blank "
-            f"(threshold fastbci.collapse_blank_fraction={self.threshold}) for {count} "
-            f"validation(s) after warm-up; stopping at batch {k}.",
-            *doctor_lines(self.cfg),
-            "  Known causes (docs/recipe.md): weaker augmentation (white_noise_std, "
-            "constant_offset_std), lower lr_max, longer warm-up and smaller batches than "
-            "official. Turn the watch off with fastbci.collapse_watch=false."])
-        return count, msg
+            f"for {count} validation(s) {where}; stopping at batch {k}.",
+            *doctor_lines(self.cfg), "  " + doctor.COLLAPSE_WHY,
+            "  Turn the watch off with fastbci.collapse_watch=false."])

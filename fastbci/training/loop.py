@@ -17,14 +17,14 @@ import torch
 
 from fastbci import checkpoint as ckpt_io
 from fastbci import config as config_mod
-from fastbci import metrics, schedule
+from fastbci import fileio, metrics, schedule
 from fastbci.config import ConfigError
 from fastbci.data.batch import BatchBuilder, to_device
 from fastbci.devices import numerics, resolve_impl
 from fastbci.errors import NonFiniteError
 from fastbci.training import report
-from fastbci.training.diagnostics import CollapseWatch, nonfinite_message
-from fastbci.training.state import RunState, prepare_output_dir, resume_path
+from fastbci.training.diagnostics import CollapseWatch, nonfinite_message, startup_warnings
+from fastbci.training.state import OutputPlan, RunState, apply_output_plan, plan_output_dir, resume_path
 from fastbci.training.step import StepResult, TrainStep
 from fastbci.training.strategy import SingleProcess
 from fastbci.training.validation import (ValResult, ValTrials, is_new_best, pack_trials,
@@ -115,30 +115,43 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.cfg
         self.strategy.check(cfg)
-        # the main process applies the output-directory policy; every one needs the checkpoint
-        resume_from = prepare_output_dir(cfg) if self.is_main else resume_path(cfg)
-        self._t_start = time.time()
-        if self.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            self.log = report.make_logger(self.output_dir / "train.log", console=self.console)
-        self.device = self.strategy.choose_device(cfg, self.log)
+        # nothing is created before the configuration, the output folder and the data are
+        # known to be good: a failed start leaves nothing behind that blocks the next one
+        out_plan = plan_output_dir(cfg) if self.is_main else OutputPlan(resume_path(cfg), [])
+        early = report.EarlyLog()
+        self.device = self.strategy.choose_device(cfg, early)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.impl = resolve_impl(cfg, self.device)
         self.rng = self.fb["rng"]
-        self.log.info(f"Using device: {self.device} (impl {self.impl}, rng {self.rng})")
+        early.info(f"Using device: {self.device} (impl {self.impl}, rng {self.rng})")
         if self.impl == "fused" and self.rng == "torch":
-            self.log.info("fastbci.rng=torch draws in the official order, which only the reference "
-                          "data path can do: the augmentation runs through the reference ops")
+            early.info("fastbci.rng=torch draws in the official order, which only the reference "
+                       "data path can do: the augmentation runs through the reference ops")
+        self._load_stores(early)
+        self._t_start = time.time()
+        if self.is_main:
+            apply_output_plan(out_plan)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            self.log = report.make_logger(self.output_dir / "train.log", console=self.console)
+            for d in (self.output_dir, self.checkpoint_dir):
+                for t in fileio.remove_stale_temporaries(d):
+                    early.info(f"Removed {t}, left by an interrupted write")
+        if out_plan.why == "leftovers":
+            early.info(f"Reusing {self.output_dir}: it held only the files of a start that never "
+                       "trained (no checkpoint)")
+        early.replay(self.log)
+        for line in startup_warnings(cfg):
+            self.log.warning(line)
         self._build_model()
-        self._load_data()
+        self._draw_plans()
         self._build_optimisation()
         self.state = RunState.fresh(int(cfg["num_training_batches"]), self.device)
-        if cfg["init_from_checkpoint"] and resume_from is None:
+        if cfg["init_from_checkpoint"] and out_plan.resume_from is None:
             self._init_from_checkpoint(cfg["init_checkpoint_path"])
-        if resume_from is not None:
-            self._resume(resume_from)
+        if out_plan.resume_from is not None:
+            self._resume(out_plan.resume_from)
         if self.is_main:
             config_mod.dump(cfg, self.checkpoint_dir / "args.yaml")
             config_mod.dump(cfg, self.output_dir / "args.yaml")
@@ -153,8 +166,8 @@ class Trainer:
         self.log.info(f"Model has {total:,} parameters ({day:,} day-specific, "
                       f"{100.0 * day / max(total, 1):.2f}%)")
 
-    def _load_data(self) -> None:
-        """The stores (loaded once), the official batch plans, then the dataset's re-seeding."""
+    def _load_stores(self, log) -> None:
+        """Both splits, loaded once and checked (before the model is built)."""
         from fastbci import data
         cfg, ds = self.cfg, self.cfg["dataset"]
         t0 = time.time()
@@ -167,13 +180,28 @@ class Trainer:
             st = data.TrialStore.from_config(cfg, split, device="cpu",
                                              pin_memory=False if to_gpu else None, progress=progress)
             if st.skipped:
-                self.log.info(f"{split}: skipped {len(st.skipped)} bad trial(s) "
-                              f"(fastbci.bad_trial_policy=skip): " +
-                              "; ".join(f"{s} {f} trial {t}: {r}" for s, f, t, r in st.skipped[:10]))
-            stores[split] = self._place_store(st, split)
+                log.info(f"{split}: skipped {len(st.skipped)} bad trial(s) "
+                         f"(fastbci.bad_trial_policy=skip): " +
+                         "; ".join(f"{s} {f} trial {t}: {r}" for s, f, t, r in st.skipped[:10]))
+            stores[split] = self._place_store(st, split, log)
         self.train_store, self.val_store = stores["train"], stores["val"]
         if not self.train_store.has_labels:
             raise ConfigError("the train split has no phoneme labels (seq_class_ids / seq_len)")
+        if self.train_store.n_trials == 0:
+            raise ConfigError(f"no usable training trial in {ds['dataset_dir']} (every one was "
+                              "skipped: see the reasons above)")
+        for d, (p, f) in enumerate(zip(ds["dataset_probability_val"], self.val_store.files)):
+            if p and f is None:
+                log.info(f"Day {d} ({ds['sessions'][d]}) has dataset_probability_val "
+                         f"{p:g} but no data_val.hdf5: it is not validated")
+        log.info(f"Data: {self.train_store.n_trials} train trials, {self.val_store.n_trials} val "
+                 f"trials, loaded in {time.time() - t0:.1f} s")
+
+    def _draw_plans(self) -> None:
+        """The official batch plans (after the model, as official), then the dataset's
+        re-seeding."""
+        from fastbci import data
+        cfg, ds = self.cfg, self.cfg["dataset"]
         self.plan = data.train_batch_plan(self.train_store.trials_by_day,
                                           int(cfg["num_training_batches"]), ds["batch_size"],
                                           ds["days_per_batch"], ds["seed"],
@@ -183,21 +211,19 @@ class Trainer:
         if int(ds["seed"]) != -1:
             np.random.seed(int(ds["seed"]))
             torch.manual_seed(int(ds["seed"]))
-        self.log.info(f"Data: {self.train_store.n_trials} train trials, {self.val_store.n_trials} "
-                      f"val trials ({len(self.val_plan)} val batches), loaded in "
-                      f"{time.time() - t0:.1f} s")
+        self.log.info(f"{len(self.val_plan)} validation batches")
         if not self.val_plan:
             self.log.info("No validation trial: validation, best checkpoint and the collapse "
                           "watch are off")
 
-    def _place_store(self, store, split: str):
+    def _place_store(self, store, split: str, log):
         want = self.fb["store_device"]
         if self.device.type != "cuda" or want == "cpu":
             return store
         if want == "auto":
             free, _ = torch.cuda.mem_get_info(self.device)
             if store.nbytes() > 0.5 * free:
-                self.log.info(f"{split} store ({store.nbytes() / 2**30:.1f} GiB) does not fit beside "
+                log.info(f"{split} store ({store.nbytes() / 2**30:.1f} GiB) does not fit beside "
                               f"the model ({free / 2**30:.1f} GiB free): it stays in pinned host memory")
                 return store.pin_memory()
         return store.to(self.device)
@@ -220,7 +246,7 @@ class Trainer:
     def _init_from_checkpoint(self, path) -> None:
         if path in (None, "None", ""):
             raise ConfigError("init_from_checkpoint=true needs init_checkpoint_path=PATH")
-        ck = ckpt_io.load(path, map_location=self.device)
+        ck = ckpt_io.load(path, map_location=self.device, trust=self.fb["trust_checkpoint"])
         self.model.load_official_state_dict(ck["model_state_dict"])
         if "optimizer_state_dict" in ck:
             self.optimizer.load_state_dict(ck["optimizer_state_dict"])
@@ -235,7 +261,7 @@ class Trainer:
                       "use fastbci.resume for that)")
 
     def _resume(self, path: Path) -> None:
-        ck = ckpt_io.load(path, map_location=self.device)
+        ck = ckpt_io.load(path, map_location=self.device, trust=self.fb["trust_checkpoint"])
         st = ckpt_io.resume_state_of(ck, path)
         a, b = config_mod.flatten(st.get("config") or {}), config_mod.flatten(self.cfg)
         changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUME_NEUTRAL)
@@ -362,8 +388,7 @@ class Trainer:
             self.state.val_steps_since_improvement += 1
         if cfg["save_all_val_steps"]:
             self.save_checkpoint(f"checkpoint_batch_{k}", res.per, res.loss)
-        self.state.collapse_count, msg = self._collapse.check(k, res.blank_fraction,
-                                                              self.state.collapse_count)
+        msg = self._collapse.check(k, res.blank_fraction, self.state)
         if msg is not None:
             self.log.error(msg)
             return "collapsed", msg
@@ -405,11 +430,12 @@ class Trainer:
             return
         trials = self._gather_trials(res) if keep_logits else None
         if self.is_main:
-            import json
-            with open(self.checkpoint_dir / "val_metrics.json", "w") as f:
-                json.dump(record, f, indent=1)
+            fileio.atomic_write_text(self.checkpoint_dir / "val_metrics.json",
+                                     fileio.dumps(record, indent=1))
             if trials is not None:
-                np.savez(self.checkpoint_dir / "val_logits.npz", **pack_trials(trials, self.val_store))
+                packed = pack_trials(trials, self.val_store)
+                fileio.atomic_write(self.checkpoint_dir / "val_logits.npz",
+                                    lambda f: np.savez(f, **packed), mode="wb")
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> FitSummary:
@@ -502,7 +528,7 @@ class Trainer:
         if self.is_main and self.fb["plot"]:
             try:
                 report.plot_curves(self.metrics.records(), self.output_dir / "training_curves.png",
-                                   losses)
+                                   losses, title=f"{self.output_dir.name}: {status}")
             except Exception as e:  # a plot must never fail a finished run
                 self.log.info(f"Could not draw the curves: {e}")
         return FitSummary(status=status, message=message, last_batch=last,

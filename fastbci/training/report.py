@@ -2,6 +2,7 @@
 the progress bar, honest step timing and the training curves."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from fastbci import fileio
 
 LOGGER_NAME = "fastbci.train"
 
@@ -31,6 +34,21 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _LogFileHandler(logging.FileHandler):
+    """``train.log``: a full disk stops the file log with one line on stderr (instead of a
+    "--- Logging error ---" block per message); the run goes on, and the next checkpoint
+    write reports the full disk as an error."""
+
+    def handleError(self, record):
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"fastbci: no space left writing {self.baseFilename}: the log file stops here "
+                  "(the console log goes on)", file=sys.stderr)
+            logging.getLogger(LOGGER_NAME).removeHandler(self)
+            return
+        super().handleError(record)
+
+
 def make_logger(log_file: Path | None, console: bool = True) -> logging.Logger:
     """The run's logger: ``log_file`` and, with ``console``, stdout (through tqdm)."""
     log = logging.getLogger(LOGGER_NAME)
@@ -41,7 +59,7 @@ def make_logger(log_file: Path | None, console: bool = True) -> logging.Logger:
     log.propagate = False
     fmt_ = logging.Formatter(fmt="%(asctime)s: %(message)s")
     if log_file is not None:
-        fh = logging.FileHandler(log_file)
+        fh = _LogFileHandler(log_file)
         fh.setFormatter(fmt_)
         log.addHandler(fh)
     if console:
@@ -62,6 +80,25 @@ def silent_logger() -> logging.Logger:
     return log
 
 
+class EarlyLog:
+    """Messages of a run's start, kept until its logger exists (the output folder is created
+    only once the data has loaded), then replayed into it."""
+
+    def __init__(self):
+        self.lines: list[tuple[int, str]] = []
+
+    def info(self, msg: str) -> None:
+        self.lines.append((logging.INFO, msg))
+
+    def warning(self, msg: str) -> None:
+        self.lines.append((logging.WARNING, msg))
+
+    def replay(self, log: logging.Logger) -> None:
+        for level, msg in self.lines:
+            log.log(level, msg)
+        self.lines.clear()
+
+
 class MetricsFile:
     """``metrics.jsonl``: one JSON object per train log and per validation. ``enabled=False``
     (processes other than the main one) writes nothing."""
@@ -71,12 +108,13 @@ class MetricsFile:
         self.enabled = enabled
 
     def append(self, record: dict) -> None:
+        """One record (standard JSON: a non-finite number is written as null)."""
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            fileio.append_line(self.path, fileio.dumps(record))
 
     def truncate(self, next_batch: int) -> None:
-        """Drop the records past a resume point (the resumed run writes them again, identically)."""
+        """Drop the records past a resume point (the resumed run writes them again,
+        identically), atomically: a kill during the rewrite leaves the old file whole."""
         if not (self.enabled and self.path.is_file()):
             return
         keep = []
@@ -86,7 +124,7 @@ class MetricsFile:
                     keep.append(line)
             except (ValueError, KeyError, TypeError):
                 continue
-        self.path.write_text("".join(k + "\n" for k in keep))
+        fileio.atomic_write_text(self.path, "".join(k + "\n" for k in keep))
 
     def records(self) -> list[dict]:
         if not self.path.is_file():
@@ -100,12 +138,48 @@ class MetricsFile:
         return out
 
 
-def progress_bar(enabled: bool, n_batches: int, start: int):
-    """A tqdm bar on stderr over the run's batches, or None."""
+class LineProgress:
+    """Progress for a log file or a pipe (stderr is not a terminal): one plain line every
+    ``every`` batches instead of tqdm's redraws. The subset of tqdm's interface the loop uses."""
+
+    def __init__(self, total: int, initial: int, every: int, stream=None):
+        self.total, self.n, self.every = total, initial, max(1, every)
+        self.stream = stream or sys.stderr
+        self._t0, self._n0 = time.time(), initial
+        self._postfix: dict[str, str] = {}
+
+    def set_postfix(self, refresh: bool = False, **kw) -> None:
+        self._postfix = {k: str(v) for k, v in kw.items()}
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.n % self.every == 0 or self.n >= self.total:
+            self.stream.write(self.line() + "\n")
+            self.stream.flush()
+
+    def line(self) -> str:
+        dt = max(time.time() - self._t0, 1e-9)
+        rate = (self.n - self._n0) / dt
+        left = (self.total - self.n) / rate if rate > 0 else float("nan")
+        eta = "?" if left != left else time.strftime("%H:%M:%S", time.gmtime(left))
+        extra = "".join(f", {k} {v}" for k, v in self._postfix.items())
+        return (f"[train] batch {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.1f}%), "
+                f"{rate:.2f} batch/s, ETA {eta}{extra}")
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(enabled: bool, n_batches: int, start: int, stream=None):
+    """A tqdm bar on a terminal, :class:`LineProgress` (a line every 1% of the run, at least
+    every 200 batches) when stderr is redirected, or None."""
     if not enabled:
         return None
+    stream = stream or sys.stderr
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        return LineProgress(n_batches, start, min(200, max(1, n_batches // 100)), stream)
     from tqdm import tqdm
-    return tqdm(total=n_batches, initial=start, file=sys.stderr, unit="batch",
+    return tqdm(total=n_batches, initial=start, file=stream, unit="batch",
                 dynamic_ncols=True, desc="train", smoothing=0.05)
 
 
@@ -141,9 +215,10 @@ class StepTimer:
         return time.perf_counter() - t0
 
 
-def plot_curves(records: list[dict], png_path: Path,
-                train_losses: np.ndarray | None = None) -> Path | None:
-    """Loss (train, val) and validation PER against the batch (matplotlib, Agg)."""
+def plot_curves(records: list[dict], png_path: Path, train_losses: np.ndarray | None = None,
+                title: str | None = None) -> Path | None:
+    """Loss (train, val), validation PER, and the learning rate with the blank fraction
+    against the batch (matplotlib, Agg); ``title``: the run's name."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -153,34 +228,62 @@ def plot_curves(records: list[dict], png_path: Path,
     have_losses = train_losses is not None and np.isfinite(train_losses).any()
     if not train and not val and not have_losses:
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    if have_losses:
-        x = np.arange(len(train_losses))
-        ok = np.isfinite(train_losses)
-        ax1.plot(x[ok], train_losses[ok], color="tab:blue", alpha=0.25, lw=0.8, label="train (batch)")
-        w = max(1, int(ok.sum()) // 100)
-        if w > 1:
-            sm = np.convolve(train_losses[ok], np.ones(w) / w, mode="valid")
-            ax1.plot(x[ok][w - 1:], sm, color="tab:blue", lw=1.5, label=f"train (mean of {w})")
-    elif train:
-        ax1.plot([r["batch"] for r in train], [r["loss"] for r in train], color="tab:blue", label="train")
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
+    _plot_losses(ax1, train, val, train_losses if have_losses else None)
     if val:
-        ax1.plot([r["batch"] for r in val], [r["loss"] for r in val], "o-", color="tab:red", ms=3,
-                 label="validation")
         ax2.plot([r["batch"] for r in val], [100 * r["per"] if r["per"] is not None else np.nan
                                              for r in val], "o-", color="tab:red", ms=3)
         pers = [100 * r["per"] for r in val if r["per"] is not None]
         if pers and max(pers) > 100:  # the first validations can exceed 100%: keep the scale readable
             ax2.set_ylim(0, 100)
             ax2.set_title("(PER above 100% clipped)", fontsize=9)
-    ax1.set_xlabel("batch")
-    ax1.set_ylabel("CTC loss")
-    ax1.set_yscale("log")
-    ax1.legend()
     ax2.set_xlabel("batch")
     ax2.set_ylabel("validation PER (%)")
     ax2.grid(alpha=0.3)
+    _plot_lr_and_blank(ax3, train, val)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return Path(png_path)
+
+
+def _num(v) -> float:
+    return np.nan if v is None else float(v)
+
+
+def _plot_losses(ax, train: list[dict], val: list[dict], train_losses: np.ndarray | None) -> None:
+    if train_losses is not None:
+        x = np.arange(len(train_losses))
+        ok = np.isfinite(train_losses)
+        ax.plot(x[ok], train_losses[ok], color="tab:blue", alpha=0.25, lw=0.8, label="train (batch)")
+        w = max(1, int(ok.sum()) // 100)
+        if w > 1:
+            sm = np.convolve(train_losses[ok], np.ones(w) / w, mode="valid")
+            ax.plot(x[ok][w - 1:], sm, color="tab:blue", lw=1.5, label=f"train (mean of {w})")
+    elif train:
+        ax.plot([r["batch"] for r in train], [_num(r["loss"]) for r in train], color="tab:blue",
+                label="train")
+    if val:
+        ax.plot([r["batch"] for r in val], [_num(r["loss"]) for r in val], "o-", color="tab:red",
+                ms=3, label="validation")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("CTC loss")
+    ax.set_yscale("log")
+    ax.legend()
+
+
+def _plot_lr_and_blank(ax, train: list[dict], val: list[dict]) -> None:
+    ax.plot([r["batch"] for r in train], [_num(r.get("lr")) for r in train], color="tab:green",
+            label="learning rate")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("learning rate", color="tab:green")
+    twin = ax.twinx()
+    twin.plot([r["batch"] for r in train], [_num(r.get("blank_fraction")) for r in train],
+              color="tab:gray", alpha=0.6, label="blank fraction (train)")
+    twin.plot([r["batch"] for r in val], [_num(r.get("blank_fraction")) for r in val], "o-",
+              color="black", ms=3, label="blank fraction (validation)")
+    twin.set_ylim(0, 1.02)
+    twin.set_ylabel("blank fraction of the greedy outputs")
+    twin.legend(loc="center right", fontsize=8)

@@ -18,7 +18,8 @@ from fastbci.config import ConfigError
 _KEYS = {"next_batch": "next_batch", "best_val_per": "best_val_PER",
          "best_val_loss": "best_val_loss",
          "val_steps_since_improvement": "val_steps_since_improvement",
-         "collapse_count": "collapse_count", "nonfinite_skipped": "nonfinite_skipped",
+         "collapse_count": "collapse_count", "warmup_blank_count": "warmup_blank_count",
+         "nonfinite_skipped": "nonfinite_skipped",
          "elapsed": "elapsed"}
 
 
@@ -32,6 +33,7 @@ class RunState:
     best_val_loss: float = math.inf
     val_steps_since_improvement: int = 0
     collapse_count: int = 0
+    warmup_blank_count: int = 0
     nonfinite_skipped: int = 0
     elapsed: float = 0.0                     # seconds of training before this process
     val_history: list[dict] = dataclasses.field(default_factory=list)
@@ -105,22 +107,51 @@ def resume_path(cfg: Mapping) -> Path | None:
     return None
 
 
-def prepare_output_dir(cfg: Mapping) -> Path | None:
-    """Apply the output-directory policy; returns the checkpoint to resume from, or None.
+#: what a start that failed before training leaves in an output folder (no checkpoint)
+_LEFTOVERS = {"train.log", "args.yaml", "metrics.jsonl", "training_curves.png"}
 
-    * ``fastbci.resume`` true: the latest resumable checkpoint of ``output_dir`` (an error if
-      there is none); a path: that checkpoint.
-    * otherwise an existing non-empty ``output_dir`` (or ``checkpoint_dir``) is an error that
-      says how to proceed, unless ``fastbci.overwrite=true``, which deletes it first.
-    """
+
+def _only_leftovers(folder: Path, ckdir: Path) -> bool:
+    """True when ``folder`` holds nothing but what a failed start leaves: fastbci's own log,
+    configuration and metrics files, temporaries, and no checkpoint."""
+    for p in folder.rglob("*"):
+        if p.is_dir():
+            continue
+        rel = p.relative_to(folder)
+        in_ck = p.parent.resolve() == ckdir.resolve()
+        if p.name.startswith(".") and ".tmp" in p.name:
+            continue
+        if in_ck and p.name == "args.yaml":
+            continue
+        if len(rel.parts) == 1 and p.name in _LEFTOVERS:
+            continue
+        return False
+    return True
+
+
+@dataclasses.dataclass
+class OutputPlan:
+    """What the output-directory policy decided, before anything is touched."""
+    resume_from: Path | None
+    delete: list[Path]
+    why: str = ""          # "overwrite" | "leftovers" | ""
+
+
+def plan_output_dir(cfg: Mapping) -> OutputPlan:
+    """The output-directory policy, without side effects (see :func:`prepare_output_dir`)."""
+    out, ckdir = Path(cfg["output_dir"]), Path(cfg["checkpoint_dir"])
+    for key, d in (("output_dir", out), ("checkpoint_dir", ckdir)):
+        if d.exists() and not d.is_dir():
+            raise ConfigError(f"{key} {d} exists and is a file, not a folder: choose another "
+                              f"{key}=DIR (or move the file away)")
     found = resume_path(cfg)
     if found is not None:
-        return found
-    out = Path(cfg["output_dir"])
-    ckdir = Path(cfg["checkpoint_dir"])
+        return OutputPlan(found, [])
     busy = [d for d in (out, ckdir) if _is_nonempty_dir(d)]
     if not busy:
-        return None
+        return OutputPlan(None, [])
+    if all(_only_leftovers(d, ckdir) for d in busy) and ckpt_io.find_resume_checkpoint(ckdir) is None:
+        return OutputPlan(None, busy, "leftovers")
     if not cfg["fastbci"]["overwrite"]:
         has_resume = ckpt_io.find_resume_checkpoint(ckdir) is not None
         hint = "fastbci.resume=true to continue it, " if has_resume else ""
@@ -133,6 +164,26 @@ def prepare_output_dir(cfg: Mapping) -> Path | None:
             raise ConfigError(f"fastbci.overwrite=true would delete {d.resolve()}, which is "
                               "the file-system root, your home, the working directory or "
                               "one of its parents: choose another output_dir")
+    return OutputPlan(None, busy, "overwrite")
+
+
+def apply_output_plan(plan: OutputPlan) -> None:
+    """Delete what the plan says (an overwritten run, or the leftovers of a failed start)."""
+    for d in plan.delete:
         if d.exists():  # checkpoint_dir may sit inside output_dir, already removed
             shutil.rmtree(d)
-    return None
+
+
+def prepare_output_dir(cfg: Mapping) -> Path | None:
+    """Apply the output-directory policy; returns the checkpoint to resume from, or None.
+
+    * ``fastbci.resume`` true: the latest resumable checkpoint of ``output_dir`` (an error if
+      there is none); a path: that checkpoint.
+    * an output folder that holds only what a start that failed before training left (its
+      log and configuration, no checkpoint) is reused;
+    * otherwise an existing non-empty ``output_dir`` (or ``checkpoint_dir``) is an error that
+      says how to proceed, unless ``fastbci.overwrite=true``, which deletes it first.
+    """
+    plan = plan_output_dir(cfg)
+    apply_output_plan(plan)
+    return plan.resume_from

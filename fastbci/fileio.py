@@ -1,0 +1,161 @@
+"""Writing files so that nothing is lost: every file fastbci rewrites goes to a temporary file
+in the same folder, is flushed to disk (fsync), renamed over the old one and the folder is
+synced, so a kill or a full disk at any moment leaves either the old file or the new one.
+A full disk (or a quota) is a :class:`StorageError` that names the device and the file."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+TMP_MARK = ".tmp"
+
+
+class StorageError(OSError):
+    """A file could not be written (no space left, quota, read-only or missing folder)."""
+
+
+def _device_of(path: Path) -> str:
+    """The mount point holding ``path`` (for messages)."""
+    p = Path(os.path.abspath(path)).parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return str(p)
+
+
+def storage_error(e: BaseException, path: Path) -> StorageError | None:
+    """A :class:`StorageError` for an error raised while writing ``path`` when it is a storage
+    problem: an OSError (ENOSPC, EDQUOT, EROFS, EACCES, ENOENT) or torch's writer failure
+    (``PytorchStreamWriter failed writing file`` / ``unexpected pos``, which is what a full
+    disk looks like inside ``torch.save``). None for anything else."""
+    if isinstance(e, StorageError):
+        return e
+    if isinstance(e, OSError) and e.errno in _SPACE_ERRNOS:
+        return StorageError(e.errno, f"no space left on {_device_of(path)} writing {path}")
+    if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.ENOENT):
+        return StorageError(e.errno, f"cannot write {path}: {os.strerror(e.errno)}")
+    text = str(e)
+    if isinstance(e, RuntimeError) and ("failed writing" in text or "unexpected pos" in text):
+        return StorageError(errno.ENOSPC, f"no space left on {_device_of(path)} writing {path} "
+                                          f"(torch: {text.splitlines()[0][:120]})")
+    return None
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def tmp_path_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_path(p) as tmp: write tmp`` -> ``p`` replaced by the finished ``tmp``
+    (fsync of the file, rename, fsync of the folder). On any error the temporary file is
+    removed, ``p`` is untouched, and a storage problem becomes a :class:`StorageError`."""
+    path = Path(path)
+    tmp = tmp_path_for(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException as e:
+        err = storage_error(e, path)
+        if err is not None:
+            raise err from None
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            if tmp.exists():
+                tmp.unlink()
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> None:
+    """Write ``path`` atomically: ``write(f)`` gets an open file (``mode`` "w" or "wb")."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode) as f:
+            write(f)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line (one write, then flush); a storage problem is a :class:`StorageError`
+    and the file keeps every complete line written before."""
+    path = Path(path)
+    try:
+        with open(path, "a") as f:
+            f.write(line.rstrip("\n") + "\n")
+            f.flush()
+    except OSError as e:
+        err = storage_error(e, path)
+        if err is not None:
+            raise err from None
+        raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.NAME.tmpPID`` files that killed writers left in ``folder`` (those of live
+    processes other than this one are kept); returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.glob(f".*{TMP_MARK}*"):
+        pid = p.name.rsplit(TMP_MARK, 1)[-1]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, so that JSON files hold
+    only standard JSON (``json.dumps`` would write the non-standard ``NaN`` / ``Infinity``)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kw) -> str:
+    """Standard JSON (non-finite floats written as null)."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kw)
