@@ -4,7 +4,7 @@
 #   bash scripts/gpu_check.sh --plan            # the stages, in order, with budgets; runs nothing
 #   OUT=/some/dir bash scripts/gpu_check.sh     # run them ($OUT defaults to ./gpu_check_out)
 #
-# Stages run in order of value, each under its own time budget (seconds; `timeout`, then a kill),
+# Stages run in order of value, each under its own time budget (seconds; `timeout`: TERM, then KILL),
 # and each writes its own result file to $OUT as it finishes, so a run cut off at any point still
 # returns what finished:
 #   build       pip install -e . for this GPU's architecture only       -> log.txt
@@ -171,13 +171,15 @@ run_stage() {
   shift
   limit=$(budget "$name")
   echo "[gpu_check] $name (budget ${limit}s): $*" >> "$LOG"
-  timeout --signal=INT --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
+  # TERM, not INT: the trainer under test turns Ctrl-C into a graceful stop, which would report
+  # the tests running at the cut as failures; the partial result files hold what finished
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
   rc=$?
   dt=$((SECONDS - t0))
   if [ "$rc" -eq 0 ]; then
     say "stage $name: OK (${dt}s of ${limit}s)"
   elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-    say "stage $name: CUT OFF at its budget (${dt}s of ${limit}s): partial results kept"
+    say "stage $name: CUT OFF at its budget (${dt}s of ${limit}s): what finished is kept"
     STATUS=1
   else
     say "stage $name: FAILED, status $rc (${dt}s of ${limit}s): see log.txt"
