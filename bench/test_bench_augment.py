@@ -126,3 +126,28 @@ def test_bench_augment_smooth(benchmark, T, out, case):
         assert result.shape[0] == B and result.shape[2] == c_case \
             and result.dtype == OUT_DTYPES[out]
         assert bool(torch.isfinite(result.float()).all())
+
+
+def test_bench_augment_tiles(benchmark):
+    """The GPU tile table's choice against every candidate tile, at the training case (gather
+    from the store, bf16 out, T = 800): the only autotuning fastbci does, here, at the reported
+    shape. extra_info: each tile's median time, the table's tile, the fastest one and
+    ``table_vs_best`` (table time / fastest time; 1.0 when the table is right)."""
+    if not ON_GPU:
+        pytest.skip("tiles are a GPU choice: the interpreter runs one large tile")
+    from fastbci.kernels import augment as kern
+
+    benchmark.group = "augment_smooth-tiles"
+    T = TS[0]
+    fns, _ = _fns(T, torch.bfloat16)
+    table = kern.gpu_tile(C, 9, True)
+    times = {}
+    for tile in kern.CANDIDATE_TILES:
+        with kern.tile_override(tile):
+            times[tile] = median_seconds(fns["fused_gather"], repeat=10)
+    best = min(times, key=times.get)
+    name = "{0.BT}x{0.BC}/{0.num_warps}w".format
+    info = dict(B=B, T=T, C=C, out_dtype="bf16", case="fused_gather", table_tile=name(table),
+                best_tile=name(best), table_vs_best=times[table] / times[best],
+                tile_median_s={name(t): s for t, s in times.items()})
+    run_bench(benchmark, fns["fused_gather"], **info)

@@ -1,87 +1,83 @@
-"""Triton kernel: gather + pad, white noise, constant offset, random cut and Gaussian smoothing
-along time, in one pass over the data.
+"""Triton kernel of the data path's transform step: gather + pad, white noise, constant offset,
+random cut and Gaussian smoothing along time, in one pass over the data.
 
-Semantics (RECIPE.md s3; the contract is ``fastbci.reference.transform_ref(..., rng="philox")``):
-for a batch of ``B`` trials padded with zeros to ``T_max`` steps and ``C`` channels,
-
-* ``x'[b, t, c] = x[b, t, c] + noise_std * N(NOISE, (b * T_max + t) * C + c)
-  + offset_std * N(OFFSET, b * C + c)`` over the whole padded batch (padding included),
-  where ``N(stream, i)`` is ``fastbci.philox.normal``: lane ``i % 4`` of
-  ``tl.randn4x(seed, triton_offset_base(step, stream) + i // 4)`` (four normals per Philox call,
-  the stream contract of ``fastbci/philox.py``);
-* ``y[b, u, c] = x'[b, u + cut, c]`` for ``0 <= u < T_cut = T_max - cut`` and 0 outside (the
-  random cut, then the zero padding of the convolution);
-* ``out[b, s, c] = sum_k taps[k] * y[b, s + k - pad_left, c]`` for ``0 <= s < T_out``:
-  ``'same'`` has ``pad_left = (K - 1) // 2`` and ``T_out = T_cut``, ``'valid'`` has
-  ``pad_left = 0`` and ``T_out = T_cut - K + 1``. Without smoothing ``out = y``.
-
-The input is either a padded batch ``x`` (B, T_max, C) read through its own strides, or the
-TrialStore's packed ``(N_total, C)`` tensor: trial ``rows[b]`` occupies packed rows
-``offsets[rows[b]] .. + lengths[rows[b]] - 1``, and the steps past its end read as zeros.
-
-Scheme (designed for bandwidth: each input element is read once and each output element
-written once, up to the small time halo; no intermediate tensor in memory):
-
-* one program owns one trial ``b``, ``BC`` channels and ``BT - (K - 1)`` consecutive output
-  steps. It loads the ``BT`` input steps those outputs need (the output rows plus the ``K - 1``
-  halo rows), adds the Philox noise and the offset **in registers** (each noise value is
-  generated once per tile, i.e. ``BT / (BT - K + 1)`` times per element overall, 1.14x for the
-  official 9 taps and ``BT = 64``), zeroes the rows outside ``[0, T_cut)``;
-* the normals: when ``C % 4 == 0`` (the official C = 512) every row of the padded batch starts
-  at an element index divisible by 4 and so does every channel tile (``BC`` is a multiple of 4),
-  so the four normals of one Philox counter are four adjacent channels of one row: the tile
-  draws ``tl.randn4x`` on a ``(BT, BC / 4)`` grid of counters and interleaves the four outputs
-  along the channels (``tl.interleave`` twice: lanes 0, 1, 2, 3 of counter ``k`` land in
-  channels ``4k .. 4k + 3``). For any other ``C`` a row may start mid-counter, so each element
-  computes its own counter ``i // 4`` and lane ``i % 4`` (one Philox call and one Box-Muller
-  pair per element, its cos or sin output selected by the lane): slower, same numbers;
-* the smoothing is a small banded matrix ``W[i, j] = taps[j - i]`` (``BT x BT``, built once per
-  program from the taps in memory) applied with one ``tl.dot(W, tile)``: tensor cores do the
-  K-tap sum without any shuffling of registers along time. In float32 the dot runs with
-  ``input_precision="tf32x3"`` on GPUs with TF32 (three TF32 products, about float32 accuracy,
-  ~1e-6 relative here) and ``"ieee"`` elsewhere;
-* the result is stored as float32 or bfloat16, rounded once from float32 to nearest even (under
-  the interpreter, whose float32 -> bfloat16 cast truncates, the rounding is done on the bits).
-
-Block shapes: ``BT`` is a power of two larger than ``K - 1``: bigger tiles read less halo but
-cost ``BT`` multiply-adds per output in the dot (64 is the balance for 9 taps: 14 % halo, 64
-tensor-core MACs per output, far below the H100's tensor throughput per byte moved). ``BC``
-trades registers for fewer programs. On GPU both are autotuned (key: C, K, smoothing on/off and
-the tensor dtypes); under ``TRITON_INTERPRET=1`` a single fixed configuration with large tiles is
-used (the interpreter's cost is per program and per operation, not per register).
-
-Cost (static analysis of the sm_90 SASS from ``triton.compile`` + ``nvdisasm``, not a GPU
-measurement): streaming 6 bytes per element (float32 in, bfloat16 out) at copy bandwidth leaves a
-budget of ~50 instructions per element on an H100. "Hot" below excludes the never-taken
-Payne-Hanek slow paths of sin/cos (arguments are in [0, 2 pi)); figures per element of a
-64 x 64 tile, 8 warps, C = 512, bf16 out, noise and offset on:
-
-===========================================  ===  ==========  =========
-                                             hot  all static  registers
-===========================================  ===  ==========  =========
-one ``tl.randn`` per element (old contract)  235  311         122
-four normals per counter (this kernel)       137  200         122
-noise and offset off (load, dot, store)      53   53          122
-===========================================  ===  ==========  =========
-
-The noise alone went from ~121 to ~66 hot instructions per element (Philox work / 4, log and
-sqrt / 2, one sin added per pair; the two ``tl.interleave`` cost a few shuffles), the offset from
-~61 to ~17. Tiles with 32 elements per thread (64 x 64 / 4 warps, 64 x 128 / 8) come to
-~110 hot per element. The kernel therefore stays ALU-bound on an H100 (about 2.5x the budget);
-the remaining noise cost is the accurate libdevice log/sqrt/sin/cos that the contract fixes.
-For ``C % 4 != 0`` (per-element path) the figure is ~300 hot per element.
-
-These are the raw launchers; the argument-checking op is ``fastbci.ops.augment_smooth``.
+The contract is ``fastbci.reference.transform_ref(..., rng="philox")``; the argument-checking op
+is ``fastbci.ops.augment_smooth``. How the kernel works (tiles, the four-normals-per-counter
+noise, the banded-matrix smoothing, its cost), how the tile is chosen and what is bitwise
+reproducible on a GPU: docs/internals.md, "The augment + smoothing kernel".
 """
 from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from fastbci.kernels import INTERPRETED  # the package's import-time interpreter state
+from fastbci.kernels import INTERPRETED, device_guard, int64_bits
 
-__all__ = ["augment_smooth_launch", "INTERPRETED"]
+__all__ = ["augment_smooth_launch", "launch_plan", "gpu_tile", "tile_override", "Tile", "CANDIDATE_TILES",
+           "PER_BATCH_ARGS", "INTERPRETED"]
+
+# Integer arguments whose value changes from batch to batch (lengths, the random cut, the step's
+# Philox offsets) or from run to run (the seed). Triton would otherwise compile one kernel per
+# value class (== 1, divisible by 16, i32 / i64 / u64); they are also declared with a fixed type.
+PER_BATCH_ARGS = ("T_max", "T_cut", "T_out", "cut", "seed", "noise_base", "offset_base")
+
+
+class Tile(NamedTuple):
+    """A launch configuration: time rows ``BT`` and channels ``BC`` per program, warps."""
+    BT: int
+    BC: int
+    num_warps: int
+
+
+# The tiles a benchmark may compare (bench/test_bench_augment.py times them at the reported
+# shapes); gpu_tile below picks one of them for the official kernel. Registers per thread on
+# sm_90 (C = 512, bf16 out, num_stages=1; none spills): 32x64/4 warps 82, 64x32/4 106,
+# 64x64/4 130, 64x64/8 122, 64x128/8 158, 128x64/8 194.
+CANDIDATE_TILES = (Tile(32, 64, 4), Tile(64, 32, 4), Tile(64, 64, 4), Tile(64, 64, 8),
+                   Tile(64, 128, 8), Tile(128, 64, 8))
+
+_override: Tile | None = None
+
+
+def gpu_tile(C: int, K: int, smooth: bool) -> Tile:
+    """The GPU tile for a kernel shape: a pure function of (C, K, smoothing on/off), never of
+    timings, so every process (and every rank) rounds the banded dot the same way.
+
+    64 x 64 at 4 warps for the official C = 512, K = 9 (32 elements per thread: ~110 hot
+    instructions per element, against ~137 at 8 warps); channel tiles no wider than C needs for
+    small C; a tall narrow tile when the halo K - 1 exceeds half of 64 rows.
+    """
+    halo = K - 1 if smooth else 0
+    if 2 * halo > 64:
+        return Tile(triton.next_power_of_2(2 * halo + 1), 16, 8)
+    return Tile(64, 64 if C >= 64 else max(16, triton.next_power_of_2(C)), 4)
+
+
+@contextlib.contextmanager
+def tile_override(tile: Tile):
+    """Launch every GPU kernel of the block with ``tile`` instead of :func:`gpu_tile`'s choice
+    (benchmarks only: another tile groups the smoothing sum differently, so the last bits of
+    the output change)."""
+    global _override
+    if tile.BT < 16 or tile.BC < 16 or tile.BC % 4:
+        raise ValueError(f"tile {tile}: BT and BC must be >= 16 and BC a multiple of 4")
+    before, _override = _override, tile
+    try:
+        yield
+    finally:
+        _override = before
+
+
+def _interpreter_blocks(C: int, K: int, smooth: bool) -> tuple[int, int]:
+    """Large tiles under the interpreter, whose cost is per program and operation."""
+    halo = K - 1 if smooth else 0
+    bt = max(64, triton.next_power_of_2(2 * halo + 1))
+    bc = min(512, max(16, triton.next_power_of_2(C)))
+    return bt, bc
 
 
 @triton.jit
@@ -115,14 +111,13 @@ def _normals_any(seed, base, idx):
     return tl.where((lane & 1) == 0, n_cos, n_sin)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PER_BATCH_ARGS)
 def _augment_smooth_kernel(
     src_ptr, out_ptr, taps_ptr, rows_ptr, offsets_ptr, lengths_ptr,
-    T_max, T_cut, T_out, C,
+    T_max: tl.int32, T_cut: tl.int32, T_out: tl.int32, C,
     stride_sb, stride_st, stride_sc,
-    stride_ob, stride_ot,
-    cut, pad_left,
-    seed, noise_base, offset_base,
+    cut: tl.int32, pad_left,
+    seed: tl.int64, noise_base: tl.int64, offset_base: tl.int64,
     noise_std, offset_std,
     K: tl.constexpr, GATHER: tl.constexpr, ADD_NOISE: tl.constexpr, ADD_OFFSET: tl.constexpr,
     ALIGNED4: tl.constexpr,
@@ -193,7 +188,9 @@ def _augment_smooth_kernel(
 
     s = s0 + i
     out_ok = (i < step_t) & (s < T_out)
-    out_ptrs = out_ptr + b * stride_ob + s.to(tl.int64)[:, None] * stride_ot + cols64[None, :]
+    # out is contiguous (B, T_out, C): the row offset is a multiple of C, so C's divisibility
+    # (specialised) keeps the stores vectorised although T_out is not specialised
+    out_ptrs = out_ptr + ((b * T_out + s.to(tl.int64)) * C)[:, None] + cols64[None, :]
     if OUT_BF16:
         if MANUAL_BF16:
             # the interpreter's float32 -> bfloat16 cast truncates (and its "rtne" mode drops the
@@ -206,98 +203,64 @@ def _augment_smooth_kernel(
     tl.store(out_ptrs, res, mask=out_ok[:, None] & col_ok[None, :])
 
 
-def _prune_configs(configs, named_args, **kwargs):
-    """Keep the tiles whose time extent covers the smoothing halo with room to spare."""
-    k = int(kwargs.get("K", named_args.get("K", 1)))
-    smooth = bool(kwargs.get("SMOOTH", named_args.get("SMOOTH", True)))
-    c = int(named_args["C"])
-    halo = k - 1 if smooth else 0
-    kept = [cfg for cfg in configs if cfg.kwargs["BT"] >= 2 * halo]
-    if not kept:  # a long kernel: one tile tall enough for the halo, narrow to save registers
-        bt = max(16, triton.next_power_of_2(2 * halo + 1))
-        return [triton.Config({"BT": bt, "BC": 16}, num_warps=8, num_stages=1)]
-    # channel tiles much wider than C only waste lanes (C = 7: keep the narrowest tiles)
-    narrow = [cfg for cfg in kept if cfg.kwargs["BC"] <= max(32, triton.next_power_of_2(c))]
-    return narrow or kept
+def _dot_precision(out: torch.Tensor) -> str:
+    on_gpu = out.device.type == "cuda"
+    return "tf32x3" if on_gpu and torch.cuda.get_device_capability(out.device)[0] >= 8 else "ieee"
 
 
-# Candidate tiles for the GPU autotuner. Each program generates BT x BC Philox normals in
-# registers, so the tiles are those that compile without register spills for sm_90. Registers
-# per thread with four normals per counter (C = 512, bf16 out, fp32 in, num_stages=1, nvdisasm /
-# cuobjdump -res-usage on the triton.compile cubin; none spills): 32x64/4 warps 82, 64x32/4 106,
-# 64x64/4 130, 64x64/8 122, 64x128/8 158, 128x64/8 194 (left out as before: 32x128/4 127,
-# 128x32/4 255, 128x128/8 248).
-_GPU_CONFIGS = [
-    triton.Config({"BT": bt, "BC": bc}, num_warps=w, num_stages=1)
-    for bt, bc, w in [(32, 64, 4), (64, 32, 4), (64, 64, 4), (64, 64, 8), (64, 128, 8),
-                      (128, 64, 8)]
-]
-
-if INTERPRETED:
-    _kernel = _augment_smooth_kernel
-else:
-    _kernel = triton.autotune(configs=_GPU_CONFIGS,
-                              key=["C", "K", "SMOOTH", "ALIGNED4", "ADD_NOISE", "ADD_OFFSET", "GATHER"],
-                              prune_configs_by={"early_config_prune": _prune_configs})(
-        _augment_smooth_kernel)
-
-
-def _interpreter_blocks(C: int, K: int, smooth: bool) -> tuple[int, int]:
-    halo = K - 1 if smooth else 0
-    bt = max(64, triton.next_power_of_2(2 * halo + 1))
-    bc = min(512, max(16, triton.next_power_of_2(C)))
-    return bt, bc
-
-
-def augment_smooth_launch(src: torch.Tensor, out: torch.Tensor, taps: torch.Tensor | None, *,
-                          t_max: int, cut: int, padding: str, seed: int, noise_base: int,
-                          offset_base: int, noise_std: float, offset_std: float,
-                          rows: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
-                          lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """Launch the fused kernel into ``out`` (B, T_out, C), contiguous in C, float32 or bfloat16.
-
-    ``src`` is the padded batch (B, t_max, C) (any strides) or, when ``rows`` is given, the packed
-    (N_total, C) store read through ``offsets``/``lengths``/``rows``. ``taps`` None disables the
-    smoothing (then ``padding`` is ignored). ``noise_std``/``offset_std`` 0 skip those draws.
-    Arguments are assumed checked by the caller (``fastbci.ops.augment``); returns ``out``.
-    """
+def launch_plan(src: torch.Tensor, out: torch.Tensor, taps: torch.Tensor | None, *, t_max: int,
+                cut: int, padding: str, seed: int, noise_base: int, offset_base: int,
+                noise_std: float, offset_std: float, rows: torch.Tensor | None = None,
+                offsets: torch.Tensor | None = None, lengths: torch.Tensor | None = None
+                ) -> tuple[tuple, tuple, dict]:
+    """``(grid, args, kwargs)`` of the kernel launch :func:`augment_smooth_launch` makes (also
+    what a test hands to Triton's binder to see the specialisation a GPU would compile)."""
     B, T_out, C = out.shape
     gather = rows is not None
     smooth = taps is not None
     K = int(taps.numel()) if smooth else 1
-    pad_left = (K - 1) // 2 if (smooth and padding == "same") else 0
-    t_cut = t_max - cut
-    if B == 0 or T_out <= 0 or C == 0:
-        return out
     if gather:
-        stride_sb, stride_st, stride_sc = 0, src.stride(0), src.stride(1)
+        strides = (0, src.stride(0), src.stride(1))
         rows_arg, offs_arg, lens_arg = rows, offsets, lengths
     else:
-        stride_sb, stride_st, stride_sc = src.stride()
+        strides = src.stride()
         rows_arg = offs_arg = lens_arg = src  # unused pointers (GATHER is a constexpr)
-    taps_arg = taps if smooth else out
-    on_gpu = out.device.type == "cuda"
-    tf32 = on_gpu and torch.cuda.get_device_capability(out.device)[0] >= 8
-    precision = "tf32x3" if tf32 else "ieee"
-    args = (src, out, taps_arg, rows_arg, offs_arg, lens_arg,
-            t_max, t_cut, T_out, C,
-            stride_sb, stride_st, stride_sc,
-            out.stride(0), out.stride(1),
-            cut, pad_left,
-            seed, noise_base, offset_base,
+    args = (src, out, taps if smooth else out, rows_arg, offs_arg, lens_arg,
+            t_max, t_max - cut, T_out, C, *strides,
+            cut, (K - 1) // 2 if (smooth and padding == "same") else 0,
+            int64_bits(seed), int64_bits(noise_base), int64_bits(offset_base),
             float(noise_std), float(offset_std))
-    consts = dict(K=K, GATHER=gather, ADD_NOISE=noise_std != 0, ADD_OFFSET=offset_std != 0,
+    kwargs = dict(K=K, GATHER=gather, ADD_NOISE=noise_std != 0, ADD_OFFSET=offset_std != 0,
                   ALIGNED4=C % 4 == 0, SMOOTH=smooth, OUT_BF16=out.dtype == torch.bfloat16,
-                  MANUAL_BF16=INTERPRETED,
-                  DOT_PRECISION=precision)
-    halo = K - 1 if smooth else 0
-
-    def grid(meta):
-        return (triton.cdiv(T_out, meta["BT"] - halo), triton.cdiv(C, meta["BC"]), B)
-
+                  MANUAL_BF16=INTERPRETED, DOT_PRECISION=_dot_precision(out))
     if INTERPRETED:
         bt, bc = _interpreter_blocks(C, K, smooth)
-        _kernel[grid](*args, **consts, BT=bt, BC=bc)
+        kwargs.update(BT=bt, BC=bc)
     else:
-        _kernel[grid](*args, **consts)
+        tile = _override or gpu_tile(C, K, smooth)
+        bt, bc = tile.BT, tile.BC
+        kwargs.update(BT=bt, BC=bc, num_warps=tile.num_warps, num_stages=1)
+    halo = K - 1 if smooth else 0
+    if bt <= halo:
+        raise ValueError(f"augment_smooth: a tile of {bt} rows is too short for {K} taps")
+    return (triton.cdiv(T_out, bt - halo), triton.cdiv(C, bc), B), args, kwargs
+
+
+def augment_smooth_launch(src: torch.Tensor, out: torch.Tensor, taps: torch.Tensor | None,
+                          **kw) -> torch.Tensor:
+    """Launch the fused kernel into ``out``: a contiguous (B, T_out, C) float32 or bfloat16 tensor.
+
+    ``src`` is the padded batch (B, t_max, C) (any strides) or, when ``rows`` is given, the packed
+    (N_total, C) store read through ``offsets``/``lengths``/``rows``. ``taps`` None disables the
+    smoothing (then ``padding`` is ignored). ``noise_std``/``offset_std`` 0 skip those draws.
+    Keyword arguments as :func:`launch_plan`, assumed checked by the caller
+    (``fastbci.ops.augment``); returns ``out``.
+    """
+    if not out.is_contiguous():
+        raise ValueError("augment_smooth_launch: out must be contiguous")
+    if out.numel() == 0:
+        return out
+    grid, args, kwargs = launch_plan(src, out, taps, **kw)
+    with device_guard(out):
+        _augment_smooth_kernel[grid](*args, **kwargs)
     return out

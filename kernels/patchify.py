@@ -1,31 +1,8 @@
 """Triton kernels for patching: sliding time windows (forward) and their fold (backward).
 
-Semantics (RECIPE.md s4, ``fastbci.reference.patchify_ref``): for an input ``x`` of shape
-``(B, T, C)``, window ``p`` (``0 <= p < P``, ``P = (T - size) // stride + 1``) holds the steps
-``stride * p .. stride * p + size - 1`` flattened time-major, so
-
-* forward:  ``y[b, p, k * C + c] = x[b, stride * p + k, c]``, giving ``(B, P, size * C)``
-* backward: ``dx[b, t, c] = sum over (p, k) with stride * p + k == t of dy[b, p, k * C + c]``
-
-Layout used by both kernels: the output is viewed as a 2-D matrix with ``C`` contiguous
-columns, so one program copies a tile of ``BLOCK_R`` rows by ``BLOCK_C`` channels and does all
-its integer division once per row, never per element.
-
-* Forward rows are ``(b, p, k)`` triples (``B * P * size`` rows of ``y`` viewed as
-  ``(B * P * size, C)``); each row is one time step of ``x`` read through its own strides, so any
-  input layout (transposed, sliced, expanded) is read directly, without a ``.contiguous()`` copy.
-* Backward rows are ``(b, t)`` pairs of ``dx``. Each row GATHERS from the at most
-  ``ceil(size / stride)`` windows that cover step ``t`` (``p = t // stride - j`` for
-  ``j = 0 .. ceil(size / stride) - 1``, kept when ``0 <= p < P`` and ``k = t - stride * p < size``)
-  and accumulates in float32 (float64 for float64 inputs): no atomics, so the result is
-  deterministic and every element of ``dx`` is written exactly once (steps covered by no window,
-  i.e. the tail ``t >= stride * (P - 1) + size`` and the gaps when ``stride > size``, get 0).
-
-All offsets are computed in int64. ``size`` and ``stride`` are compile-time constants (one
-specialisation per patch geometry; the official model uses only 14/4).
-
-These are the raw launchers; the differentiable, argument-checking op is
-``fastbci.ops.patchify``.
+``y[b, p, k * C + c] = x[b, stride * p + k, c]`` (``fastbci.reference.patchify_ref``); the fold
+adds the overlapping windows back without atomics. The differentiable, argument-checking op is
+``fastbci.ops.patchify``; the tiling is described in docs/internals.md, "The patchify kernels".
 """
 from __future__ import annotations
 
@@ -33,7 +10,16 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["patchify_forward", "patchify_backward", "n_windows_covering"]
+from fastbci.kernels import device_guard
+
+__all__ = ["patchify_forward", "patchify_backward", "n_windows_covering", "FWD_PER_BATCH_ARGS",
+           "BWD_PER_BATCH_ARGS"]
+
+# Integer arguments that change with the batch length: not specialised (== 1, divisible by 16),
+# and declared with a fixed type, so a new T never compiles a new kernel. The strides keep their
+# specialisation: they decide whether the loads are vectorised.
+FWD_PER_BATCH_ARGS = ("n_rows", "P")
+BWD_PER_BATCH_ARGS = ("n_rows", "T", "P")
 
 # Elements per program tile (rows x channels). Memory-bound copy: a few thousand elements per
 # program keeps enough loads in flight without spilling registers.
@@ -42,10 +28,10 @@ _MAX_BLOCK_C = 512
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=FWD_PER_BATCH_ARGS)
 def _patchify_fwd_kernel(
     x_ptr, y_ptr,
-    n_rows, C, P,
+    n_rows: tl.int64, C, P: tl.int32,
     sxb, sxt, sxc,
     SIZE: tl.constexpr, STRIDE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -70,10 +56,10 @@ def _patchify_fwd_kernel(
     tl.store(y_ptr + dst, vals.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=BWD_PER_BATCH_ARGS)
 def _patchify_bwd_kernel(
     dy_ptr, dx_ptr,
-    n_rows, T, C, P,
+    n_rows: tl.int64, T: tl.int32, C, P: tl.int32,
     sdb, sdp, sdn,
     SIZE: tl.constexpr, STRIDE: tl.constexpr, N_COVER: tl.constexpr,
     ACC_FP64: tl.constexpr,
@@ -151,12 +137,13 @@ def patchify_forward(x: torch.Tensor, size: int = 14, stride: int = 4) -> torch.
         return y
     block_r, block_c = _blocks(C)
     grid = (triton.cdiv(n_rows, block_r), triton.cdiv(C, block_c))
-    _patchify_fwd_kernel[grid](
-        x, y, n_rows, C, P,
-        x.stride(0), x.stride(1), x.stride(2),
-        SIZE=size, STRIDE=stride, BLOCK_R=block_r, BLOCK_C=block_c,
-        num_warps=4,
-    )
+    with device_guard(y):
+        _patchify_fwd_kernel[grid](
+            x, y, n_rows, C, P,
+            x.stride(0), x.stride(1), x.stride(2),
+            SIZE=size, STRIDE=stride, BLOCK_R=block_r, BLOCK_C=block_c,
+            num_warps=4,
+        )
     return y
 
 
@@ -183,12 +170,13 @@ def patchify_backward(dy: torch.Tensor, T: int, size: int = 14, stride: int = 4)
         return dx
     block_r, block_c = _blocks(C)
     grid = (triton.cdiv(n_rows, block_r), triton.cdiv(C, block_c))
-    _patchify_bwd_kernel[grid](
-        dy, dx, n_rows, T, C, P,
-        dy.stride(0), dy.stride(1), dy.stride(2),
-        SIZE=size, STRIDE=stride, N_COVER=n_windows_covering(size, stride),
-        ACC_FP64=dy.dtype == torch.float64,
-        BLOCK_R=block_r, BLOCK_C=block_c,
-        num_warps=4,
-    )
+    with device_guard(dx):
+        _patchify_bwd_kernel[grid](
+            dy, dx, n_rows, T, C, P,
+            dy.stride(0), dy.stride(1), dy.stride(2),
+            SIZE=size, STRIDE=stride, N_COVER=n_windows_covering(size, stride),
+            ACC_FP64=dy.dtype == torch.float64,
+            BLOCK_R=block_r, BLOCK_C=block_c,
+            num_warps=4,
+        )
     return dx

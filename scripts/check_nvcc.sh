@@ -3,6 +3,10 @@
 # without torch and without a GPU: a CI check that the kernel sources stay valid CUDA.
 # Fails on any compile error or warning. Skips (exit 0) with a message when nvcc is absent.
 # Override the compiler with NVCC=/path/to/nvcc and the architectures with CHECK_NVCC_ARCHS="80 90".
+# Then, when a Python with torch is found (PYTHON, default .venv/bin/python, else python3), the
+# torch binding csrc/cuda/*.cpp is syntax-checked with the host compiler against torch's headers
+# and the CUDA toolkit's (a CPU wheel of torch lacks only c10/cuda's generated cmake-macros
+# header, which the check supplies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,3 +46,29 @@ for arch in ${CHECK_NVCC_ARCHS:-80 90}; do
   done
 done
 echo "[check_nvcc] OK: ${#sources[@]} CUDA source(s) compiled for sm_${CHECK_NVCC_ARCHS:-80 90}" >&2
+
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+if ! torch_inc=$("$PY" -c "from torch.utils.cpp_extension import include_paths; \
+print(' '.join('-isystem ' + p for p in include_paths()))" 2>/dev/null); then
+  echo "[check_nvcc] binding check SKIPPED: no torch in $PY" >&2
+  exit 0
+fi
+cuda_inc="$(dirname "$(dirname "$(readlink -f "$NVCC")")")/include"
+for d in "$cuda_inc" "${CUDA_HOME:-/nonexistent}/include" /usr/local/cuda/include; do
+  if [ -f "$d/cuda_runtime.h" ]; then cuda_inc=$d; break; fi
+done
+mkdir -p "$out/c10/cuda/impl"
+if ! "$PY" -c "import torch, os, sys; sys.exit(0 if os.path.exists(os.path.join(os.path.dirname(torch.__file__), 'include/c10/cuda/impl/cuda_cmake_macros.h')) else 1)"; then
+  printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > "$out/c10/cuda/impl/cuda_cmake_macros.h"
+fi
+for src in csrc/cuda/*.cpp; do
+  # shellcheck disable=SC2086  # torch_inc is a list of -I flags
+  cmd=("${CXX:-g++}" -std=c++17 -fsyntax-only $torch_inc -isystem "$cuda_inc" -I"$out" -Icsrc -Wall -Wextra -Werror
+       -DFASTBCI_WITH_CUDA=1 "$src")
+  echo "[check_nvcc] ${cmd[0]} -fsyntax-only ... $src" >&2
+  "${cmd[@]}"
+done
+echo "[check_nvcc] OK: the torch binding csrc/cuda/*.cpp compiles against $("$PY" -c 'import torch; print(torch.__version__)')" >&2

@@ -1,71 +1,122 @@
 #!/usr/bin/env bash
-# One command for a machine with a GPU: build fastbci's CUDA extension, run the test suite on the
-# GPU, run the benchmark suite at the official shapes, and leave every log and result in $OUT.
+# The first-GPU-run check: build, prove correctness, measure the headline figures, in <= 8 min.
 #
-#   OUT=/some/dir bash scripts/gpu_check.sh        # from anywhere; $OUT defaults to ./gpu_check_out
+#   bash scripts/gpu_check.sh --plan            # the stages, in order, with budgets; runs nothing
+#   OUT=/some/dir bash scripts/gpu_check.sh     # run them ($OUT defaults to ./gpu_check_out)
 #
-# Made for an offline machine (no package registry): it never downloads anything. torch (with
-# CUDA), triton, pytest and pytest-benchmark must already be installed; the script reports which
-# of fastbci's runtime dependencies (numpy, scipy, h5py, pyyaml, tqdm) and build tools
-# (setuptools, wheel, ninja) are missing, then installs fastbci itself with
-# `pip install -e . --no-build-isolation --no-deps --no-index`.
+# Stages run in order of value, each under its own time budget (seconds; `timeout`: TERM, then KILL),
+# and each writes its own result file to $OUT as it finishes, so a run cut off at any point still
+# returns what finished:
+#   build       pip install -e . for this GPU's architecture only       -> log.txt
+#   cuda-tests  the CUDA extension and the fused step, fused vs ref.    -> cuda-tests.xml (junit)
+#   headline    one training step at the official shapes, fused vs reference, and 200 batches of
+#               real training through `python -m fastbci.train`          -> headline.json
+#   op-bench    per-op benchmarks (augment with a plain copy for the GB/s yardstick, the tile
+#               sweep, day projection, patchify)                        -> op-bench.json
+#   gpu-tests   the other test files with CUDA cases                    -> gpu-tests.xml
+#   cpu-tests   the test files without CUDA cases                       -> cpu-tests.xml
+# After every stage: summary.txt (environment, one line per stage, key figures) and
+# <gpu-name>.json, the merged result to commit as bench/results/<gpu-name>.json (device,
+# versions, the headline figures against their targets, "unmeasured" where a stage did not
+# finish). All console output goes to log.txt. That is 8 files at most, each under 16 MB.
 #
-# Stages, each with its own time limit (seconds, environment overrides) so the whole run stays
-# within 10 minutes on an H100 and a slow stage cannot eat the next one's time:
-#   1. environment report                        -> $OUT/env.txt
-#   2. build (FASTBCI_FORCE_CUDA_BUILD=1, only this GPU's architecture) -> $OUT/build.log
-#        GPU_CHECK_BUILD_S (default 180)
-#   3. tests: pytest -q                          -> $OUT/tests.log, $OUT/tests-junit.xml
-#        GPU_CHECK_TEST_S (default 180)
-#   4. benchmarks: pytest bench --benchmark-only -> $OUT/bench.log, $OUT/bench-<gpu>.json
-#        GPU_CHECK_BENCH_S (default 200)
-# A summary (one line per stage with its status and seconds) goes to $OUT/summary.txt and stdout.
-# Exit status: 0 when every stage passed, 1 when a stage failed or timed out (later stages still
-# run, except that nothing runs after a failed build), 2 for a machine that cannot run it at all.
+# Offline by design (no package registry): torch with CUDA, triton, pytest and pytest-benchmark
+# must be installed; pytest-xdist, when present, runs the test stages in parallel (the Triton
+# compiles are CPU-bound). Nothing imports matplotlib. The Triton kernels launch with one fixed
+# tile per shape (kernels/augment.py gpu_tile: no autotuning), so compile counts are bounded and
+# results are bitwise reproducible; only the op-bench tile sweep times the other tiles.
+# Budgets: GPU_CHECK_<STAGE>_S (e.g. GPU_CHECK_HEADLINE_S=150) overrides one stage's.
+# Exit status: 0 when every stage passed, 1 when one failed or ran out of time (later stages still
+# run, except after a failed build), 2 when this machine cannot run the check at all.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+
+STAGES=(build cuda-tests headline op-bench gpu-tests cpu-tests)
+declare -A BUDGET=([build]=110 [cuda-tests]=90 [headline]=110 [op-bench]=90 [gpu-tests]=55
+                   [cpu-tests]=25)
+CUDA_TEST_FILES=(tests/test_day_projection.py tests/test_fused_step.py)
+# every other test file with CUDA cases (a CUDA marker, torch.cuda, a "cuda" device or the
+# conftest `device` fixture): tests/test_gpu_check_plan.py fails when one is missing here
+GPU_TEST_FILES=(tests/test_augment_kernel.py tests/test_patchify.py tests/test_philox.py
+                tests/test_kernel_launch.py tests/test_hot_path.py tests/test_model.py
+                tests/test_compat_model.py tests/test_trialstore.py tests/test_compat_dataset.py
+                tests/test_reference_layers.py tests/test_reference_smoothing.py
+                tests/test_train.py)
+# the fused step (with its speedups over the reference and official steps, measured in that case)
+# and the reference step; the official step's own case and the validation pass are not needed
+HEADLINE=("bench/test_bench_step.py::test_bench_train_step[fused]"
+          "bench/test_bench_step.py::test_bench_train_step[reference]" bench/test_bench_training.py)
+OP_BENCH=(bench/test_bench_augment.py bench/test_bench_day_projection.py
+          bench/test_bench_patchify.py)
+
+cpu_test_files() {  # tests/test_*.py minus the two lists above, space-separated
+  local f g skip files=()
+  for f in tests/test_*.py; do
+    skip=0
+    for g in "${CUDA_TEST_FILES[@]}" "${GPU_TEST_FILES[@]}"; do [ "$f" = "$g" ] && skip=1; done
+    [ "$skip" -eq 0 ] && files+=("$f")
+  done
+  echo "${files[*]}"
+}
+
+budget() {  # the budget of a stage, with its GPU_CHECK_<STAGE>_S override
+  local var="GPU_CHECK_$(echo "$1" | tr 'a-z-' 'A-Z_')_S"
+  echo "${!var:-${BUDGET[$1]}}"
+}
+
+what() {
+  case "$1" in
+    build) echo "pip install -e . --no-build-isolation --no-deps --no-index (FASTBCI_CUDA_ARCH_LIST: this GPU's)" ;;
+    cuda-tests) echo "${CUDA_TEST_FILES[*]}" ;;
+    headline) echo "${HEADLINE[*]}" ;;
+    op-bench) echo "${OP_BENCH[*]}" ;;
+    gpu-tests) echo "${GPU_TEST_FILES[*]}" ;;
+    cpu-tests) cpu_test_files ;;
+  esac
+}
+
+if [ "${1:-}" = "--plan" ]; then
+  total=0
+  i=0
+  for s in "${STAGES[@]}"; do
+    i=$((i + 1))
+    b=$(budget "$s")
+    total=$((total + b))
+    echo "$i $s $(budget "$s") $(what "$s")"
+  done
+  echo "total $total"
+  exit 0
+fi
+if [ $# -gt 0 ]; then
+  echo "usage: [OUT=DIR] bash scripts/gpu_check.sh [--plan]" >&2
+  exit 2
+fi
+
 PY="${PYTHON:-python3}"
 OUT="${OUT:-$ROOT/gpu_check_out}"
 mkdir -p "$OUT"
-BUILD_S="${GPU_CHECK_BUILD_S:-180}"
-TEST_S="${GPU_CHECK_TEST_S:-180}"
-BENCH_S="${GPU_CHECK_BENCH_S:-200}"
 SUMMARY="$OUT/summary.txt"
+LOG="$OUT/log.txt"
+rm -f "$SUMMARY" "$LOG" "$OUT"/{cuda-tests,gpu-tests,cpu-tests}.xml "$OUT"/{headline,op-bench}.json
 : > "$SUMMARY"
+: > "$LOG"
 STATUS=0
 T_ALL=$SECONDS
-
-say() { echo "[gpu_check] $*" | tee -a "$SUMMARY"; }
-
-# run_stage NAME LIMIT LOG CMD...: run with a time limit, tee the output, record the outcome
-run_stage() {
-  local name="$1" limit="$2" log="$3"
-  shift 3
-  local t0=$SECONDS rc
-  echo "[gpu_check] $name: $* (limit ${limit}s, log $log)"
-  timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee "$log"
-  rc=${PIPESTATUS[0]}
-  local dt=$((SECONDS - t0))
-  if [ "$rc" -eq 0 ]; then
-    say "$name: OK (${dt}s)"
-  elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-    say "$name: TIMED OUT after ${dt}s (limit ${limit}s; raise it with the GPU_CHECK_*_S variables)"
-    STATUS=1
-  else
-    say "$name: FAILED with status $rc (${dt}s): see $log"
-    STATUS=1
+say() { echo "[gpu_check] $*" | tee -a "$SUMMARY" "$LOG"; }
+cap_log() {  # keep log.txt under 15 MB (the tail)
+  if [ "$(stat -c %s "$LOG" 2>/dev/null || echo 0)" -gt 15000000 ]; then
+    tail -c 14000000 "$LOG" > "$LOG.tmp" && mv "$LOG.tmp" "$LOG"
   fi
-  return "$rc"
 }
 
-# ---------------------------------------------------------------------------- 1. environment
+# ---------------------------------------------------------------------------- the machine
 if ! command -v "$PY" > /dev/null 2>&1; then
-  echo "[gpu_check] no Python interpreter '$PY' (set PYTHON=...)" >&2
+  say "cannot run: no Python interpreter '$PY' (set PYTHON=...)"
   exit 2
 fi
-GPU_INFO=$("$PY" - <<'EOF' 2>&1
+if ! GPU_INFO=$("$PY" - 2>&1 <<'EOF'
 import torch
 if not torch.cuda.is_available():
     raise SystemExit(f"torch {torch.__version__} sees no CUDA device (torch.version.cuda="
@@ -75,99 +126,125 @@ major, minor = torch.cuda.get_device_capability(0)
 safe = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in name).strip("_")
 print(f"{safe} {major}.{minor}")
 EOF
-)
-if [ $? -ne 0 ]; then
-  echo "[gpu_check] cannot run: $GPU_INFO" | tee -a "$SUMMARY" >&2
+); then
+  say "cannot run: $GPU_INFO"
   exit 2
 fi
 GPU_NAME="${GPU_INFO% *}"
 GPU_ARCH="${GPU_INFO##* }"
-
+RESULT="$OUT/$GPU_NAME.json"
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "repository: $ROOT ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'not a git checkout'))"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true
-  command -v nvcc > /dev/null 2>&1 && nvcc --version | tail -n 2
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 || true
   "$PY" - <<'EOF'
-import importlib, platform, sys
+import importlib, platform
 import torch
-print(f"python {platform.python_version()} ({sys.executable})")
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
-from torch.utils import cpp_extension
-print(f"CUDA_HOME {cpp_extension.CUDA_HOME}")
-missing = []
-for mod, pkg, why in [("triton", "triton", "fused kernels"), ("pytest", "pytest", "tests"),
-                      ("pytest_benchmark", "pytest-benchmark", "benchmarks"),
-                      ("numpy", "numpy", "runtime"), ("scipy", "scipy", "runtime"),
-                      ("h5py", "h5py", "runtime: every data test and the benchmarks"),
-                      ("yaml", "pyyaml", "runtime: configs"), ("tqdm", "tqdm", "runtime: progress"),
-                      ("setuptools", "setuptools", "build"), ("wheel", "wheel", "build"),
-                      ("ninja", "ninja", "build (optional: parallel compile)"),
-                      ("matplotlib", "matplotlib", "optional: training curves")]:
+print(f"python {platform.python_version()}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"cuDNN {torch.backends.cudnn.version()}")
+have, missing = [], []
+for mod in ("triton", "pytest", "pytest_benchmark", "xdist", "numpy", "scipy", "h5py", "yaml",
+            "tqdm", "setuptools", "wheel", "ninja", "matplotlib"):
     try:
-        m = importlib.import_module(mod)
-        print(f"  {pkg:17s} {getattr(m, '__version__', 'present')}")
-    except Exception as e:  # noqa: BLE001 - report anything that fails to import
-        print(f"  {pkg:17s} MISSING ({why}): {type(e).__name__}: {e}")
-        missing.append(pkg)
+        have.append(f"{mod} {getattr(importlib.import_module(mod), '__version__', '')}".strip())
+    except Exception:  # noqa: BLE001 - report anything that fails to import
+        missing.append(mod)
+print("present: " + ", ".join(have))
 print("MISSING: " + (" ".join(missing) if missing else "none"))
 EOF
-} > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
-say "GPU: $GPU_NAME (sm_${GPU_ARCH/./}); environment in $OUT/env.txt"
-MISSING_LINE=$(grep '^MISSING: ' "$OUT/env.txt" | tail -n 1)
-say "missing packages (no registry here, not installed): ${MISSING_LINE#MISSING: }"
+} >> "$SUMMARY" 2>&1
+cat "$SUMMARY" | tee -a "$LOG"
+say "GPU: $GPU_NAME (sm_${GPU_ARCH/./}); plan:"
+bash "${BASH_SOURCE[0]}" --plan | sed 's/^/  /' | tee -a "$SUMMARY" "$LOG"
+export PYTHONPATH="$ROOT/scripts${PYTHONPATH:+:$PYTHONPATH}"  # the pytest_partial plugin
+HAVE_XDIST=0
+"$PY" -c "import xdist" 2>/dev/null && HAVE_XDIST=1
 
-# ---------------------------------------------------------------------------- 2. build
+merge() {  # the merged result file, from whatever finished (merge --print: figures to summary)
+  "$PY" "$ROOT/scripts/gpu_results.py" "$OUT" "$RESULT" "$@" >> "$SUMMARY" 2>> "$LOG" \
+    || say "merging the results into $RESULT failed (see log.txt)"
+}
+
+# run_stage NAME CMD...: run under the stage's budget, log everything, record the outcome
+run_stage() {
+  local name="$1" limit t0=$SECONDS rc dt
+  shift
+  limit=$(budget "$name")
+  echo "[gpu_check] $name (budget ${limit}s): $*" >> "$LOG"
+  # TERM, not INT: the trainer under test turns Ctrl-C into a graceful stop, which would report
+  # the tests running at the cut as failures; the partial result files hold what finished
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
+  rc=$?
+  dt=$((SECONDS - t0))
+  if [ "$rc" -eq 0 ]; then
+    say "stage $name: OK (${dt}s of ${limit}s)"
+  elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    say "stage $name: CUT OFF at its budget (${dt}s of ${limit}s): what finished is kept"
+    STATUS=1
+  else
+    say "stage $name: FAILED, status $rc (${dt}s of ${limit}s): see log.txt"
+    STATUS=1
+  fi
+  cap_log
+  return "$rc"
+}
+
+pytest_stage() {  # pytest_stage NAME JUNIT_FILE WORKERS DIST FILES... (xdist: -n WORKERS --dist DIST)
+  local name="$1" junit="$2" workers="$3" dist="$4"
+  shift 4
+  local par=()
+  [ "$HAVE_XDIST" -eq 1 ] && par=(-n "$workers" --dist "$dist")
+  run_stage "$name" "$PY" -m pytest -q -p no:cacheprovider -p pytest_partial \
+    --partial-junit="$junit" "${par[@]}" "$@"
+  if [ -f "$junit" ]; then
+    "$PY" - "$junit" >> "$SUMMARY" 2>> "$LOG" <<'EOF'
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+suite = root if root.tag == "testsuite" else root.find("testsuite")
+a = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+print(f"  {a['tests']} tests: {a['tests'] - a['failures'] - a['errors'] - a['skipped']} passed, "
+      f"{a['failures']} failed, {a['errors']} errors, {a['skipped']} skipped")
+for case in suite.iter("testcase"):
+    for bad in list(case.findall("failure")) + list(case.findall("error")):
+        msg = (bad.get("message") or "").splitlines()
+        print(f"  FAILED {case.get('classname')}::{case.get('name')}: {msg[0][:200] if msg else ''}")
+EOF
+  fi
+}
+
+bench_stage() {  # bench_stage NAME JSON_FILE FILES...
+  local name="$1" json="$2"
+  shift 2
+  run_stage "$name" "$PY" -m pytest -q -p no:cacheprovider -p pytest_partial --benchmark-only \
+    --partial-benchmark-json="$json" --benchmark-json="$json" --benchmark-columns=min,median,rounds \
+    "$@"
+  merge
+}
+
+# ---------------------------------------------------------------------------- 1. build
 export FASTBCI_FORCE_CUDA_BUILD=1
 export FASTBCI_CUDA_ARCH_LIST="${FASTBCI_CUDA_ARCH_LIST:-$GPU_ARCH}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc 2>/dev/null || echo 4)}"
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-if ! run_stage build "$BUILD_S" "$OUT/build.log" \
-    "$PY" -m pip install -e . --no-build-isolation --no-deps --no-index -v; then
-  say "build failed: tests and benchmarks skipped"
-  say "total ${SECONDS}s"
+if ! run_stage build "$PY" -m pip install -e . --no-build-isolation --no-deps --no-index; then
+  say "build failed: nothing else can run"
+  merge
   exit 1
 fi
-if ! "$PY" - >> "$OUT/build.log" 2>&1 <<'EOF'
-import torch
-import fastbci.ops.day_projection as dp
-assert dp.fused_available(), "fastbci._C does not import"
-assert dp._has_kernel("cuda"), "fastbci._C was built without its CUDA kernels"
-print("fastbci._C: CPU and CUDA kernels registered")
-EOF
-then
-  say "build: fastbci._C lacks its CUDA kernels (see the end of $OUT/build.log)"
+if ! "$PY" -c "import importlib, sys; d = importlib.import_module('fastbci.ops.day_projection'); \
+sys.exit(0 if d._has_kernel('cuda') else 1)" >> "$LOG" 2>&1; then
+  say "build: fastbci._C has no CUDA kernels (see log.txt)"
   STATUS=1
 fi
 
-# ---------------------------------------------------------------------------- 3. tests
-run_stage tests "$TEST_S" "$OUT/tests.log" \
-  "$PY" -m pytest -q -p no:cacheprovider --junitxml="$OUT/tests-junit.xml" -o junit_family=xunit2
-grep -E '^(FAILED|ERROR)|[0-9]+ (passed|failed)' "$OUT/tests.log" | tail -n 30 >> "$SUMMARY" || true
+# ---------------------------------------------------------------------------- 2-6
+pytest_stage cuda-tests "$OUT/cuda-tests.xml" 2 loadfile "${CUDA_TEST_FILES[@]}"
+bench_stage headline "$OUT/headline.json" "${HEADLINE[@]}"
+bench_stage op-bench "$OUT/op-bench.json" "${OP_BENCH[@]}"
+pytest_stage gpu-tests "$OUT/gpu-tests.xml" 8 load "${GPU_TEST_FILES[@]}"
+# shellcheck disable=SC2046  # the file list is split on purpose
+pytest_stage cpu-tests "$OUT/cpu-tests.xml" 8 loadfile $(cpu_test_files)
+merge --print
 
-# ---------------------------------------------------------------------------- 4. benchmarks
-JSON="$OUT/bench-${GPU_NAME}.json"
-run_stage bench "$BENCH_S" "$OUT/bench.log" \
-  "$PY" -m pytest bench --benchmark-only -q -p no:cacheprovider --benchmark-json="$JSON" \
-  --benchmark-columns=min,median,mean,rounds
-grep -E '^(FAILED|ERROR)|[0-9]+ (passed|failed)' "$OUT/bench.log" | tail -n 10 >> "$SUMMARY" || true
-if [ -s "$JSON" ]; then
-  mkdir -p "$ROOT/bench/results"
-  cp "$JSON" "$ROOT/bench/results/${GPU_NAME}.json" 2>/dev/null || true
-  "$PY" - "$JSON" >> "$SUMMARY" 2>&1 <<'EOF'
-import json, sys
-d = json.load(open(sys.argv[1]))
-for b in d["benchmarks"]:
-    e = b.get("extra_info", {})
-    keys = [k for k in ("step_s", "pre_gru_share", "speedup_vs_reference", "speedup_vs_official",
-                        "projected_120k_batches_h", "val_s")
-            if k in e]
-    extra = " ".join(f"{k}={e[k]:.4g}" for k in keys if isinstance(e[k], (int, float)))
-    print(f"  {b['group'] or '':32s} {b['name']:60s} median {b['stats']['median'] * 1e3:9.3f} ms {extra}")
-EOF
-  say "benchmark results: $JSON (copy it to bench/results/${GPU_NAME}.json in the repository)"
-fi
-
-say "total $((SECONDS - T_ALL))s, status $STATUS"
+say "total $((SECONDS - T_ALL))s, status $STATUS; commit $RESULT as bench/results/$GPU_NAME.json"
 exit "$STATUS"

@@ -180,6 +180,34 @@ def test_dropout_mask_bit_exact(device, seed, step):
 
 @needs_ext
 @pytest.mark.parametrize("device", DEVICES)
+def test_bias_gradient_sums_unrounded_dz(device):
+    """grad_bias is the float32 sum of dz = grad * mask * scale * (1 - |out / scale|)^2, dz
+    formed from the op's own (bf16) output and never rounded to bf16 first: within float32
+    summation error (2e-4 relative for ~500 equal terms) of that sum taken in float64.
+
+    With bf16 x, grad = 1 and x = 0 (z = bias: one value per column), every kept element of a
+    column has the same dz, generally not a bf16 number: a dz rounded to bf16 before the sum (the
+    CUDA scratch was once allocated in x's dtype) is off by up to 2**-9 = 2e-3 in most columns.
+    """
+    B, T, C = 3, 333, 128
+    p = 0.2
+    g = torch.Generator().manual_seed(8)
+    x = torch.zeros(B, T, C, device=device, dtype=torch.bfloat16)
+    day_idx = torch.tensor([1, 0, 1], device=device)
+    weight = (0.1 * torch.randn(2, C, C, generator=g)).to(device)
+    bias = torch.randn(2, C, generator=g).to(device)
+    grad = torch.ones(B, T, C, device=device)
+    out, _, _, db = run(fused, x, day_idx, weight, bias, grad, dropout_p=p, seed=3, step=4)
+    scale = 1.0 / (1.0 - p)
+    y = out.detach().double().cpu()
+    dz = torch.where(y != 0, scale * (1 - (y / scale).abs()) ** 2, torch.zeros_like(y))
+    days = day_idx.cpu()
+    want = torch.stack([dz[days == d].sum(dim=(0, 1)) for d in range(2)])
+    assert_close(db, want, atol=0.0, rtol=2e-4, what=f"grad_bias vs the sum of dz ({device})")
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 def test_only_weight_grads_and_noncontiguous(device):
     """x without requires_grad (the training case: dX is skipped) and strided inputs."""
     x, day_idx, weight, bias, grad = make_case("any_order", 15, 16, 16, device, seed=5)

@@ -42,7 +42,7 @@ from fastbci.training import Trainer, seed_everything
 from fastbci.training.step import ctc_per_trial, forward_logits
 from fastbci.config import load_config
 from fastbci.data import TrialStore, read_session_file, train_batch_plan, write_session_file
-from helpers import assert_close
+from helpers import assert_close, augment_tolerance
 
 # float32 contract of DESIGN.md: fused vs reference within 1e-5 (allclose form:
 # |a - b| <= ATOL + RTOL * |b|; the relative part matters for the CTC loss, ~100-300 per trial
@@ -71,6 +71,14 @@ PARAM_ATOL = 1e-4  # parameters after 50 steps (initial scale ~0.1-1, lr 0.005)
 # that arithmetic (no GPU was available when they were written); the CPU bounds are the contract.
 CUDA_RTOL = 2e-2        # logits, losses, loss curve (relative)
 CUDA_GRAD_REL_L2 = 5e-2  # gradients and parameters after 50 steps (relative L2 per tensor)
+
+
+def step_tolerance(device) -> dict:
+    """atol/rtol of the logits and losses of a step, fused vs reference, on ``device``: the
+    float32 contract on the CPU, bf16 level (CUDA_RTOL) on CUDA. Every such assert takes it."""
+    if torch.device(device).type == "cuda":
+        return dict(atol=CUDA_RTOL, rtol=CUDA_RTOL)
+    return dict(atol=ATOL, rtol=RTOL)
 
 # the tiny model of these tests (official architecture, small sizes)
 MODEL = ["model.n_units=32", "model.n_layers=2", "model.rnn_dropout=0.4"]
@@ -234,6 +242,45 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
+def _check_same_batch(rb: T.Batch, fb: T.Batch, device, where: str) -> None:
+    """The fused data path's batch is the reference's: rows, days, lengths, labels, features."""
+    assert np.array_equal(rb.rows, fb.rows), f"{where}: different trial rows"
+    assert rb.days_present == fb.days_present, f"{where}: different days present"
+    assert torch.equal(rb.n_time_steps.cpu(), fb.n_time_steps.cpu()), \
+        f"{where}: n_time_steps after the cut {fb.n_time_steps.tolist()} vs {rb.n_time_steps.tolist()}"
+    assert torch.equal(rb.labels.cpu(), fb.labels.cpu()) and \
+        torch.equal(rb.label_lens.cpu(), fb.label_lens.cpu()), f"{where}: labels differ"
+    assert fb.features.dtype == torch.float32, f"{where}: use_amp=false must give float32 features"
+    assert_close(fb.features, rb.features, **augment_tolerance(device),
+                 what=f"{where}: augmented + smoothed batch")
+
+
+def _check_same_grads(rg: dict, sg: dict, rb: T.Batch, cfg, cuda: bool, where: str) -> None:
+    """The same parameters get a gradient (not the days absent from the batch), and the
+    gradients agree: within 1e-5 on the CPU, CUDA_GRAD_REL_L2 (relative L2) on CUDA."""
+    assert rg.keys() == sg.keys()
+    none_ref = sorted(n for n, g in rg.items() if g is None)
+    none_fused = sorted(n for n, g in sg.items() if g is None)
+    assert none_ref == none_fused, (f"{where}: parameters without a gradient differ: reference "
+                                    f"{none_ref}, fused {none_fused}")
+    present = set(rb.days_present)
+    n_days = len(cfg["dataset"]["sessions"])
+    expect_none = sorted(f"day_{kind}.{d}" for d in range(n_days) if d not in present
+                         for kind in ("weights", "biases"))
+    assert none_ref == expect_none, (f"{where}: days absent from the batch must get no gradient "
+                                     f"(official per-day parameters): {none_ref} vs {expect_none}")
+    for name, g in rg.items():
+        if g is not None:
+            assert float(g.abs().max()) > 0, f"{where}: the reference gradient of {name} is all zero"
+            if cuda:
+                err = rel_l2(sg[name], g)
+                assert err <= CUDA_GRAD_REL_L2, (f"{where}, same batch: gradient of {name} is "
+                                                 f"{err:.3g} (relative L2) from the reference")
+            else:
+                assert_close(sg[name], g, atol=ATOL, rtol=RTOL,
+                             what=f"{where}, same batch: gradient of {name}")
+
+
 # ---------------------------------------------------------------------------------------------
 # one step
 # ---------------------------------------------------------------------------------------------
@@ -271,51 +318,27 @@ def test_one_step_fused_matches_reference(small_release, tmp_path, monkeypatch, 
     # 1. the data path
     fb = make_batch(cfg, "fused", k)
     assert spy.calls["augment_kernel"] == 1, f"{where}: the fused data path did not run: {spy.calls}"
-    assert np.array_equal(rb.rows, fb.rows), f"{where}: different trial rows"
-    assert rb.days_present == fb.days_present, f"{where}: different days present"
-    assert torch.equal(rb.n_time_steps.cpu(), fb.n_time_steps.cpu()), \
-        f"{where}: n_time_steps after the cut {fb.n_time_steps.tolist()} vs {rb.n_time_steps.tolist()}"
-    assert torch.equal(rb.labels.cpu(), fb.labels.cpu()) and \
-        torch.equal(rb.label_lens.cpu(), fb.label_lens.cpu()), f"{where}: labels differ"
-    assert fb.features.dtype == torch.float32, f"{where}: use_amp=false must give float32 features"
-    assert_close(fb.features, rb.features, atol=ATOL, rtol=RTOL, what=f"{where}: augmented + smoothed batch")
+    _check_same_batch(rb, fb, device, where)
 
     # 2. the model on the same batch
     fused_model = build_model(cfg, "fused")
     same = step_on(fused_model, rb, cfg, k)
     spy.assert_all_ran("impl=fused")
     assert torch.equal(ref["lens"].cpu(), same["lens"].cpu()), f"{where}: CTC input lengths"
-    tol = dict(atol=CUDA_RTOL, rtol=CUDA_RTOL) if cuda else {}
-    assert_close(same["logits"], ref["logits"], atol=ATOL, rtol=RTOL, what=f"{where}, same batch: logits")
-    assert_close(same["per_trial"], ref["per_trial"], atol=ATOL, rtol=RTOL, what=f"{where}, same batch: CTC loss per trial")
-    assert_close(same["loss"], ref["loss"], atol=ATOL, rtol=RTOL, what=f"{where}, same batch: batch loss")
+    tol = step_tolerance(device)
+    assert_close(same["logits"], ref["logits"], **tol, what=f"{where}, same batch: logits")
+    assert_close(same["per_trial"], ref["per_trial"], **tol,
+                 what=f"{where}, same batch: CTC loss per trial")
+    assert_close(same["loss"], ref["loss"], **tol, what=f"{where}, same batch: batch loss")
     assert math.isfinite(float(ref["loss"])), f"{where}: the reference loss is not finite"
-    rg, sg = ref["grads"], same["grads"]
-    assert rg.keys() == sg.keys()
-    none_ref = sorted(n for n, g in rg.items() if g is None)
-    none_fused = sorted(n for n, g in sg.items() if g is None)
-    assert none_ref == none_fused, (f"{where}: parameters without a gradient differ: reference "
-                                    f"{none_ref}, fused {none_fused}")
-    present = set(rb.days_present)
-    n_days = len(cfg["dataset"]["sessions"])
-    expect_none = sorted(f"day_{kind}.{d}" for d in range(n_days) if d not in present
-                         for kind in ("weights", "biases"))
-    assert none_ref == expect_none, (f"{where}: days absent from the batch must get no gradient "
-                                     f"(official per-day parameters): {none_ref} vs {expect_none}")
-    for name, g in rg.items():
-        if g is not None:
-            assert float(g.abs().max()) > 0, f"{where}: the reference gradient of {name} is all zero"
-            if cuda:
-                err = rel_l2(sg[name], g)
-                assert err <= CUDA_GRAD_REL_L2, (f"{where}, same batch: gradient of {name} is "
-                                                 f"{err:.3g} (relative L2) from the reference")
-            else:
-                assert_close(sg[name], g, atol=ATOL, rtol=RTOL, what=f"{where}, same batch: gradient of {name}")
+    rg = ref["grads"]
+    _check_same_grads(rg, same["grads"], rb, cfg, cuda, where)
 
     # 3. the whole step, each path on its own batch
     e2e = step_on(fused_model, fb, cfg, k)
-    assert_close(e2e["loss"], ref["loss"], atol=ATOL, rtol=RTOL, what=f"{where}, end to end: batch loss")
-    assert_close(e2e["per_trial"], ref["per_trial"], atol=ATOL, rtol=RTOL, what=f"{where}, end to end: CTC loss per trial")
+    assert_close(e2e["loss"], ref["loss"], **tol, what=f"{where}, end to end: batch loss")
+    assert_close(e2e["per_trial"], ref["per_trial"], **tol,
+                 what=f"{where}, end to end: CTC loss per trial")
     if cuda:  # bf16 tensor cores: the float64 rule below is the CPU (float32) contract
         for name, g in rg.items():
             if g is not None:
@@ -391,3 +414,65 @@ def test_fifty_steps_same_loss_curve(short_release, tmp_path, monkeypatch, devic
                                              f"steps is {err:.3g} (relative L2) from the reference")
         else:
             assert_close(fused_params[name], p, atol=PARAM_ATOL, rtol=CURVE_RTOL, what=f"parameter {name} after {CURVE_STEPS} steps")
+
+
+# ---------------------------------------------------------------------------------------------
+# the CUDA tolerances reach the asserts (checked on any machine)
+# ---------------------------------------------------------------------------------------------
+def test_step_tolerance_per_device():
+    assert step_tolerance(torch.device("cpu")) == dict(atol=ATOL, rtol=RTOL)
+    assert step_tolerance(torch.device("cuda")) == dict(atol=CUDA_RTOL, rtol=CUDA_RTOL)
+    assert step_tolerance("cuda:1") == step_tolerance("cuda")
+
+
+def _cpu_only(node, parents) -> bool:
+    """Inside the CPU branch of an ``if cuda:`` / ``if not cuda:`` test."""
+    import ast
+
+    for child, parent in zip([node, *parents], parents):
+        if not isinstance(parent, ast.If):
+            continue
+        test = parent.test
+        negated = isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
+        name = test.operand if negated else test
+        if isinstance(name, ast.Name) and name.id == "cuda":
+            in_body = any(child is n for n in parent.body)
+            if in_body == negated:
+                return True
+    return False
+
+
+def test_device_asserts_take_the_device_tolerance():
+    """In this module (its tests also run on CUDA), every assert_close gets its tolerance as
+    ``**tol`` (from step_tolerance / augment_tolerance of the device) unless it sits in a
+    CPU-only branch:
+    a hard-coded float32 tolerance would fail on CUDA (bf16 tensor cores) or, worse, a computed
+    CUDA tolerance could again be left unused."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(importlib.import_module(__name__)))
+    checked = 0
+    for fn in tree.body:
+        if not isinstance(fn, ast.FunctionDef) or fn.name == "test_device_asserts_take_the_device_tolerance":
+            continue
+        parents: dict = {}
+        for p in ast.walk(fn):
+            for c in ast.iter_child_nodes(p):
+                parents[c] = p
+
+        def chain(n):
+            out = []
+            while n in parents:
+                n = parents[n]
+                out.append(n)
+            return out
+
+        for call in ast.walk(fn):
+            if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "assert_close":
+                checked += 1
+                unpacked = any(k.arg is None for k in call.keywords)
+                assert unpacked or _cpu_only(call, chain(call)), (
+                    f"{fn.name}, line {call.lineno}: assert_close with a fixed tolerance outside a "
+                    f"CPU-only branch; pass **step_tolerance(device) (or augment_tolerance)")
+    assert checked >= 8, f"only {checked} assert_close calls found: has the test changed?"

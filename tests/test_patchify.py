@@ -12,7 +12,7 @@ import torch
 
 from fastbci.ops.patchify import Patchify, _resolve_impl, patchify
 from fastbci.reference import n_patches, patchify_ref
-from helpers import assert_close, run_gpu_compile_script
+from helpers import JIT_SPEC_PRELUDE, assert_close, non_specialised, run_gpu_compile_script
 
 TRITON_KERNEL_TESTS = True  # see tests/conftest.py: CPU cases need the Triton interpreter
 
@@ -224,35 +224,42 @@ def test_torch_compile_fullgraph(device):
     assert_close(x.grad, xr.grad, atol=1e-6, what="compiled fused backward", check_dtype=True)
 
 
-_AOT_SCRIPT = r"""
+_AOT_SCRIPT = JIT_SPEC_PRELUDE + r"""
 import sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import torch
 from fastbci.kernels import patchify as K
+from helpers import non_specialised
 
-ALIGNED = [["tt.divisibility", 16]]
-fwd_sig = {"x_ptr": "*DT", "y_ptr": "*DT", "n_rows": "i32", "C": "i32", "P": "i32", "sxb": "i32",
-           "sxt": "i32", "sxc": "constexpr", "SIZE": "constexpr", "STRIDE": "constexpr",
-           "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
-bwd_sig = {"dy_ptr": "*DT", "dx_ptr": "*DT", "n_rows": "i32", "T": "i32", "C": "i32", "P": "i32",
-           "sdb": "i32", "sdp": "i32", "sdn": "constexpr", "SIZE": "constexpr",
-           "STRIDE": "constexpr", "N_COVER": "constexpr", "ACC_FP64": "constexpr",
-           "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
-for arch in (80, 90):
-    for dt in ("fp32", "bf16", "fp64"):
-        for name, fn, sig, consts, aligned in [
-            ("fwd", K._patchify_fwd_kernel, fwd_sig,
-             {"sxc": 1, "SIZE": 14, "STRIDE": 4, "BLOCK_R": 8, "BLOCK_C": 512}, (0, 1, 3, 4, 5, 6)),
-            ("bwd", K._patchify_bwd_kernel, bwd_sig,
-             {"sdn": 1, "SIZE": 14, "STRIDE": 4, "N_COVER": 4, "ACC_FP64": dt == "fp64",
-              "BLOCK_R": 8, "BLOCK_C": 512}, (0, 1, 4, 5, 6, 7)),
-        ]:
-            src = ASTSource(fn=fn, signature={k: v.replace("DT", dt) for k, v in sig.items()},
-                            constexprs=consts, attrs={(i,): ALIGNED for i in aligned})
-            ptx = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                 options={"num_warps": 4}).asm["ptx"]
-            if dt == "fp32" and "ld.global.v4" not in ptx:
+assert non_specialised(K._patchify_fwd_kernel) == set(K.FWD_PER_BATCH_ARGS)
+assert non_specialised(K._patchify_bwd_kernel) == set(K.BWD_PER_BATCH_ARGS)
+SIZE, STRIDE, C = 14, 4, 512
+block_r, block_c = K._blocks(C)
+
+
+def fwd(T, dt):
+    x = torch.zeros(2, T, C, dtype=dt)
+    P = (T - SIZE) // STRIDE + 1
+    return jit_spec(K._patchify_fwd_kernel, x, x, 2 * P * SIZE, C, P, *x.stride(), SIZE=SIZE,
+                    STRIDE=STRIDE, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+
+
+def bwd(T, dt):
+    P = (T - SIZE) // STRIDE + 1
+    dy = torch.zeros(2, P, SIZE * C, dtype=dt)
+    return jit_spec(K._patchify_bwd_kernel, dy, dy, 2 * T, T, C, P, *dy.stride(), SIZE=SIZE,
+                    STRIDE=STRIDE, N_COVER=K.n_windows_covering(SIZE, STRIDE),
+                    ACC_FP64=dt == torch.float64, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+
+
+for name, spec, fn in (("fwd", fwd, K._patchify_fwd_kernel), ("bwd", bwd, K._patchify_bwd_kernel)):
+    for dt in (torch.float32, torch.bfloat16, torch.float64):
+        base = spec(800, dt)
+        for T in (14, 15, 17, 801, 1025):  # other batch lengths: the same kernel
+            if spec(T, dt) != base:
+                sys.exit(f"{name} {dt}: T={T} changes the specialisation: {spec(T, dt)} vs {base}")
+        for arch in (80, 90):
+            ptx = compile_like_jit(fn, base, arch=arch)
+            if dt == torch.float32 and "ld.global.v4" not in ptx:
                 sys.exit(f"sm_{arch} {name} {dt}: aligned loads are not vectorised")
 print("compiled")
 """
@@ -260,5 +267,20 @@ print("compiled")
 
 def test_kernels_compile_for_gpu_targets():
     """The interpreter does not type-check like the compiler: compile both kernels to sm_80/sm_90
-    cubins (Triton's bundled ptxas, no GPU needed) and check aligned fp32 rows use 128-bit loads."""
+    cubins as the JIT would specialise them (Triton's binder and bundled ptxas, no GPU needed):
+    the batch length changes no specialisation, and aligned fp32 rows use 128-bit loads."""
     run_gpu_compile_script(_AOT_SCRIPT, "the patchify kernels")
+
+
+def test_per_batch_arguments_are_not_specialised():
+    import inspect
+
+    from fastbci.kernels import patchify as K
+
+    for fn, listed in ((K._patchify_fwd_kernel, K.FWD_PER_BATCH_ARGS),
+                       (K._patchify_bwd_kernel, K.BWD_PER_BATCH_ARGS)):
+        params = inspect.signature(getattr(fn, "fn", fn)).parameters
+        assert all(a in params for a in listed), f"{listed} vs parameters {list(params)}"
+        assert non_specialised(fn) == set(listed), (sorted(non_specialised(fn)), listed)
+        for a in listed:
+            assert str(params[a].annotation) in ("tl.int32", "tl.int64"), (a, params[a].annotation)

@@ -76,21 +76,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> day_projection_backward_cuda(
   const at::Tensor wc = weight.contiguous();
   const auto shape = to_shape(s);
   const auto dp = to_dropout(dropout_p, seed, step);
-  // dz = grad_out * mask * softsign': one element-wise pass, read by both GEMMs (freed on return)
-  at::Tensor dz = at::empty({s.B, s.T, s.C_out}, x.options());
-  check_launch(cuda::day_projection_backward_dz(gc.data_ptr(), yc.data_ptr(), dtype, dz.data_ptr(),
-                                                dz.numel(), dp, stream),
+  // dz = grad_out * mask * softsign' in float32: one element-wise pass, read by both GEMMs and
+  // summed unrounded for grad_bias (freed on return)
+  at::Tensor dz = at::empty({s.B, s.T, s.C_out}, x.options().dtype(at::kFloat));
+  check_launch(cuda::day_projection_backward_dz(gc.data_ptr(), yc.data_ptr(), dtype,
+                                                dz.data_ptr<float>(), dz.numel(), dp, stream),
                op, "dz");
   at::Tensor grad_w = at::empty({s.D, s.C_in, s.C_out}, weight.options());
   at::Tensor grad_b = at::empty({s.D, s.C_out}, weight.options());
-  check_launch(cuda::day_projection_backward_dw(dz.data_ptr(), xc.data_ptr(), dtype,
+  check_launch(cuda::day_projection_backward_dw(dz.data_ptr<float>(), xc.data_ptr(), dtype,
                                                 dc.data_ptr<int64_t>(), grad_w.data_ptr<float>(),
                                                 grad_b.data_ptr<float>(), shape, stream),
                op, "grad_weight");
   at::Tensor grad_x;
   if (compute_dx) {
     grad_x = at::empty({s.B, s.T, s.C_in}, x.options());
-    check_launch(cuda::day_projection_backward_dx(dz.data_ptr(), dtype, dc.data_ptr<int64_t>(),
+    check_launch(cuda::day_projection_backward_dx(dz.data_ptr<float>(), dtype, dc.data_ptr<int64_t>(),
                                                   wc.data_ptr<float>(), grad_x.data_ptr(), shape,
                                                   stream),
                  op, "grad_x");

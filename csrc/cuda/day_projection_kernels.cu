@@ -11,14 +11,15 @@
 //             Philox dropout, cast to the output dtype.
 //   dz      : element-wise, once per element: dz = grad_out * mask * softsign'(z), with the mask
 //             recomputed from Philox and softsign'(z) = (1 - |out / scale|)^2 taken from the saved
-//             output (z and the mask are never stored). dz goes to a scratch tensor of out's
-//             dtype that both backward GEMMs read, so each mask bit is drawn once, not once per
-//             GEMM tile (the GEMM operand loads stay plain copies).
+//             output (z and the mask are never stored). dz goes to a float32 scratch tensor
+//             that both backward GEMMs read, so each mask bit is drawn once, not once per GEMM
+//             tile (the GEMM operand loads stay plain copies), and the bias gradient sums dz
+//             unrounded (the GEMMs round it to bf16 when they stage it).
 //   dX      : CTA per (time tile, C_in tile, trial b). A = dz[b] (T x C_out), B = weight[d]^T.
 //   dW, db  : CTA per (C_in tile, C_out tile, day d); it loops over the trials of the batch and
 //             accumulates x[b]^T dz[b] for those of day d in registers: every output tile has one
 //             owner, so no atomics and a deterministic result. The CTAs of the first C_in tile
-//             also sum dz over rows (in float32, from dz before its bf16 operand rounding) for
+//             also sum the float32 dz over rows (before its bf16 operand rounding) for
 //             grad_bias.
 #include "day_projection_kernels.h"
 
@@ -233,24 +234,24 @@ __global__ void __launch_bounds__(kThreads)
 constexpr int kEltThreads = 256;
 constexpr int kEltPerThread = 4;
 
-// dz[i] = grad_z(grad_out[i], out[i], i) for the n elements of (B, T, C_out); consecutive
-// threads take consecutive elements (coalesced), each thread kEltPerThread of them.
+// dz[i] = grad_z(grad_out[i], out[i], i) in float32 for the n elements of (B, T, C_out);
+// consecutive threads take consecutive elements (coalesced), each thread kEltPerThread of them.
 template <typename T>
 __global__ void __launch_bounds__(kEltThreads)
     backward_dz_kernel(const T* __restrict__ grad_out, const T* __restrict__ out,
-                       T* __restrict__ dz, int64_t n, DayProjDropout dp) {
+                       float* __restrict__ dz, int64_t n, DayProjDropout dp) {
   const int64_t base =
       static_cast<int64_t>(blockIdx.x) * kEltThreads * kEltPerThread + threadIdx.x;
 #pragma unroll
   for (int j = 0; j < kEltPerThread; ++j) {
     const int64_t i = base + static_cast<int64_t>(j) * kEltThreads;
-    if (i < n) dz[i] = from_f32<T>(grad_z(to_f32(grad_out[i]), to_f32(out[i]), i, dp));
+    if (i < n) dz[i] = grad_z(to_f32(grad_out[i]), to_f32(out[i]), i, dp);
   }
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    backward_dx_kernel(const T* __restrict__ dz, const int64_t* __restrict__ day_idx,
+    backward_dx_kernel(const float* __restrict__ dz, const int64_t* __restrict__ day_idx,
                        const float* __restrict__ weight, T* __restrict__ grad_x, DayProjShape s) {
   __shared__ SmemRowA sm;
   const int64_t b = blockIdx.z;
@@ -273,7 +274,7 @@ __global__ void __launch_bounds__(kThreads)
       const int r = i / kBK, c = i % kBK;
       const int64_t t = t0 + r, k = k0 + c;
       const float v =
-          (t < s.T && k < s.C_out) ? to_f32(dz[(b * s.T + t) * s.C_out + k]) : 0.0f;
+          (t < s.T && k < s.C_out) ? dz[(b * s.T + t) * s.C_out + k] : 0.0f;
       sm.a[r][c] = __float2bfloat16_rn(v);
     }
     // B = weight[d]^T: element (k, n) = weight[d][n][k]; threads walk k (contiguous in memory)
@@ -299,7 +300,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    backward_dw_kernel(const T* __restrict__ dz, const T* __restrict__ x,
+    backward_dw_kernel(const float* __restrict__ dz, const T* __restrict__ x,
                        const int64_t* __restrict__ day_idx, float* __restrict__ grad_weight,
                        float* __restrict__ grad_bias, DayProjShape s) {
   __shared__ SmemColA sm;
@@ -328,7 +329,7 @@ __global__ void __launch_bounds__(kThreads)
         const int k = i / kBN, n = i % kBN;
         const int64_t t = t0 + k, c = n0 + n;
         const float v =
-            (t < s.T && c < s.C_out) ? to_f32(dz[(b * s.T + t) * s.C_out + c]) : 0.0f;
+            (t < s.T && c < s.C_out) ? dz[(b * s.T + t) * s.C_out + c] : 0.0f;
         bias_sum += v;
         sm.b[k][n] = __float2bfloat16_rn(v);
       }
@@ -393,7 +394,7 @@ cudaError_t day_projection_forward(const void* x, DayProjDType dtype, const int6
 }
 
 cudaError_t day_projection_backward_dz(const void* grad_out, const void* out, DayProjDType dtype,
-                                       void* dz, int64_t n, DayProjDropout dropout,
+                                       float* dz, int64_t n, DayProjDropout dropout,
                                        cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
@@ -403,19 +404,18 @@ cudaError_t day_projection_backward_dz(const void* grad_out, const void* out, Da
   if (!make_grid(blocks, 1, 1, &grid)) return cudaErrorInvalidConfiguration;
   if (dtype == kDayProjBFloat16) {
     backward_dz_kernel<__nv_bfloat16><<<grid, kEltThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(grad_out), static_cast<const __nv_bfloat16*>(out),
-        static_cast<__nv_bfloat16*>(dz), n, dropout);
+        static_cast<const __nv_bfloat16*>(grad_out), static_cast<const __nv_bfloat16*>(out), dz,
+        n, dropout);
   } else if (dtype == kDayProjFloat32) {
     backward_dz_kernel<float><<<grid, kEltThreads, 0, stream>>>(
-        static_cast<const float*>(grad_out), static_cast<const float*>(out),
-        static_cast<float*>(dz), n, dropout);
+        static_cast<const float*>(grad_out), static_cast<const float*>(out), dz, n, dropout);
   } else {
     return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }
 
-cudaError_t day_projection_backward_dx(const void* dz, DayProjDType dtype, const int64_t* day_idx,
+cudaError_t day_projection_backward_dx(const float* dz, DayProjDType dtype, const int64_t* day_idx,
                                        const float* weight, void* grad_x, DayProjShape shape,
                                        cudaStream_t stream) {
   if (!valid_shape(shape)) return cudaErrorInvalidValue;
@@ -427,18 +427,17 @@ cudaError_t day_projection_backward_dx(const void* dz, DayProjDType dtype, const
   }
   if (dtype == kDayProjBFloat16) {
     backward_dx_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(dz), day_idx, weight,
-        static_cast<__nv_bfloat16*>(grad_x), shape);
+        dz, day_idx, weight, static_cast<__nv_bfloat16*>(grad_x), shape);
   } else if (dtype == kDayProjFloat32) {
-    backward_dx_kernel<float><<<grid, kThreads, 0, stream>>>(
-        static_cast<const float*>(dz), day_idx, weight, static_cast<float*>(grad_x), shape);
+    backward_dx_kernel<float><<<grid, kThreads, 0, stream>>>(dz, day_idx, weight,
+                                                            static_cast<float*>(grad_x), shape);
   } else {
     return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }
 
-cudaError_t day_projection_backward_dw(const void* dz, const void* x, DayProjDType dtype,
+cudaError_t day_projection_backward_dw(const float* dz, const void* x, DayProjDType dtype,
                                        const int64_t* day_idx, float* grad_weight,
                                        float* grad_bias, DayProjShape shape, cudaStream_t stream) {
   if (!valid_shape(shape)) return cudaErrorInvalidValue;
@@ -456,12 +455,10 @@ cudaError_t day_projection_backward_dw(const void* dz, const void* x, DayProjDTy
   }
   if (dtype == kDayProjBFloat16) {
     backward_dw_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(dz), static_cast<const __nv_bfloat16*>(x), day_idx,
-        grad_weight, grad_bias, shape);
+        dz, static_cast<const __nv_bfloat16*>(x), day_idx, grad_weight, grad_bias, shape);
   } else if (dtype == kDayProjFloat32) {
     backward_dw_kernel<float><<<grid, kThreads, 0, stream>>>(
-        static_cast<const float*>(dz), static_cast<const float*>(x), day_idx, grad_weight,
-        grad_bias, shape);
+        dz, static_cast<const float*>(x), day_idx, grad_weight, grad_bias, shape);
   } else {
     return cudaErrorInvalidValue;
   }

@@ -6,7 +6,8 @@
 //
 // Layouts (all contiguous, row-major):
 //   x, grad_x          (B, T, C_in)   float32 or bfloat16 (`dtype`)
-//   out, grad_out, dz  (B, T, C_out)  same dtype as x
+//   out, grad_out      (B, T, C_out)  same dtype as x
+//   dz                 (B, T, C_out)  float32 (backward scratch)
 //   day_idx            (B,)           int64, values in [0, D)
 //   weight, grad_weight (D, C_in, C_out) float32
 //   bias, grad_bias    (D, C_out)     float32
@@ -50,20 +51,22 @@ cudaError_t day_projection_forward(const void* x, DayProjDType dtype, const int6
                                    cudaStream_t stream);
 
 // dz = grad_out * mask * (1 - |out / scale|)^2 (0 where dropped; (1 - |out|)^2 without dropout)
-// for the n = B * T * C_out elements; dz has out's dtype. The mask is recomputed from Philox.
+// for the n = B * T * C_out elements, in float32 (grad_out and out in `dtype`). The mask is
+// recomputed from Philox.
 cudaError_t day_projection_backward_dz(const void* grad_out, const void* out, DayProjDType dtype,
-                                       void* dz, int64_t n, DayProjDropout dropout,
+                                       float* dz, int64_t n, DayProjDropout dropout,
                                        cudaStream_t stream);
 
-// grad_x[b] = dz[b] @ weight[day_idx[b]]^T (grad_x and dz in `dtype`).
-cudaError_t day_projection_backward_dx(const void* dz, DayProjDType dtype, const int64_t* day_idx,
+// grad_x[b] = dz[b] @ weight[day_idx[b]]^T (grad_x in `dtype`, dz float32).
+cudaError_t day_projection_backward_dx(const float* dz, DayProjDType dtype, const int64_t* day_idx,
                                        const float* weight, void* grad_x, DayProjShape shape,
                                        cudaStream_t stream);
 
-// grad_weight[d] = sum over trials b of day d of x[b]^T dz[b], grad_bias[d] = column sums of dz;
+// grad_weight[d] = sum over trials b of day d of x[b]^T dz[b], grad_bias[d] = column sums of dz
+// (float32 dz, summed in float32 before the GEMM's bf16 operand rounding);
 // one CTA per (day, weight tile) loops over the batch (no atomics, deterministic). Days without
 // trials get zeros.
-cudaError_t day_projection_backward_dw(const void* dz, const void* x, DayProjDType dtype,
+cudaError_t day_projection_backward_dw(const float* dz, const void* x, DayProjDType dtype,
                                        const int64_t* day_idx, float* grad_weight,
                                        float* grad_bias, DayProjShape shape, cudaStream_t stream);
 

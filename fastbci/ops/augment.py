@@ -1,42 +1,9 @@
 """The transform step of the data path as one op: gather + pad, white noise, constant offset,
-random cut and Gaussian smoothing along time (RECIPE.md s3).
-
-Two entry points:
-
-* :func:`augment_smooth` takes a zero-padded batch ``x`` (B, T_max, C) (any strides);
-* :func:`augment_smooth_gather` takes the TrialStore's packed ``(N_total, C)`` features and the
-  trial ids of the batch, and pads each trial with zeros up to ``T_max`` itself (no padded copy
-  is ever materialised on the fused path).
-
-Both follow ``fastbci.reference.transform_ref(..., rng="philox", seed=seed, step=step)``
-exactly: in ``mode="train"`` white noise over the whole padded batch (padding included), the
-per-(trial, channel) constant offset, the batch's random cut
-``philox.random_cut(random_cut, seed, step)``, then smoothing with the official Gaussian taps
-(``gaussian_taps(smooth_kernel_std, smooth_kernel_size)``) if ``smooth_data``; in
-``mode="val"``/``"eval"``/``"test"`` only the smoothing. ``padding="same"`` is the trainer's
-zero-padded smoothing (output length ``T_max - cut``), ``"valid"`` the offline evaluation's
-(output length ``T_max - cut - K + 1``).
-
-Implementations (``impl``):
-
-* ``"fused"``: one Triton kernel (``fastbci.kernels.augment``), each input element read once and
-  each output element written once, the Philox noise generated in registers (one Philox call per
-  four adjacent channels when ``C % 4 == 0``, one per element otherwise; same numbers). Needs a CUDA
-  tensor, or ``TRITON_INTERPRET=1`` set before the kernels are imported (CPU tests). The static
-  gain and the random walk (both off in the official recipe) are not fused: when either std is
-  non-zero, the augmentation runs through ``fastbci.reference.augment_ref`` and the kernel only
-  smooths (same numbers, more memory traffic).
-* ``"reference"``: (gather +) ``transform_ref`` (``augment_ref`` + ``smooth_ref`` for
-  ``padding="valid"``), pure PyTorch, any device.
-* ``"auto"``: ``"fused"`` for CUDA tensors of float32, bfloat16 or float16 when Triton imports,
-  else ``"reference"``.
-
-float32 outputs of the two implementations agree within 1e-5 (the noise itself, four normals per
-Philox call as ``fastbci.philox.normal``, within 1e-6);
-``out_dtype=torch.bfloat16`` rounds the float32 result once, at the store.
-
-The ops are data-path transforms: they are not differentiable (inputs that require grad are
-refused by the fused path; use ``impl="reference"`` to differentiate through the smoothing).
+random cut and Gaussian smoothing along time (docs/recipe.md section 3), as
+``fastbci.reference.transform_ref(..., rng="philox")``; ``augment_smooth`` takes a padded batch,
+``augment_smooth_gather`` the TrialStore's packed features (no padded copy). ``impl="fused"`` is
+one Triton kernel (each element read and written once, the noise made in registers),
+``"reference"`` pure PyTorch; implementations and tolerances: docs/internals.md, "The fused ops".
 """
 from __future__ import annotations
 

@@ -1,28 +1,8 @@
-"""The day-specific input projection as one fused op: ``torch.ops.fastbci.day_projection``.
-
-``y = dropout(softsign(x[b] @ weight[day_idx[b]] + bias[day_idx[b]]))`` for x of shape
-(B, T, C_in), where ``weight`` (D, C_in, C_out) and ``bias`` (D, C_out) stack only the days present
-in the batch (the caller stacks them from its per-day parameters, so days absent from the batch get
-no gradient, as in the official model) and ``day_idx`` (B,) indexes into that stack. The dropout
-mask comes from the DROPOUT Philox stream keyed by ``(seed, step, (b * T + t) * C_out + c)``
-(see :mod:`fastbci.philox`): an element is kept when its uniform is ``>= dropout_p`` and scaled by
-``1 / (1 - dropout_p)``. The exact semantics are :func:`fastbci.reference.day_projection_ref`.
-
-Implementations (``impl``):
-
-* ``"fused"``: the C++/CUDA extension ``fastbci._C``. On CPU the trials are grouped by day and
-  each day is one GEMM (float32, or float64 for gradcheck; bfloat16 x is computed in float32).
-  On CUDA a grouped GEMM on bf16 tensor cores with float32 accumulation, with bias, softsign,
-  dropout and the output cast fused into its epilogue; fp32 and bf16 x are accepted and the
-  output has x's dtype. The backward recomputes the mask from Philox (never stored) and works
-  from the op's output: for a kept element ``softsign(z) = y * (1 - p)`` and
-  ``softsign'(z) = (1 - |softsign(z)|)^2``, so neither z nor the mask is saved.
-* ``"reference"``: :func:`fastbci.reference.day_projection_ref` (pure PyTorch autograd).
-* ``"auto"``: ``"fused"`` when the extension is importable and has a kernel for x's device
-  and dtype, else ``"reference"``.
-
-On CUDA the day indices are not range-checked on the host (that would synchronise): a trial
-whose day index lies outside ``[0, D)`` gets NaN outputs from the fused kernel.
+"""The day-specific input projection as one fused op: ``torch.ops.fastbci.day_projection``,
+``y = dropout(softsign(x[b] @ weight[day_idx[b]] + bias[day_idx[b]]))`` over the days present in
+the batch (stacked by the caller), Philox dropout; the semantics are
+:func:`fastbci.reference.day_projection_ref`. ``impl="fused"`` is the C++ (CPU) / CUDA extension
+``fastbci._C``, ``"reference"`` pure PyTorch. Details: docs/internals.md, "The fused ops".
 """
 from __future__ import annotations
 

@@ -1,29 +1,8 @@
-"""Patching op: (B, T, C) -> (B, P, size * C) sliding time windows, with autograd.
-
-``patchify(x, size=14, stride=4, impl="auto")`` has the official semantics (RECIPE.md s4,
-``fastbci.reference.patchify_ref``): ``P = (T - size) // stride + 1`` windows, window ``p``
-holds steps ``stride * p .. stride * p + size - 1`` flattened time-major, i.e. element
-``[k * C + c]`` of window ``p`` is ``x[b, stride * p + k, c]``.
-
-Implementations:
-
-* ``"fused"``: the Triton kernels of ``fastbci.kernels.patchify``. Forward is one strided copy
-  (any input layout, no ``.contiguous()``); backward folds the windows back with a deterministic
-  gather over the ``ceil(size / stride)`` windows covering each step, accumulated in float32. The
-  backward is itself differentiable (its gradient is ``patchify`` again), so double backward
-  works. Needs a CUDA tensor, or ``TRITON_INTERPRET=1`` set before the kernels are imported to
-  run them on the CPU through the Triton interpreter (tests). The kernels are registered as
-  the custom ops ``torch.ops.fastbci.patchify_windows(x, size, stride)`` and
-  ``torch.ops.fastbci.patchify_fold(dy, T, size, stride)`` (fake and autograd registered), so
-  ``torch.compile`` treats each as one opaque node.
-* ``"reference"``: ``fastbci.reference.patchify_ref`` (``unfold`` + ``permute`` + ``reshape``),
-  differentiated by autograd; any device and dtype.
-* ``"auto"``: ``"fused"`` for a CUDA tensor of a dtype the kernel supports (float16, bfloat16,
-  float32, float64) when Triton is importable, else ``"reference"``.
-
-Both give bit-identical forward outputs; backward agrees up to float summation order (float32:
-within 1e-6; bf16/fp16: the fused fold sums in float32 and rounds once, so it is at least as
-accurate as the reference's low-precision accumulation).
+"""Patching op: (B, T, C) -> (B, P, size * C) sliding time windows (docs/recipe.md section 4,
+``fastbci.reference.patchify_ref``), with autograd. ``impl="fused"``: the Triton kernels of
+``fastbci.kernels.patchify`` as the custom ops ``fastbci::patchify_windows`` / ``patchify_fold``
+(opaque to torch.compile; each is the other's gradient); ``"reference"``: unfold + permute.
+Details: docs/internals.md, "The fused ops".
 """
 from __future__ import annotations
 
