@@ -43,7 +43,7 @@ GPU_TEST_FILES=(tests/test_augment_kernel.py tests/test_patchify.py tests/test_p
                 tests/test_kernel_launch.py tests/test_hot_path.py tests/test_model.py
                 tests/test_compat_model.py tests/test_trialstore.py tests/test_compat_dataset.py
                 tests/test_reference_layers.py tests/test_reference_smoothing.py
-                tests/test_train.py)
+                tests/test_train.py tests/test_devices.py)
 # the fused step (with its speedups over the reference and official steps, measured in that case)
 # and the reference step; the official step's own case and the validation pass are not needed
 HEADLINE=("bench/test_bench_step.py::test_bench_train_step[fused]"
