@@ -1,0 +1,271 @@
+"""Nothing lost, nothing run from a file, every failure explained: the trainer under faults
+(crafted checkpoints, kills during rewrites, full disks, bad values, failed starts) and what a
+new user sees."""
+import errno
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fastbci import checkpoint as ckpt_io
+from fastbci import cli, fileio, synth
+from fastbci.config import ConfigError, load_config
+from fastbci.training import Trainer
+from fastbci.training.report import LineProgress, MetricsFile, plot_curves, progress_bar
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    d = tmp_path_factory.mktemp("reliability")
+    synth.write_release(d, **synth.PRESETS["small"], seed=2)
+    return d
+
+
+BASE = ["model.n_units=8", "model.n_layers=1", "model.rnn_dropout=0.0", "dataset.batch_size=4",
+        "dataset.days_per_batch=2", "num_training_batches=4", "batches_per_train_log=1",
+        "batches_per_val_step=2", "lr_warmup_steps=1", "lr_warmup_steps_day=1",
+        "fastbci.impl=reference", "fastbci.device=cpu", "fastbci.progress=false",
+        "fastbci.plot=false"]
+
+
+def overrides(out, *extra):
+    return [f"output_dir={out}", f"checkpoint_dir={out}/checkpoint", *BASE, *extra]
+
+
+def cfg_of(release, out, *extra):
+    return load_config(release / "synth_config.yaml", overrides(out, *extra))
+
+
+def run_cli(release, out, *extra):
+    return cli.main([str(release / "synth_config.yaml"), *overrides(out, *extra)])
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# -- 1. loading a checkpoint runs no code -------------------------------------------------------
+def test_resume_and_init_from_a_crafted_checkpoint_run_nothing(release, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    torch.save({"model_state_dict": {}, "fastbci": {"next_batch": _Evil(marker)}}, evil)
+    for extra in ([f"fastbci.resume={evil}"], ["init_from_checkpoint=true",
+                                              f"init_checkpoint_path={evil}"]):
+        assert run_cli(release, tmp_path / "r", *extra) == 2
+        err = capsys.readouterr().err
+        assert "arbitrary unpickling" in err and "fastbci.trust_checkpoint=true" in err, err
+        assert "Traceback" not in err
+    assert not marker.exists(), "the crafted checkpoint ran its payload"
+
+
+# -- 2. rewrites are atomic; stale temporaries are removed ---------------------------------------
+def test_a_kill_during_the_metrics_rewrite_keeps_every_record(tmp_path, monkeypatch):
+    m = MetricsFile(tmp_path / "metrics.jsonl")
+    for k in range(12):
+        m.append({"batch": k, "split": "train", "loss": 1.0})
+    before = m.path.read_text()
+    real_open = open
+
+    def dying_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        if "w" in mode and str(path).endswith(f".tmp{os.getpid()}"):
+            f.write('{"batch": 0')   # half a record, then the kill
+            f.close()
+            raise KeyboardInterrupt
+        return f
+
+    monkeypatch.setattr("builtins.open", dying_open)
+    with pytest.raises(KeyboardInterrupt):
+        m.truncate(5)
+    monkeypatch.undo()
+    assert m.path.read_text() == before, "the rewrite lost records"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    m.truncate(5)
+    assert [r["batch"] for r in m.records()] == [0, 1, 2, 3, 4]
+
+
+def test_stale_temporaries_of_killed_saves_are_removed_at_start(release, tmp_path):
+    out = tmp_path / "run"
+    assert Trainer(cfg_of(release, out), console=False).fit().status == "finished"
+    stale = out / "checkpoint" / ".resume_checkpoint.tmp999999999"
+    stale.write_bytes(b"half a checkpoint")
+    Trainer(cfg_of(release, out, "fastbci.resume=true", "num_training_batches=5"),
+            console=False).fit()
+    assert not stale.exists()
+    assert "left by an interrupted write" in (out / "train.log").read_text()
+
+
+# -- 4. a full disk ------------------------------------------------------------------------------
+def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(release, tmp_path,
+                                                                        monkeypatch, capsys):
+    out = tmp_path / "full"
+    assert run_cli(release, out, "num_training_batches=3", "batches_per_val_step=1") == 0
+    cks = [out / "checkpoint" / n for n in (ckpt_io.RESUME_NAME, ckpt_io.BEST_NAME)]
+    before = [c.read_bytes() for c in cks]
+    real_save = torch.save
+
+    def no_space(obj, f, *a, **k):
+        if str(f).endswith(f".tmp{os.getpid()}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", no_space)
+    rc = run_cli(release, out, "num_training_batches=6", "batches_per_val_step=1",
+                 "fastbci.resume=true")
+    err = capsys.readouterr().err
+    assert rc == 2 and "no space left on" in err and "_checkpoint" in err, err
+    assert "Traceback" not in err
+    assert [c.read_bytes() for c in cks] == before, "a previous checkpoint was damaged"
+
+
+def test_a_full_disk_stops_the_log_file_with_one_line(tmp_path, capsys):
+    from fastbci.training.report import make_logger
+
+    class Full(io.StringIO):
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    log = make_logger(tmp_path / "train.log", console=False)
+    log.handlers[0].stream = Full()
+    for i in range(3):
+        log.info(f"message {i}")
+    err = capsys.readouterr().err
+    assert err.count("no space left") == 1 and "Logging error" not in err, err
+
+
+# -- 6. JSON files hold standard JSON -------------------------------------------------------------
+def test_non_finite_values_are_written_as_null(tmp_path):
+    m = MetricsFile(tmp_path / "m.jsonl")
+    m.append({"batch": 0, "loss": float("inf"), "blank_fraction": float("nan"), "per": 0.5})
+    text = m.path.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text) == {"batch": 0, "loss": None, "blank_fraction": None, "per": 0.5}
+
+
+# -- 7. values the optimiser rejects --------------------------------------------------------------
+@pytest.mark.parametrize("override,key", [("lr_max=-1", "lr_max"), ("beta0=2", "beta0"),
+                                          ("epsilon=-1", "epsilon"), ("weight_decay=-1", "weight_decay"),
+                                          ("beta1=1.0", "beta1"), ("lr_max_day=0", "lr_max_day"),
+                                          ("lr_warmup_steps=-5", "lr_warmup_steps")])
+def test_optimiser_values_are_checked_with_their_range(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'.*(range|must)"):
+        load_config(None, [override])
+
+
+# -- 8, 11, 12. output folder and data problems before anything is created ------------------------
+def test_output_dir_that_is_a_file(release, tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert run_cli(release, f) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and "Traceback" not in err
+
+
+def test_a_failed_first_start_does_not_block_the_retry(release, tmp_path, capsys):
+    out = tmp_path / "first"
+    assert run_cli(release, out, f"dataset.dataset_dir={tmp_path / 'nowhere'}") == 2
+    err = capsys.readouterr().err
+    assert "hdf5_data_final" in err and "dataset.dataset_dir=" in err and "fastbci.synth" in err
+    assert not out.exists(), "a failed start created the output folder"
+    # a start that failed after creating its files (e.g. killed in setup) leaves only leftovers:
+    out.mkdir()
+    (out / "train.log").write_text("an earlier start\n")
+    (out / "checkpoint").mkdir()
+    (out / "checkpoint" / "args.yaml").write_text("{}\n")
+    assert run_cli(release, out) == 0, capsys.readouterr().err
+    assert "an earlier start" not in (out / "train.log").read_text()
+    assert "Reusing" in (out / "train.log").read_text()
+
+
+def test_data_is_checked_before_the_model_is_built(release, tmp_path, monkeypatch):
+    from fastbci import model
+    built = []
+    monkeypatch.setattr(model.GRUDecoder, "from_config",
+                        classmethod(lambda cls, *a, **k: built.append(1)))
+    with pytest.raises(Exception, match="hdf5_data_final"):
+        Trainer(cfg_of(release, tmp_path / "x", f"dataset.dataset_dir={tmp_path}"),
+                console=False).setup()
+    assert not built
+
+
+# -- 9. a validation day without a file -----------------------------------------------------------
+def test_a_val_day_without_a_file_is_logged(release, tmp_path):
+    out = tmp_path / "v"
+    cfg = cfg_of(release, out)
+    days = [d for d, s in enumerate(cfg["dataset"]["sessions"])
+            if not (release / s / "data_val.hdf5").exists()]
+    assert days, "the small release has a train-only session"
+    cfg["dataset"]["dataset_probability_val"][days[0]] = 1
+    Trainer(cfg, console=False).setup()
+    assert (f"Day {days[0]} ({cfg['dataset']['sessions'][days[0]]}) has dataset_probability_val 1 "
+            "but no data_val.hdf5") in (out / "train.log").read_text()
+
+
+# -- 14, 15. the doctor's words, at the start and at a collapse -----------------------------------
+def test_weak_settings_warn_at_start(release, tmp_path):
+    out = tmp_path / "weak"
+    Trainer(cfg_of(release, out, "lr_max=0.002", "dataset.data_transforms.white_noise_std=0.25",
+                   "lr_warmup_steps=10"), console=False).setup()
+    log = (out / "train.log").read_text()
+    assert "Configuration risk: lr_max" in log and "Configuration risk: dataset.data_transforms" in log
+    assert log.count("Why blank collapse") == 1, "the mechanism is stated once"
+    assert "lr_warmup_steps = 10 is not shorter than the run" in log
+    assert "RECIPE" not in log
+
+
+def test_collapse_watch_acts_during_a_warm_up_at_100_percent_blank(release, tmp_path):
+    out = tmp_path / "c"
+    tr = Trainer(cfg_of(release, out, "num_training_batches=8", "batches_per_val_step=1",
+                        "lr_warmup_steps=100", "lr_warmup_steps_day=100",
+                        "fastbci.collapse_warmup_patience=3"), console=False).setup()
+    orig = tr.model.forward
+
+    def blank(*a, **k):
+        y = orig(*a, **k)
+        bump = torch.zeros(y.shape[-1])
+        bump[0] = 100.0
+        return y * 0 + bump
+
+    tr.model.forward = blank
+    res = tr.fit()
+    assert res.status == "collapsed" and res.last_batch == 2, res
+    assert "during warm-up" in res.message and res.message.count("Why blank collapse") == 1
+
+
+# -- 16. progress off a terminal, the curves ------------------------------------------------------
+def test_progress_is_a_line_every_n_batches_off_a_terminal():
+    buf = io.StringIO()
+    bar = progress_bar(True, 1000, 0, stream=buf)
+    assert isinstance(bar, LineProgress) and bar.every == 10
+    for _ in range(25):
+        bar.set_postfix(loss="1.234")
+        bar.update(1)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("[train] batch 20/1000 (2.0%)") \
+        and "loss 1.234" in lines[1], lines
+
+
+def test_curves_show_the_learning_rate_and_blank_fraction(tmp_path):
+    pytest.importorskip("matplotlib")
+    recs = [{"batch": k, "split": "train", "loss": 2.0 - k / 10, "lr": k / 100,
+             "blank_fraction": 0.9 - k / 20} for k in range(10)]
+    recs += [{"batch": 9, "split": "val", "loss": 1.5, "per": 0.5, "blank_fraction": 0.4}]
+    png = plot_curves(recs, tmp_path / "c.png", np.linspace(2, 1, 10, dtype=np.float32),
+                      title="run: finished")
+    assert png is not None and png.stat().st_size > 1000
+
+
+def test_fileio_helpers(tmp_path):
+    p = tmp_path / "a.txt"
+    fileio.atomic_write_text(p, "one\n")
+    assert p.read_text() == "one\n"
+    err = fileio.storage_error(OSError(errno.ENOSPC, "x"), p)
+    assert isinstance(err, fileio.StorageError) and "no space left on" in str(err)
+    assert fileio.storage_error(ValueError("x"), p) is None
