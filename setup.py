@@ -69,7 +69,7 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     packages=["fastbci", "fastbci.data", "fastbci.ops", "fastbci.reference", "fastbci.compat",
-              "fastbci.kernels", "fastbci.configs"],
+              "fastbci.kernels", "fastbci.configs", "fastbci.lm"],
     package_dir={"fastbci": "fastbci", "fastbci.kernels": "kernels", "fastbci.configs": "configs"},
     package_data={"fastbci.configs": ["*.yaml"]},
     ext_modules=ext_modules,
