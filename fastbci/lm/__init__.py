@@ -11,7 +11,9 @@
 Nothing here imports flashlight-text until a decoder is made, so ``import fastbci.lm`` works
 on machines without it (:func:`available` tells).
 """
+from .arpa import ArpaError, ArpaModel
 from .lexicon import Lexicon, LexiconError
+from .ngram import build_arpa
 from .text import normalize, wer_report
 
-__all__ = ["Lexicon", "LexiconError", "normalize", "wer_report"]
+__all__ = ["ArpaError", "ArpaModel", "Lexicon", "LexiconError", "build_arpa", "normalize", "wer_report"]
