@@ -12,8 +12,12 @@ Nothing here imports flashlight-text until a decoder is made, so ``import fastbc
 on machines without it (:func:`available` tells).
 """
 from .arpa import ArpaError, ArpaModel
+from .decoder import Hypothesis, LMUnavailableError, WordDecoder, available, log_softmax
 from .lexicon import Lexicon, LexiconError
 from .ngram import build_arpa
+from .params import DecoderParams
 from .text import normalize, wer_report
 
-__all__ = ["ArpaError", "ArpaModel", "Lexicon", "LexiconError", "build_arpa", "normalize", "wer_report"]
+__all__ = ["ArpaError", "ArpaModel", "DecoderParams", "Hypothesis", "LMUnavailableError", "Lexicon",
+           "LexiconError", "WordDecoder", "available", "build_arpa", "log_softmax", "normalize",
+           "wer_report"]
