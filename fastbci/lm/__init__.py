@@ -16,8 +16,9 @@ from .decoder import Hypothesis, LMUnavailableError, WordDecoder, available, log
 from .lexicon import Lexicon, LexiconError
 from .ngram import build_arpa
 from .params import DecoderParams
+from .run import decode_file
 from .text import normalize, wer_report
 
 __all__ = ["ArpaError", "ArpaModel", "DecoderParams", "Hypothesis", "LMUnavailableError", "Lexicon",
-           "LexiconError", "WordDecoder", "available", "build_arpa", "log_softmax", "normalize",
-           "wer_report"]
+           "LexiconError", "WordDecoder", "available", "build_arpa", "decode_file", "log_softmax",
+           "normalize", "wer_report"]
