@@ -4,7 +4,8 @@ Writes a small synthetic release (:mod:`fastbci.synth`, demo preset, at the sess
 feature count of ``configs/demo.yaml``) under ``data/synth-demo`` unless it is already there,
 then trains the small model of ``configs/demo.yaml`` on it (a few minutes on two CPU cores) and
 prints the final validation phoneme error rate. Extra ``key=value`` arguments override the
-configuration, as for ``python -m fastbci.train``.
+configuration, as for ``python -m fastbci.train``. With flashlight-text installed it then builds
+a 3-gram from the synthetic train sentences and prints the validation word error rate too.
 """
 from __future__ import annotations
 
@@ -81,6 +82,36 @@ def run(out: Path = DEFAULT_OUT, data_dir: Path = DEFAULT_DATA, overrides: Seque
     return Trainer(cfg, console=not quiet).fit()
 
 
+# ---------------------------------------------------------------------------------------------
+# words: a 3-gram of the synthetic train sentences, lexicon beam search, validation WER
+# ---------------------------------------------------------------------------------------------
+def words_wer(out: Path, data_dir: Path, quiet: bool = False) -> dict | None:
+    """Build a 3-gram from the release's train corpus and decode the best checkpoint's
+    validation logits to words (pronunciations: the synthetic lexicon); returns the
+    evaluation summary (``wer``), or None without flashlight-text (said on stderr)."""
+    from fastbci import evaluate, synth
+    from fastbci.data import PHONEME_TO_ID
+    from fastbci.lm import Lexicon, available, build_arpa
+    if not available():
+        print("(no word error rate: flashlight-text is not installed; pip install 'fastbci[lm]')",
+              file=sys.stderr)
+        return None
+    corpus = data_dir / synth.CORPUS_FILE
+    if not corpus.is_file():  # a release written before the corpus was part of it
+        from fastbci.data import read_session_file
+        sentences = [t.sentence_label for f in sorted(data_dir.glob("*/data_train.hdf5"))
+                     for t in read_session_file(f, "train")]
+        synth.write_corpus(corpus, sentences)
+    words = out / "words"
+    words.mkdir(parents=True, exist_ok=True)
+    build_arpa(corpus, words / "lm_3gram.arpa", order=3)
+    lexicon = Lexicon({w: [[PHONEME_TO_ID[p] for p in ph]] for w, ph in synth.LEXICON.items()})
+    lexicon.write(words / "lexicon.txt")
+    return evaluate.evaluate(out / "checkpoint" / "best_checkpoint", "val", out_dir=words, quiet=quiet,
+                             lm=words / "lm_3gram.arpa",
+                             lm_options={"lexicon": words / "lexicon.txt", "use_cmudict": False})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fastbci.demo",
                                  description="Train a small decoder on synthetic data on the CPU.")
@@ -96,6 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Final validation PER: {100 * hist[-1]['per']:.1f}% "
                   f"(best {100 * res.best_val_per:.1f}%), {res.seconds / 60:.1f} min; "
                   f"run directory {a.out}")
+            if (Path(a.out) / "checkpoint" / "best_checkpoint").is_file():
+                w = words_wer(Path(a.out), Path(a.data), quiet=True)
+                if w is not None and w.get("wer") is not None:
+                    print(f"Validation WER (best checkpoint, PER {100 * w['per']:.1f}%): "
+                          f"{100 * w['wer']:.1f}% with a 3-gram of the synthetic train sentences; "
+                          f"sentences in {w['files']['words_csv']}")
         else:
             print(f"Training ended ({res.status}) without a validation PER")
         return exit_code_of(res.status)

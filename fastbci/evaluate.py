@@ -12,12 +12,16 @@ as the trainer's validation, batched by day in file order) and writes to the out
   ``logits[offsets[i]:offsets[i + 1]]``; also ``lengths``, ``ids``, ``tokens`` / ``n_tokens``
   (the greedy decoding, padded with -1), ``session``, ``day``, ``block_num``, ``trial_num``,
   ``row`` (TrialStore row) and, for val, ``sentence_label``;
-* ``per_{split}.json`` (val only): PER overall and per day, CTC loss, blank fraction.
+* ``per_{split}.json`` (val only): PER overall and per day, CTC loss, blank fraction;
+* with ``--lm LM`` (an ARPA file or KenLM binary): ``words_{split}.csv``, ``id,text`` with the
+  sentences of :mod:`fastbci.lm`'s lexicon beam search (the submission format for the test
+  split), and for val the WER overall and per day (also in the JSON).
 
 The configuration is, in order of preference: ``--config``, the ``args.yaml`` beside the
 checkpoint (official layout), or the configuration a fastbci checkpoint carries; ``key=value``
 overrides apply on top (e.g. ``dataset.dataset_dir=/data/hdf5_data_final``).
-Exit status: 0 done, 2 bad input (message names the file / key).
+Exit status: 0 done, 2 bad input (message names the file / key), 3 ``--lm`` without
+flashlight-text installed.
 """
 from __future__ import annotations
 
@@ -57,9 +61,12 @@ def resolve_config(checkpoint: Path, config: str | None, overrides: Sequence[str
 
 def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None = None,
              overrides: Sequence[str] = (), out_dir: str | Path | None = None,
-             batch_size: int | None = None, quiet: bool = False) -> dict:
+             batch_size: int | None = None, quiet: bool = False, lm: str | Path | None = None,
+             lm_options: dict | None = None) -> dict:
     """Run the evaluation and write its files; returns a summary dict (``per``, ``per_by_day``,
-    ``loss``, ``blank_fraction``, ``n_trials``, ``files``)."""
+    ``loss``, ``blank_fraction``, ``n_trials``, ``files``; with ``lm``: ``wer``, ``wer_by_day``).
+    ``lm_options``: keyword arguments of :func:`fastbci.lm.decode_file` (decoder parameters,
+    lexicon, workers)."""
     from fastbci import data, metrics
     from fastbci.data.batch import BatchBuilder
     from fastbci.devices import resolve_impl, select_device
@@ -68,6 +75,9 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
 
     if split not in ("val", "test"):
         raise ConfigError(f"--split must be 'val' or 'test', got {split!r}")
+    if lm is not None:  # words: fail before the model runs
+        from fastbci.lm.run import check_ready
+        check_ready(lm)
     checkpoint = Path(checkpoint)
     ck = ckpt_io.load(checkpoint)
     cfg, cfg_source = resolve_config(checkpoint, config, overrides, ck)
@@ -129,6 +139,11 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
                "per": res.per, "loss": res.loss, "blank_fraction": res.blank_fraction,
                "per_by_day": {sessions[d]: p for d, p in res.per_by_day.items()},
                "files": files}
+    if lm is not None:  # words: lexicon beam search with the n-gram LM over the logits just written
+        from fastbci.lm.run import decode_file
+        words = decode_file(npz_path, lm, out=out / f"words_{split}.csv", say=say, **(lm_options or {}))
+        files["words_csv"] = words["files"]["csv"]
+        summary.update(wer=words["wer"], wer_by_day=words.get("by_day", {}))
     if split == "val":
         json_path = out / "per_val.json"
         with open(json_path, "w") as f:
@@ -146,6 +161,10 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # the word decoder's options (flashlight-text itself is imported only with --lm)
+    from fastbci.lm.decoder import LMUnavailableError
+    from fastbci.lm.params import add_decoder_args, decoder_kwargs
+
     p = argparse.ArgumentParser(
         prog="python -m fastbci.evaluate",
         description="Evaluate a fastbci or official checkpoint: PER (val), greedy phoneme "
@@ -158,16 +177,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None,
                    help="evaluation batch size (default: the config's)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--lm", default=None,
+                   help="n-gram LM (ARPA or KenLM binary): also decode words, WER and words_SPLIT.csv")
+    add_decoder_args(p, prefix="lm-")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = p.parse_args(argv)
     try:
+        lm_options = decoder_kwargs(args) if args.lm else None
         summary = evaluate(args.checkpoint, args.split, config=args.config, overrides=args.overrides,
-                           out_dir=args.out, batch_size=args.batch_size, quiet=args.quiet)
+                           out_dir=args.out, batch_size=args.batch_size, quiet=args.quiet,
+                           lm=args.lm, lm_options=lm_options)
     except (ConfigError, ckpt_io.CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"fastbci.evaluate: error: {e}", file=sys.stderr)
         return 2
+    except LMUnavailableError as e:
+        print(f"fastbci.evaluate: {e}", file=sys.stderr)
+        return 3
     if summary["per"] is not None:
         print(f"{summary['split']} PER: {100 * summary['per']:.2f}%")
+    if summary.get("wer") is not None:
+        print(f"{summary['split']} WER: {100 * summary['wer']:.2f}%")
     return 0
 
 

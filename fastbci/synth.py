@@ -4,7 +4,9 @@
 ``DIR/<session>/data_{train,val,test}.hdf5`` exactly as the official release (RECIPE.md
 section 1; train-only sessions get no val/test file) plus ``DIR/synth_config.yaml``, a config
 fragment (dataset_dir, sessions, dataset_probability_val, neural_dim) that ``load_config``
-accepts, and prints what it wrote. Python: :func:`write_release`.
+accepts, and ``DIR/corpus_train.txt``, the train sentences normalised as the evaluation
+normalises them, one a line (a corpus for ``python -m fastbci.lm build``), and prints what it
+wrote. Python: :func:`write_release`.
 
 How a trial is made
 -------------------
@@ -46,8 +48,8 @@ import numpy as np
 from .data.phonemes import PHONEME_TO_ID, PHONEMES, SILENCE_ID
 from .data.t15 import PAD_LEN, Trial, session_file, write_session_file
 
-__all__ = ["LEXICON", "OFFICIAL_SESSIONS", "TRAIN_ONLY_SESSIONS", "PRESETS", "write_release",
-           "simulate_session", "make_sentence", "main"]
+__all__ = ["LEXICON", "OFFICIAL_SESSIONS", "TRAIN_ONLY_SESSIONS", "PRESETS", "CORPUS_FILE", "write_release",
+           "write_corpus", "simulate_session", "make_sentence", "main"]
 
 OFFICIAL_SESSIONS: tuple[str, ...] = tuple(
     ["t15.2023." + d for d in (
@@ -375,6 +377,7 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
                "n_trials": {"train": 0, "val": 0, "test": 0},
                "bytes": 0}
     all_T, all_L = [], []
+    train_sentences: list[str] = []
     E = world.E
     for si, s in enumerate(sessions):
         rng = np.random.default_rng(session_seeds[si])
@@ -389,6 +392,8 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
         for split, trial, _ in _simulate_session(world, s, labels, rng, sess_drift, noise, min_words,
                                                  max_words, block_size):
             per_split[split].append(trial)
+            if split == "train":
+                train_sentences.append(trial.sentence_label)
             all_T.append(trial.n_time_steps)
             all_L.append(trial.seq_len)
         summary["files"][s] = {}
@@ -407,12 +412,28 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
     summary["n_time_steps"] = {"mean": float(T.mean()), "median": float(np.median(T)),
                                "min": int(T.min()), "max": int(T.max())}
     summary["seq_len"] = {"mean": float(L.mean()), "max": int(L.max())}
+    summary["corpus"] = str(write_corpus(out_dir / CORPUS_FILE, train_sentences))
     if write_config:
         cfg_path = out_dir / "synth_config.yaml"
         _write_config(cfg_path, out_dir, sessions, train_only_set, neural_dim)
         summary["config"] = str(cfg_path)
     summary["seconds"] = time.perf_counter() - t0
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# the text corpus of the train sentences (for an n-gram model: python -m fastbci.lm build)
+# ---------------------------------------------------------------------------------------------
+CORPUS_FILE = "corpus_train.txt"
+
+
+def write_corpus(path: str | Path, sentences: Sequence[str]) -> Path:
+    """Write ``sentences`` normalised as the official evaluation normalises them, one a line."""
+    from .lm.text import normalize
+    path = Path(path)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(t + "\n" for t in (normalize(x) for x in sentences) if t)
+    return path
 
 
 def _write_config(path: Path, out_dir: Path, sessions: Sequence[str], train_only: set[str],
@@ -447,6 +468,7 @@ def _format_summary(summ: dict) -> str:
              f"seq_len mean {L['mean']:.1f}, max {L['max']}"]
     if "config" in summ:
         lines.append(f"  config fragment: {summ['config']}")
+    lines.append(f"  train corpus: {summ['corpus']}")
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
 """python -m fastbci.evaluate on fastbci and official checkpoints."""
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -124,3 +125,28 @@ def test_embedded_config_and_bad_inputs(trained, tmp_path, capsys):
     assert E.main(["--checkpoint", str(lone / "ck"), "--split", "val", "model.n_units=13"]) == 2
     err = capsys.readouterr().err
     assert "does not fit the model" in err and "Traceback" not in err
+
+
+def test_lm_words_wer_and_csv(trained, tmp_path, capsys):
+    """--lm: the logits just written are decoded to words: WER (val) and words_val.csv."""
+    pytest.importorskip("flashlight.lib.text", reason="flashlight-text (pip install 'fastbci[lm]')")
+    from fastbci.lm import Lexicon, build_arpa
+    lm = tmp_path / "lm.arpa"
+    build_arpa(trained["data"] / "corpus_train.txt", lm, order=3)
+    lex = tmp_path / "lexicon.txt"
+    Lexicon({w: [[PHONEMES.index(p) for p in ph]] for w, ph in synth.LEXICON.items()}).write(lex)
+    ckpt = str(trained["out"] / "checkpoint" / "best_checkpoint")
+    out = tmp_path / "ev"
+    rc = E.main(["--checkpoint", ckpt, "--split", "val", "--quiet", "--out", str(out), "--lm", str(lm),
+                 "--lm-lexicon", str(lex), "--lm-no-cmudict", "--lm-workers", "1", "--beam-size", "20"])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "val PER: " in stdout and "val WER: " in stdout
+    rows = list(csv.reader(open(out / "words_val.csv")))
+    assert rows[0] == ["id", "text"] and len(rows) == 11
+    assert all(w in synth.LEXICON for _, text in rows[1:] for w in text.split())
+    saved = json.load(open(out / "per_val.json"))
+    assert saved["wer"] is not None and saved["files"]["words_csv"] == str(out / "words_val.csv")
+    # a missing LM file stops before the model runs
+    assert E.main(["--checkpoint", ckpt, "--split", "val", "--lm", str(tmp_path / "none.arpa")]) == 2
+    assert "none.arpa does not exist" in capsys.readouterr().err

@@ -157,3 +157,20 @@ def test_signal_is_decodable_and_session_drift_matters():
     # (same seed: same templates; drift x3 changes the session mixing and offset)
     acc2 = float(((X2 @ W).argmax(1) == y2).mean())
     assert acc2 < acc, (acc2, acc)
+
+
+def test_train_corpus_is_the_normalised_train_sentences(small):
+    """corpus_train.txt: every train sentence (no val or test one) as the evaluation
+    normalises it, one a line, in the order the trials were made."""
+    from fastbci.data import read_session_file
+    from fastbci.lm.text import normalize
+    root, summ = small
+    lines = (root / "corpus_train.txt").read_text().splitlines()
+    assert summ["corpus"] == str(root / "corpus_train.txt")
+    assert len(lines) == summ["n_trials"]["train"]
+    want = []
+    for s in PRESETS["small"]["sessions"]:
+        want += [normalize(t.sentence_label) for t in read_session_file(root / s / "data_train.hdf5", "train")]
+    assert lines == want
+    assert all(line == line.lower() and "." not in line and line.split() for line in lines)
+    assert set(w for line in lines for w in line.split()) <= set(LEXICON)

@@ -1,0 +1,24 @@
+"""fastbci.lm: from phoneme log-probabilities to words, in process.
+
+* :class:`WordDecoder`: flashlight-text's lexicon beam search with a KenLM n-gram (ARPA or
+  binary) over fastbci's 41 classes; ``WordDecoder(lm="lm.arpa").decode(log_probs)``.
+* :class:`Lexicon`: CMU dictionary pronunciations (stress removed) as fastbci ids, plus extra
+  ``WORD P1 P2 ...`` entries.
+* :func:`build_arpa`: interpolated modified Kneser-Ney n-grams, written as ARPA.
+* :func:`normalize`, :func:`wer_report`: the official evaluation's sentence normalisation and WER.
+* CLI: ``python -m fastbci.lm build | decode | tune``.
+
+Nothing here imports flashlight-text until a decoder is made, so ``import fastbci.lm`` works
+on machines without it (:func:`available` tells).
+"""
+from .arpa import ArpaError, ArpaModel
+from .decoder import Hypothesis, LMUnavailableError, WordDecoder, available, log_softmax
+from .lexicon import Lexicon, LexiconError
+from .ngram import build_arpa
+from .params import DecoderParams
+from .run import decode_file
+from .text import normalize, wer_report
+
+__all__ = ["ArpaError", "ArpaModel", "DecoderParams", "Hypothesis", "LMUnavailableError", "Lexicon",
+           "LexiconError", "WordDecoder", "available", "build_arpa", "decode_file", "log_softmax",
+           "normalize", "wer_report"]

@@ -1,0 +1,117 @@
+"""``python -m fastbci.lm build | decode | tune``: n-gram models, sentences and WER, tuning.
+
+* ``build --corpus TEXT [--corpus MORE] --order N --out LM.arpa [--prune]``
+* ``decode --logits logits_val.npz --lm LM [--out CSV] [--nbest K --nbest-out FILE] [decoder options]``
+* ``tune --logits logits_val.npz --lm LM [--lm-weights 1,2,3] [--word-scores -1,0,1] [--out YAML]``
+
+Exit status: 0 done; 2 bad input (a one-line message naming the file); 3 flashlight-text is
+not installed (``pip install 'fastbci[lm]'``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from .params import add_decoder_args, decoder_kwargs
+
+EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want comma-separated numbers, got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fastbci.lm",
+                                description="Words from phoneme logits: n-gram models, lexicon beam "
+                                            "search, WER and the submission CSV.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build an interpolated modified Kneser-Ney n-gram (ARPA)")
+    b.add_argument("--corpus", action="append", required=True,
+                   help="text file, one sentence a line (repeat for several files)")
+    b.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    b.add_argument("--out", required=True, help="the ARPA file to write")
+    b.add_argument("--prune", action="store_true",
+                   help="drop n-grams of order 3 and above seen once")
+    b.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    d = sub.add_parser("decode", help="decode logits to sentences: WER (val) and the id,text CSV")
+    d.add_argument("--logits", required=True, help="logits_SPLIT.npz written by python -m fastbci.evaluate")
+    d.add_argument("--lm", required=True, help="n-gram LM: an ARPA file or a KenLM binary")
+    d.add_argument("--out", default=None, help="CSV to write (default words_SPLIT.csv beside the logits)")
+    d.add_argument("--nbest", type=int, default=1, help="hypotheses kept per trial for --nbest-out")
+    d.add_argument("--nbest-out", default=None, help="write the n-best hypotheses with their scores (CSV)")
+    d.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    add_decoder_args(d)
+
+    t = sub.add_parser("tune", help="search the LM weight and word score on the val split")
+    t.add_argument("--logits", required=True, help="logits_val.npz (with sentence_label)")
+    t.add_argument("--lm", required=True, help="n-gram LM: an ARPA file or a KenLM binary")
+    t.add_argument("--lm-weights", type=_floats, default=None, help="coarse grid (default 1,2,3)")
+    t.add_argument("--word-scores", type=_floats, default=None, help="coarse grid (default -1,0,1)")
+    t.add_argument("--rounds", type=int, default=2, help="finer rounds around the best point (default 2)")
+    t.add_argument("--max-trials", type=int, default=None,
+                   help="tune on this many trials spread over the file (default all)")
+    t.add_argument("--out", default=None,
+                   help="YAML to write (default decoder_params.yaml beside the logits)")
+    add_decoder_args(t)
+    return p
+
+
+def _build(a: argparse.Namespace) -> int:
+    from .ngram import build_arpa
+    s = build_arpa(a.corpus, a.out, order=a.order, prune=a.prune)
+    if a.json:
+        print(json.dumps(s, indent=1))
+        return 0
+    print(f"wrote {s['out']}: order {s['order']}, {s['n_sentences']} sentences, {s['n_words']} words, "
+          f"vocabulary {s['vocab']}, n-grams {' / '.join(map(str, s['ngrams']))}"
+          + (f" (pruned {' / '.join(map(str, s['pruned']))})" if s["prune"] else "")
+          + f", {s['seconds']:.1f} s")
+    return 0
+
+
+def _decode(a: argparse.Namespace) -> int:
+    from .run import decode_file
+    if a.nbest < 1:
+        raise ValueError(f"--nbest must be >= 1, got {a.nbest}")
+    s = decode_file(a.logits, a.lm, out=a.out, nbest=a.nbest, nbest_out=a.nbest_out, **decoder_kwargs(a))
+    if a.json:
+        s.pop("texts")
+        print(json.dumps(s, indent=1))
+    elif s["wer"] is not None:
+        print(f"WER: {100 * s['wer']:.2f}%")
+    return 0
+
+
+def _tune(a: argparse.Namespace) -> int:
+    from .tune import DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, tune
+    r = tune(a.logits, a.lm, lm_weights=a.lm_weights or DEFAULT_LM_WEIGHTS,
+             word_scores=a.word_scores or DEFAULT_WORD_SCORES, rounds=a.rounds, max_trials=a.max_trials,
+             out=a.out, **decoder_kwargs(a))
+    print(f"best WER {100 * r['wer']:.2f}% at lm_weight {r['best'].lm_weight:g}, word_score "
+          f"{r['best'].word_score:g}: {r['file']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    from .decoder import LMUnavailableError
+    try:
+        return {"build": _build, "decode": _decode, "tune": _tune}[a.command](a)
+    except LMUnavailableError as e:
+        print(f"fastbci.lm: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (FileNotFoundError, ValueError, OSError) as e:
+        if os.environ.get("FASTBCI_DEBUG"):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"fastbci.lm {a.command}: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
