@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from typing import Callable, Sequence
 
@@ -72,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
         from fastbci.training import Trainer
         cfg = config_mod.load_config(argv[0], argv[1:])
-        return exit_code_of(Trainer(cfg).fit().status)
+        again = [a for a in argv if not a.startswith("fastbci.resume=")] + ["fastbci.resume=true"]
+        command = "python -m fastbci.train " + " ".join(shlex.quote(a) for a in again)
+        return exit_code_of(Trainer(cfg, resume_command=command).fit().status)
 
     return run_cli(run)
 

@@ -69,17 +69,47 @@ def ensure_data(data_dir: Path, cfg: dict, quiet: bool = False) -> bool:
     return True
 
 
+def previous_run(out: Path) -> tuple[str, str | None]:
+    """What an earlier demo left in ``out``: ``("none", None)``, ``("unfinished", message)``
+    (a resumable checkpoint and no final status: Ctrl-C, a crash) or ``("finished", message)``."""
+    from fastbci import checkpoint as ckpt_io
+    from fastbci.training.loop import RUN_STATUS
+    ck = ckpt_io.find_resume_checkpoint(out / "checkpoint")
+    status_file = out / RUN_STATUS
+    status = None
+    if status_file.is_file():
+        try:
+            status = yaml.safe_load(status_file.read_text()).get("status")
+        except (yaml.YAMLError, AttributeError):
+            status = None
+    if ck is not None and status in (None, "interrupted"):
+        return "unfinished", f"Resuming the unfinished demo run in {out} (delete it to start afresh)"
+    if ck is not None or status is not None:
+        return "finished", (f"Replacing the previous demo run in {out} ({status or 'no status'}): "
+                            "its checkpoints, logs, metrics and curves")
+    return "none", None
+
+
 def run(out: Path = DEFAULT_OUT, data_dir: Path = DEFAULT_DATA, overrides: Sequence[str] = (),
         quiet: bool = False) -> "FitSummary":
-    """Generate the data if needed and train; returns the trainer's summary."""
+    """Generate the data if needed and train (resuming an unfinished demo run, replacing a
+    finished one, and saying which); returns the trainer's summary."""
     from fastbci.training import Trainer
     out, data_dir = Path(out), Path(data_dir)
     base = [f"dataset.dataset_dir={data_dir}", f"output_dir={out}", f"checkpoint_dir={out / 'checkpoint'}"]
-    if (out / "train.log").is_file() and (out / "args.yaml").is_file():
-        base.append("fastbci.overwrite=true")  # a previous demo run: replace it
+    kind, message = previous_run(out)
+    if kind == "unfinished":
+        base.append("fastbci.resume=true")
+    elif kind == "finished":
+        base.append("fastbci.overwrite=true")
     cfg = config_mod.load_config(demo_config_path(), base + list(overrides))
     ensure_data(data_dir, cfg, quiet=quiet)
-    return Trainer(cfg, console=not quiet).fit()
+    if message:
+        print(message, file=sys.stderr)
+    command = "python -m fastbci.demo" + "".join(
+        f" {k} {v}" for k, v, d in (("--out", out, DEFAULT_OUT), ("--data", data_dir, DEFAULT_DATA))
+        if Path(v) != d) + "".join(f" {o}" for o in overrides)
+    return Trainer(cfg, console=not quiet, resume_command=command).fit()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,8 +143,13 @@ def words_wer(out: Path, data_dir: Path, quiet: bool = False) -> dict | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fastbci.demo",
-                                 description="Train a small decoder on synthetic data on the CPU.")
+    ap = argparse.ArgumentParser(
+        prog="python -m fastbci.demo",
+        description="Train a small decoder on synthetic data on the CPU and print its validation "
+                    "PER (and WER with flashlight-text). A rerun resumes an interrupted demo run "
+                    "and replaces a finished one.",
+        epilog="Exit status: 0 done, 2 bad input, 3 blank collapse, 4 non-finite, 130 interrupted "
+               "(run the same command again to resume).")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help=f"run directory (default {DEFAULT_OUT})")
     ap.add_argument("--data", default=str(DEFAULT_DATA), help=f"demo data directory (default {DEFAULT_DATA})")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of configs/demo.yaml")
@@ -123,7 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def demo() -> int:
         res = run(Path(a.out), Path(a.data), a.overrides)
         hist = res.val_history
-        if hist and hist[-1]["per"] is not None:
+        if res.status == "interrupted":
+            print(f"Demo interrupted after batch {res.last_batch}: run the same command again to "
+                  "resume it")
+        elif hist and hist[-1]["per"] is not None:
             print(f"Final validation PER: {100 * hist[-1]['per']:.1f}% "
                   f"(best {100 * res.best_val_per:.1f}%), {res.seconds / 60:.1f} min; "
                   f"run directory {a.out}")

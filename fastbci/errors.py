@@ -3,8 +3,9 @@
 ``python -m fastbci.train``, ``fastbci.evaluate``, ``fastbci.doctor`` and ``fastbci.demo`` exit
 with the same codes: 0 done, 2 bad input (configuration, data, checkpoint, file system), 3 the
 blank-collapse watch stopped training, 4 a non-finite loss or gradient stopped it, 130
-interrupted (a resumable checkpoint was saved). ``fastbci.doctor`` also exits 1 when it finds a
-severe risk in a configuration.
+interrupted (a resumable checkpoint was saved), 5 an optional component the command needs is
+not installed (flashlight-text for word decoding). ``fastbci.doctor`` also exits 1 when it finds
+a severe risk in a configuration.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ EXIT_SEVERE = 1
 EXIT_CONFIG = 2
 EXIT_COLLAPSE = 3
 EXIT_NONFINITE = 4
+EXIT_UNAVAILABLE = 5
 EXIT_INTERRUPTED = 130
 
 

@@ -1,48 +1,11 @@
 """Counter-based Philox 4x32-10 in pure PyTorch, bit-compatible with Triton's ``tl.rand*``.
 
-Every random number fastbci draws in ``rng="philox"`` mode is a pure function of
-``(seed, step, stream, element index)``, so a run is reproducible and resumable on any device
-and the fused kernels (Triton, C++/CUDA) can regenerate exactly the numbers the reference used.
-
-The stream contract (shared by the reference, the Triton kernels and the C++/CUDA extension):
-
-* Philox key  = ``seed`` as an unsigned 64-bit integer: ``(k0, k1) = (seed & 0xffffffff, seed >> 32)``.
-* Philox counter = ``(c0, c1, c2, c3) = (index, step * N_STREAMS + stream, 0, 0)``, i.e. the 64-bit
-  Triton ``offset`` is ``((step * N_STREAMS + stream) << 32) | index``.
-* ``index`` is the row-major element index inside the tensor the numbers are drawn for:
-
-  ============ ======= ==========================================================
-  stream       value   index
-  ============ ======= ==========================================================
-  NOISE        0       ``(b * T_max + t) * C + c`` over the padded, pre-cut batch
-  OFFSET       1       ``b * C + c`` (one offset per trial and channel)
-  DROPOUT      2       ``(b * T + t) * C + c`` over the day-projection output
-  CUT          3       ``0`` (the batch's random cut, ``randint % random_cut``)
-  RANDOM_WALK  4       ``(b * T_max + t) * C + c``
-  STATIC_GAIN  5       ``(b * C + i) * C + j``
-  ============ ======= ==========================================================
-
-* ``randint`` is the first 32-bit output, ``rand`` maps it to [0, 1) as Triton does (the uint32 is
-  reinterpreted as int32, negatives bit-inverted, times 4.6566127342e-10 in float32). These two are
-  used for the uniform draws (DROPOUT through ``rand``, CUT through ``randint``) with the counter
-  above, one Philox call per element.
-* Normals (NOISE, OFFSET, RANDOM_WALK, STATIC_GAIN): ONE Philox call yields FOUR normals, both
-  Box-Muller outputs of both uniform pairs. For element ``index`` of a stream::
-
-      (r0, r1, r2, r3) = Philox4x32-10(counter = (index // 4, step * N_STREAMS + stream, 0, 0),
-                                       key = seed)
-      u_j  = uint_to_uniform(r_j)                  (the ``rand`` conversion above)
-      R01  = sqrt(-2 log max(u0, 1e-7)),   th01 = 2 pi u1     (float32)
-      R23  = sqrt(-2 log max(u2, 1e-7)),   th23 = 2 pi u3
-      normal(index) = (R01 cos th01, R01 sin th01, R23 cos th23, R23 sin th23)[index % 4]
-
-  i.e. Triton's ``tl.randn4x(seed, triton_offset_base(step, stream) + index // 4)`` (its
-  ``pair_uniform_to_normal`` on (u0, u1) and (u2, u3)), the four outputs interleaved. The 64-bit
-  Triton offset of element ``index`` is ``triton_offset_base(step, stream) + index // 4``: four
-  consecutive elements (``4k .. 4k + 3``) share one counter. See :func:`normal`.
-  ``randn`` (one normal per counter, ``tl.randn``) remains as a Triton-compatible primitive but
-  no fastbci stream draws from it.
-* Dropout keeps an element when ``rand >= p`` and scales it by ``1 / (1 - p)``.
+Every random number of ``rng="philox"`` mode is a pure function of ``(seed, step, stream, element
+index)``, so a run is reproducible and resumable on any device, and the fused kernels (Triton,
+C++/CUDA) regenerate exactly the numbers the reference used: four normals per Philox call for
+NOISE / OFFSET / RANDOM_WALK / STATIC_GAIN, one uniform per call for DROPOUT / CUT. The stream
+layout (keys, counters, element indices, Box-Muller lanes) is in docs/internals.md, "Random
+streams".
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A synthetic t15 release: the identical file layout, learnable signal, realistic sizes.
 
 ``python -m fastbci.synth --out DIR [--small | --demo | --release] [options]`` writes
-``DIR/<session>/data_{train,val,test}.hdf5`` exactly as the official release (RECIPE.md
+``DIR/<session>/data_{train,val,test}.hdf5`` exactly as the official release (docs/recipe.md
 section 1; train-only sessions get no val/test file) plus ``DIR/synth_config.yaml``, a config
 fragment (dataset_dir, sessions, dataset_probability_val, neural_dim) that ``load_config``
 accepts, and ``DIR/corpus_train.txt``, the train sentences normalised as the evaluation
@@ -328,6 +328,30 @@ def simulate_session(n_trials: int, neural_dim: int = 64, seed: int = 0, *, sess
                                                     noise, min_words, max_words, (20, 50))]
 
 
+def _session_list(sessions: Sequence[str] | int | None) -> list[str]:
+    """The session names of :func:`write_release`'s ``sessions`` argument, checked."""
+    if sessions is None:
+        sessions = list(OFFICIAL_SESSIONS)
+    elif isinstance(sessions, (int, np.integer)):
+        if not 1 <= sessions <= len(OFFICIAL_SESSIONS):
+            raise ValueError(f"sessions = {sessions}: give 1..45 or a list of names")
+        sessions = list(OFFICIAL_SESSIONS[:sessions])
+    else:
+        sessions = [str(s) for s in sessions]
+    if not sessions:
+        raise ValueError("no sessions to write")
+    if len(set(sessions)) != len(sessions):
+        raise ValueError("sessions holds duplicate names")
+    return sessions
+
+
+def _length_stats(all_T: list[int], all_L: list[int]) -> dict:
+    T, L = np.asarray(all_T), np.asarray(all_L)
+    return {"n_time_steps": {"mean": float(T.mean()), "median": float(np.median(T)),
+                             "min": int(T.min()), "max": int(T.max())},
+            "seq_len": {"mean": float(L.mean()), "max": int(L.max())}}
+
+
 def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=20, n_val=5, n_test=5,
                   neural_dim: int = 512, seed: int = 0, *, train_only: Sequence[str] | None = None,
                   min_words: int = 2, max_words: int = 6, signal: float = 1.0, noise: float = 1.0,
@@ -344,18 +368,7 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
     to 500, ``seq_len`` = non-zero ids, contiguous groups ordered by block then trial).
     """
     t0 = time.perf_counter()
-    if sessions is None:
-        sessions = list(OFFICIAL_SESSIONS)
-    elif isinstance(sessions, (int, np.integer)):
-        if not 1 <= sessions <= len(OFFICIAL_SESSIONS):
-            raise ValueError(f"sessions = {sessions}: give 1..45 or a list of names")
-        sessions = list(OFFICIAL_SESSIONS[:sessions])
-    else:
-        sessions = [str(s) for s in sessions]
-    if not sessions:
-        raise ValueError("no sessions to write")
-    if len(set(sessions)) != len(sessions):
-        raise ValueError("sessions holds duplicate names")
+    sessions = _session_list(sessions)
     if not 1 <= min_words <= max_words:
         raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
     train_only_set = set(TRAIN_ONLY_SESSIONS if train_only is None else train_only) & set(sessions)
@@ -407,11 +420,7 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
         if progress:
             print(f"  {s}: " + ", ".join(f"{k} {v}" for k, v in summary["files"][s].items()),
                   file=sys.stderr, flush=True)
-    T = np.asarray(all_T)
-    L = np.asarray(all_L)
-    summary["n_time_steps"] = {"mean": float(T.mean()), "median": float(np.median(T)),
-                               "min": int(T.min()), "max": int(T.max())}
-    summary["seq_len"] = {"mean": float(L.mean()), "max": int(L.max())}
+    summary.update(_length_stats(all_T, all_L))
     summary["corpus"] = str(write_corpus(out_dir / CORPUS_FILE, train_sentences))
     if write_config:
         cfg_path = out_dir / "synth_config.yaml"
@@ -473,25 +482,32 @@ def _format_summary(summ: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fastbci.synth",
-                                 description="Write a synthetic Brain-to-Text '25 (t15) release.")
+    ap = argparse.ArgumentParser(
+        prog="python -m fastbci.synth",
+        description="Write a synthetic Brain-to-Text '25 (t15) release: the official folder "
+                    "layout and HDF5 format, phoneme-driven features, and a synth_config.yaml "
+                    "that trains on it. Without a preset: the 45 official sessions with 20 "
+                    "train, 5 val and 5 test trials each (the four official train-only sessions "
+                    "get train trials only), 512 features. A preset sets sessions and counts; "
+                    "the options below override single values of it.")
     ap.add_argument("--out", required=True, help="output folder (created)")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--small", action="store_const", const="small", dest="preset",
-                   help="3 sessions, a few short trials, neural_dim 32 (for tests)")
+                   help="3 sessions (one train-only) x 6 train / 2 val / 2 test trials, "
+                        "neural_dim 32 (for tests)")
     g.add_argument("--demo", action="store_const", const="demo", dest="preset",
                    help="4 sessions x 200 train / 40 val trials, strong signal (CPU training demo)")
     g.add_argument("--release", action="store_const", const="release", dest="preset",
-                   help="the release's 45 sessions and trial counts (~13.5 GB at 512 features)")
-    ap.add_argument("--preset", choices=sorted(PRESETS), dest="preset")
+                   help="the release's 45 sessions and per-session trial counts (8,072 / 1,426 / "
+                        "1,450 trials, ~13.5 GB at 512 features)")
     ap.add_argument("--sessions", help="a number N (the first N official sessions) or comma-separated names")
-    ap.add_argument("--n-train", type=int)
-    ap.add_argument("--n-val", type=int)
-    ap.add_argument("--n-test", type=int)
-    ap.add_argument("--neural-dim", type=int)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--min-words", type=int)
-    ap.add_argument("--max-words", type=int)
+    ap.add_argument("--n-train", type=int, help="train trials per session")
+    ap.add_argument("--n-val", type=int, help="val trials per session (none for train-only sessions)")
+    ap.add_argument("--n-test", type=int, help="test trials per session (none for train-only sessions)")
+    ap.add_argument("--neural-dim", type=int, help="features per time step (default 512)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ap.add_argument("--min-words", type=int, help="fewest words per sentence (default 2)")
+    ap.add_argument("--max-words", type=int, help="most words per sentence (default 6)")
     ap.add_argument("--signal", type=float, help="template strength (default 1, demo 2)")
     ap.add_argument("--noise", type=float, help="latent noise std (default 1, demo 0.6)")
     ap.add_argument("--drift", type=float, help="per-session drift scale (default 1)")

@@ -91,12 +91,13 @@ def test_bad_input_exits_2_with_one_line(files, capsys, args, where):
 
 
 def test_module_entry_point_and_missing_flashlight(files, tmp_path):
-    """``python -m fastbci.lm`` runs; with flashlight-text hidden, decode exits 3 with the fix."""
+    """``python -m fastbci.lm`` runs; with flashlight-text hidden, decode exits 5 (an optional
+    component is missing, fastbci.errors.EXIT_UNAVAILABLE) with the fix."""
     hide = tmp_path / "hide"
     (hide / "flashlight").mkdir(parents=True)
     (hide / "flashlight" / "__init__.py").write_text("raise ImportError('hidden for the test')\n")
     cmd = [sys.executable, "-m", "fastbci.lm", "decode", "--logits", str(files / "logits_val.npz"),
            "--lm", str(files / "corpus.txt")]
     p = subprocess.run(cmd, capture_output=True, text=True, env={"PYTHONPATH": str(hide), "PATH": ""})
-    assert p.returncode == 3, p.stderr
+    assert p.returncode == 5, p.stderr
     assert "pip install 'fastbci[lm]'" in p.stderr and "Traceback" not in p.stderr

@@ -269,3 +269,69 @@ def test_fileio_helpers(tmp_path):
     err = fileio.storage_error(OSError(errno.ENOSPC, "x"), p)
     assert isinstance(err, fileio.StorageError) and "no space left on" in str(err)
     assert fileio.storage_error(ValueError("x"), p) is None
+
+
+# -- 13. the demo rerun -----------------------------------------------------------------------------
+def test_demo_rerun_resumes_an_interrupted_run_and_replaces_a_finished_one(tmp_path, capsys,
+                                                                           monkeypatch):
+    from fastbci import demo
+    cfg = load_config(demo.demo_config_path())
+    ds = cfg["dataset"]
+    data = tmp_path / "synth-demo"
+    synth.write_release(data, sessions=tuple(ds["sessions"]), n_train=3, n_val=2, n_test=0,
+                        neural_dim=ds["neural_dim"], min_words=1, max_words=2, seed=0)
+    args = ["--out", str(tmp_path / "run"), "--data", str(data), "num_training_batches=4",
+            "batches_per_val_step=100", "fastbci.checkpoint_every=1", "model.n_units=8",
+            "model.n_layers=1", "model.rnn_dropout=0.0", "dataset.batch_size=4",
+            "fastbci.progress=false", "fastbci.plot=false"]
+    monkeypatch.setattr(demo, "words_wer", lambda *a, **k: None)
+    real_step = Trainer.train_step
+
+    def ctrl_c_at_2(self, k):
+        if k == 2:
+            self.request_stop()
+        return real_step(self, k)
+
+    monkeypatch.setattr(Trainer, "train_step", ctrl_c_at_2)
+    assert demo.main(args) == 130
+    out = capsys.readouterr()
+    assert "Final validation PER" not in out.out and "run the same command again" in out.out
+    assert "python -m fastbci.demo --out" in (tmp_path / "run" / "train.log").read_text()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert demo.main(args) == 0
+    out = capsys.readouterr()
+    assert "Resuming the unfinished demo run" in out.err, out.err
+    assert "Resumed from" in (tmp_path / "run" / "train.log").read_text()
+    assert demo.main(args) == 0
+    assert "Replacing the previous demo run" in capsys.readouterr().err
+
+
+# -- 10, 16. evaluate: the configuration it uses, its help ------------------------------------------
+def test_evaluate_prefers_the_checkpoint_configuration_over_an_empty_args_yaml(release, tmp_path,
+                                                                               capsys):
+    from fastbci import evaluate as E
+    out = tmp_path / "ev"
+    assert Trainer(cfg_of(release, out), console=False).fit().status == "finished"
+    (out / "checkpoint" / "args.yaml").write_text("")
+    s = E.evaluate(out / "checkpoint" / "best_checkpoint", "val", out_dir=tmp_path / "o")
+    assert s["config"].startswith("the configuration stored in"), s["config"]
+    assert "config: the configuration stored in" in capsys.readouterr().err
+    # an official checkpoint (no stored configuration) beside an empty args.yaml: a clear error
+    off = tmp_path / "off" / "checkpoint"
+    off.mkdir(parents=True)
+    ck = ckpt_io.load(out / "checkpoint" / "best_checkpoint")
+    torch.save({"model_state_dict": ck["model_state_dict"]}, off / "best_checkpoint")
+    (off / "args.yaml").write_text("")
+    assert E.main(["--checkpoint", str(off / "best_checkpoint"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "is empty" in err and "--config" in err and "Traceback" not in err
+
+
+def test_help_texts_document_every_option(capsys):
+    from fastbci import evaluate as E
+    with pytest.raises(SystemExit):
+        E.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for needle in ("--split {val,test} val: score PER", "--quiet no progress bar",
+                   "--trust-checkpoint", "Exit status: 0 done, 2 bad input"):
+        assert needle in text, needle

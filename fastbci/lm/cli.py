@@ -17,8 +17,8 @@ from typing import Sequence
 
 from .params import add_decoder_args, decoder_kwargs
 
-EXIT_BAD_INPUT = 2
-EXIT_UNAVAILABLE = 3
+from fastbci.errors import EXIT_CONFIG as EXIT_BAD_INPUT
+from fastbci.errors import EXIT_UNAVAILABLE
 
 
 def _floats(text: str) -> list[float]:

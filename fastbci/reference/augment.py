@@ -1,46 +1,11 @@
 """Reference training augmentations and the full transform step (docs/recipe.md section 3).
 
-The official trainer's transform step, in this order, on a zero-padded batch (B, T_max, C)
-(padding included in every augmentation):
-
-1. static gain (only if ``static_gain_std > 0``): ``x[b] @ (I + static_gain_std * N[b])`` with a
-   (C, C) standard-normal matrix ``N[b]`` per trial;
-2. white noise (only if ``white_noise_std > 0``): ``x + white_noise_std * N`` with N (B, T_max, C);
-3. constant offset (only if ``constant_offset_std > 0``): ``x + constant_offset_std * N[:, None]``
-   with N (B, C), the same at every time step;
-4. random walk (only if ``random_walk_std > 0``): ``x + cumsum(random_walk_std * N, dim=axis)``
-   with N (B, T_max, C) and ``axis = random_walk_axis``;
-5. random cut (only if ``random_cut > 0``): one integer ``cut`` in [0, random_cut) for the whole
-   batch; ``x = x[:, cut:]``, ``n_time_steps = n_time_steps - cut``;
-
-then, in training and validation alike, Gaussian smoothing along time with 'same' padding
-(if ``smooth_data``), see :mod:`fastbci.reference.smoothing`.
-
-Two random sources:
-
-* ``rng="torch"``: the official draws, in the official order: ``torch.randn`` of shape (B, C, C),
-  (B, T_max, C), (B, 1, C), (B, T_max, C) on the features' device from torch's global generator,
-  and ``numpy.random.randint(0, random_cut)`` from numpy's legacy global generator for the cut.
-  With the generators in the same state the result equals the official trainer's (float32,
-  outside autocast).
-* ``rng="philox"``: counter-based draws from :mod:`fastbci.philox` keyed by
-  ``(seed, step, element index)``, the contract the fused kernel matches::
-
-      x = float32(features)
-      if static_gain_std > 0:   x = x @ (I + static_gain_std * normal(STATIC_GAIN, (b*C + i)*C + j))
-      if white_noise_std > 0:   x = x + white_noise_std * normal(NOISE, (b*T_max + t)*C + c)
-      if constant_offset_std>0: x = x + constant_offset_std * normal(OFFSET, b*C + c)[:, None, :]
-      if random_walk_std > 0:   x = x + cumsum(random_walk_std * normal(RANDOM_WALK,
-                                                 (b*T_max + t)*C + c), dim=random_walk_axis)
-      cut = philox.random_cut(random_cut, seed, step); x = x[:, cut:]; n = n - cut
-
-  where ``normal(stream, i)`` is :func:`fastbci.philox.normal`: four normals per Philox call
-  (counter ``i // 4``, lane ``i % 4``, both Box-Muller outputs of both uniform pairs), drawn
-  here for a whole tensor at once with :func:`fastbci.philox.normal_like_shape`. Every index is
-  taken over the padded, pre-cut batch; the cut is a ``randint`` draw (one Philox call).
-
-Nothing here modifies its inputs in place. Everything is computed in float32 (autocast is
-disabled inside), so a bf16-autocast caller gets float32 results.
+Static gain, white noise, constant offset, random walk and random cut in the official order on
+the zero-padded batch, then Gaussian smoothing, from one of two random sources: ``rng="torch"``
+(the official draws in the official order, identical results with the generators in the same
+state) or ``rng="philox"`` (the counter-based streams the fused kernel matches). Inputs are never
+modified in place; everything is float32. The step-by-step contract is in docs/internals.md,
+"The reference transform step".
 """
 from __future__ import annotations
 

@@ -30,6 +30,9 @@ from fastbci.training.strategy import SingleProcess
 from fastbci.training.validation import (ValResult, ValTrials, is_new_best, pack_trials,
                                          run_validation, should_stop_early, val_batches)
 
+#: ``output_dir/run_status.json``: how the last ``fit`` of the run ended (status, last batch)
+RUN_STATUS = "run_status.json"
+
 #: configuration keys whose change does not make a resumed run differ from an uninterrupted one
 _RESUME_NEUTRAL = ("fastbci.resume", "fastbci.overwrite", "fastbci.progress", "fastbci.plot",
                    "num_training_batches", "output_dir", "checkpoint_dir")
@@ -66,13 +69,15 @@ class Trainer:
     progress. Exit statuses of the CLI: :mod:`fastbci.errors`.
     """
 
-    def __init__(self, cfg: Mapping, strategy: SingleProcess | None = None, *, console: bool = True):
+    def __init__(self, cfg: Mapping, strategy: SingleProcess | None = None, *, console: bool = True,
+                 resume_command: str | None = None):
         if cfg["mode"] != "train":
             raise ConfigError(f"mode is {cfg['mode']!r}: the trainer needs mode=train "
                               "(use python -m fastbci.evaluate to evaluate a checkpoint)")
         self.cfg = copy.deepcopy(dict(cfg))
         self.strategy = strategy or SingleProcess()
         self.console = console
+        self.resume_command = resume_command  # what an interrupted run tells the user to run
         self.fb = self.cfg["fastbci"]
         self.output_dir = Path(self.cfg["output_dir"])
         self.checkpoint_dir = Path(self.cfg["checkpoint_dir"])
@@ -496,9 +501,10 @@ class Trainer:
 
     def _interrupted(self, k: int) -> str:
         p = self.save_checkpoint(ckpt_io.RESUME_NAME)
-        message = (f"Interrupted after batch {k}; resumable checkpoint saved to {p}. Resume with: "
-                   f"{self.strategy.launch_hint} CONFIG output_dir={self.output_dir} "
-                   f"checkpoint_dir={self.checkpoint_dir} fastbci.resume=true")
+        command = self.resume_command or (f"{self.strategy.launch_hint} CONFIG "
+                                          f"output_dir={self.output_dir} "
+                                          f"checkpoint_dir={self.checkpoint_dir} fastbci.resume=true")
+        message = f"Interrupted after batch {k}; resumable checkpoint saved to {p}. Resume with: {command}"
         self.log.info(message)
         return message
 
@@ -525,6 +531,11 @@ class Trainer:
         if st.nonfinite_skipped:
             self.log.info(f"Skipped {st.nonfinite_skipped} batch(es) with a non-finite loss or gradient")
         losses = st.train_losses.cpu().numpy()
+        if self.is_main:
+            fileio.atomic_write_text(self.output_dir / RUN_STATUS, fileio.dumps(
+                {"status": status, "last_batch": last, "num_training_batches":
+                 int(self.cfg["num_training_batches"]), "best_val_PER": st.summary_value("best_val_per")},
+                indent=1))
         if self.is_main and self.fb["plot"]:
             try:
                 report.plot_curves(self.metrics.records(), self.output_dir / "training_curves.png",

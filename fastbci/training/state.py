@@ -108,7 +108,7 @@ def resume_path(cfg: Mapping) -> Path | None:
 
 
 #: what a start that failed before training leaves in an output folder (no checkpoint)
-_LEFTOVERS = {"train.log", "args.yaml", "metrics.jsonl", "training_curves.png"}
+_LEFTOVERS = {"train.log", "args.yaml", "metrics.jsonl", "training_curves.png", "run_status.json"}
 
 
 def _only_leftovers(folder: Path, ckdir: Path) -> bool:
