@@ -2,7 +2,7 @@
 import pytest
 
 from fastbci import demo, synth
-from fastbci import train as T
+from fastbci.training import Trainer
 from fastbci.config import load_config
 
 pytest.importorskip("flashlight.lib.text", reason="flashlight-text (pip install 'fastbci[lm]')")
@@ -19,7 +19,7 @@ def test_demo_prints_the_wer(tmp_path, capsys, monkeypatch):
         "model.rnn_dropout=0.0", "dataset.batch_size=4", "num_training_batches=2", "batches_per_val_step=1",
         "lr_warmup_steps=0", "lr_warmup_steps_day=0", "fastbci.impl=reference", "fastbci.device=cpu",
         "fastbci.progress=false", "fastbci.plot=false"])
-    res = T.Trainer(cfg, console=False).fit()
+    res = Trainer(cfg, console=False).fit()
     # the demo's own training is tested elsewhere: here it returns this small run
     monkeypatch.setattr(demo, "run", lambda *a, **k: res)
     assert demo.main(["--out", str(out), "--data", str(data)]) == 0

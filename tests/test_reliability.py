@@ -335,3 +335,31 @@ def test_help_texts_document_every_option(capsys):
     for needle in ("--split {val,test} val: score PER", "--quiet no progress bar",
                    "--trust-checkpoint", "Exit status: 0 done, 2 bad input"):
         assert needle in text, needle
+
+
+def test_synth_help_says_what_the_defaults_and_counts_are(capsys):
+    with pytest.raises(SystemExit):
+        synth.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Without a preset: the 45 official sessions with 20 train, 5 val and 5 test" in text
+    assert "train trials per session" in text and "--preset" not in text
+
+
+def test_no_user_facing_text_cites_an_internal_document():
+    """Users have docs/recipe.md, not the team's internal notes."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    offenders = [str(f.relative_to(root)) for d in ("fastbci", "kernels", "docs", "configs", "scripts")
+                 for f in (root / d).rglob("*") if f.is_file() and f.suffix in (".py", ".md", ".yaml", ".sh")
+                 and ("RECIPE.md" in f.read_text() or "DESIGN.md" in f.read_text())]
+    assert not offenders, offenders
+    assert (root / "docs" / "recipe.md").is_file()
+
+
+def test_the_doctor_states_the_collapse_mechanism_once_with_what_to_do():
+    from fastbci.doctor import assess, format_findings
+    cfg = load_config(None, ["lr_max=0.002", "dataset.data_transforms.white_noise_std=0.25",
+                             "dataset.data_transforms.constant_offset_std=0.05", "lr_warmup_steps=2000"])
+    text = format_findings(assess(cfg))
+    assert text.count("Why blank collapse") == 1 and text.count("reported to end 100% blank") == 1
+    assert "restore 0.005" in text and "restore 1.0" in text and "docs/recipe.md section 8" in text
