@@ -192,11 +192,6 @@ def _arange_index(shape, device) -> torch.Tensor:
     return torch.arange(n, dtype=torch.int64, device=device).reshape(shape)
 
 
-def randn_like_shape(shape, seed: int, step: int, stream: int, device=None) -> torch.Tensor:
-    """A (row-major indexed) tensor of standard normals of the given shape."""
-    return randn(_arange_index(tuple(shape), device), seed, step, stream)
-
-
 def normal_like_shape(shape, seed: int, step: int, stream: int, device=None) -> torch.Tensor:
     """A tensor of standard normals of the given shape, element ``i`` (row-major) being
     :func:`normal` ``(i)``: one Philox call per four consecutive elements."""

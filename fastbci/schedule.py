@@ -151,10 +151,3 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping) -> LambdaLR:
     return LambdaLR(optimizer, group_lambdas(cfg, types))
 
 
-def expected_lrs(cfg: Mapping, step: int, group_types: Iterable[str] = GROUP_NAMES) -> list[float]:
-    """The learning rate of each group at training batch ``step`` (for tests and logging)."""
-    out = []
-    for gt, fn in zip(group_types, group_lambdas(cfg, group_types)):
-        base = float(cfg["lr_max_day"]) if gt == "day_layer" else float(cfg["lr_max"])
-        out.append(base * fn(step))
-    return out

@@ -25,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -495,8 +495,3 @@ def read_session_file(path: str | os.PathLike, split: str = "train", *, session:
     return out
 
 
-def iter_sessions(cfg: Mapping, split: str) -> Iterable[tuple[int, str, Path | None]]:
-    """``(day, session, path or None)`` for every configured session (see :func:`session_paths`)."""
-    paths = session_paths(cfg, split)
-    for day, (s, p) in enumerate(zip(cfg["dataset"]["sessions"], paths)):
-        yield day, s, p

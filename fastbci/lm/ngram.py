@@ -35,7 +35,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .text import normalize
 
 __all__ = ["BOS", "EOS", "UNK", "build_arpa", "read_corpus", "NGramCounts", "count_ngrams"]
 
@@ -278,6 +277,3 @@ def build_arpa(corpus=None, out: str | os.PathLike = "lm.arpa", *, order: int = 
             "seconds": time.perf_counter() - t0}
 
 
-def corpus_lines(sentences: Iterable[str]) -> list[str]:
-    """Sentences normalised as the evaluation does, empty ones removed (for writing a corpus)."""
-    return [s for s in (normalize(x) for x in sentences) if s]
