@@ -149,5 +149,3 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping) -> LambdaLR:
     """``LambdaLR`` with one official multiplier per group (group order of ``optimizer``)."""
     types = [g.get("group_type", "other") for g in optimizer.param_groups]
     return LambdaLR(optimizer, group_lambdas(cfg, types))
-
-

@@ -493,5 +493,3 @@ def read_session_file(path: str | os.PathLike, split: str = "train", *, session:
                              transcription=m.transcription, seq_len=m.seq_len,
                              sentence_label=m.sentence_label, n_time_steps=m.n_time_steps, index=m.index))
     return out
-
-

@@ -275,5 +275,3 @@ def build_arpa(corpus=None, out: str | os.PathLike = "lm.arpa", *, order: int = 
             "ngrams": counts, "pruned": [o.size - k for o, k in zip(c.orders, counts)],
             "discounts": [list(d) for d in est["discounts"]],
             "seconds": time.perf_counter() - t0}
-
-
