@@ -1,5 +1,6 @@
 """Batch assembly: the official way (open the HDF5 files, read every trial, pad) vs
-TrialStore.batch (one gather from the packed split), B=64, realistic lengths.
+TrialStore.batch (one gather from the packed split) and the compat BrainToTextDataset (native
+gather into a reused buffer, against a plain copy of the same bytes), B=64, realistic lengths.
 
 Synthetic data (fastbci.synth) written to a temporary folder: 4 sessions, neural_dim 512,
 T ~ 20.5 x seq_len + 206. On a GPU machine the store lives on the GPU (as the trainer uses it)
@@ -133,6 +134,67 @@ def test_trialstore_batches_reused_buffer(benchmark, data):
     run_bench(benchmark, _store_all_reuse, data, buf, rounds=10 if ON_GPU else 3, warmup=1, **info)
     print(f"\nofficial {t_off / N_BATCHES * 1e3:.2f} ms/batch, TrialStore(out=) {t_store / N_BATCHES * 1e3:.2f} "
           f"ms/batch, ratio {t_off / t_store:.1f}x ({'GPU' if ON_GPU else 'CPU figures'})")
+
+
+@pytest.fixture(scope="module")
+def compat(data):
+    """The drop-in BrainToTextDataset over the same files, its official index, the same bytes."""
+    from fastbci.compat import BrainToTextDataset, train_test_split_indicies
+    paths = [str(f) for f in data["files"]]
+    train, _ = train_test_split_indicies(paths, test_percentage=0, seed=1)
+    ds = BrainToTextDataset(train, N_BATCHES, split="train", batch_size=B, days_per_batch=4,
+                            random_seed=1)
+    index = [{int(d): list(map(int, t)) for d, t in ds.batch_index[k].items()} for k in range(len(ds))]
+    sizes = [ds.store.batch(ds.plan[k])["input_features"].numel() for k in range(len(ds))]
+    return {"ds": ds, "files": paths, "index": index, "sizes": sizes,
+            "src": torch.randn(max(sizes)), "dst": torch.empty(max(sizes))}
+
+
+def _compat_batches(ds):
+    """Consume the batches one by one, as the official trainer does (the previous batch is still
+    held while the next one is assembled)."""
+    batch = None
+    for k in range(len(ds)):
+        batch = ds[k]
+    return batch
+
+
+def _plain_copies(sizes, src, dst):
+    """A copy of each batch's feature bytes into one reused buffer: the memory-speed floor."""
+    for n in sizes:
+        dst[:n].copy_(src[:n])
+    return dst
+
+
+@pytest.mark.benchmark(group="loader: compat BrainToTextDataset (batches of 64)")
+def test_compat_dataset_assembly(benchmark, compat):
+    """compat ``__getitem__`` against the official per-batch HDF5 re-read and a plain copy of the
+    same bytes, in the same run; target: at most 2x the plain copy."""
+    ds = compat["ds"]
+    for k in range(len(ds)):  # the official batches, exactly
+        want = official_batch(compat["files"], compat["index"][k])
+        got = ds[k]
+        assert list(got) == list(want)
+        for key in want:
+            assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+        del got
+    t_off = median_seconds(_official_all, {"files": compat["files"], "index": compat["index"]},
+                           repeat=3, warmup=0)
+    t_copy = median_seconds(_plain_copies, compat["sizes"], compat["src"], compat["dst"],
+                            repeat=7, warmup=2)
+    t_compat = median_seconds(_compat_batches, ds, repeat=7, warmup=2)
+    n = len(ds)
+    info = {"cpu_figures": not ON_GPU, "batch_size": B, "neural_dim": NEURAL_DIM, "n_batches": n,
+            "bytes_per_batch": 4 * sum(compat["sizes"]) / n,
+            "path": "compat BrainToTextDataset.__getitem__ (native gather, reused buffer)",
+            "official_s_per_batch": t_off / n, "plain_copy_s_per_batch": t_copy / n,
+            "compat_s_per_batch": t_compat / n, "ratio_official_over_compat": t_off / t_compat,
+            "ratio_compat_over_plain_copy": t_compat / t_copy}
+    run_bench(benchmark, _compat_batches, ds, rounds=10 if ON_GPU else 5, warmup=1, **info)
+    print(f"\nofficial {t_off / n * 1e3:.2f} ms/batch, compat {t_compat / n * 1e3:.2f} ms/batch, "
+          f"plain copy {t_copy / n * 1e3:.2f} ms/batch: official/compat {t_off / t_compat:.1f}x, "
+          f"compat/copy {t_compat / t_copy:.2f}x (host figures)")
+    assert t_compat <= 2 * t_copy, f"assembly {t_compat / t_copy:.2f}x the plain copy (target <= 2x)"
 
 
 @pytest.mark.benchmark(group="loader: train batch plan")

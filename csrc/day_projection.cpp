@@ -198,14 +198,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> day_projection_backward_cpu(
 
 }  // namespace
 
+// seed and step are SymInt so that torch.compile passes the training step as a symbol instead
+// of specialising (recompiling) on every value; the kernels receive them as plain int64.
 TORCH_LIBRARY(fastbci, m) {
   m.def(
       "day_projection(Tensor x, Tensor day_idx, Tensor weight, Tensor bias, float dropout_p, "
-      "int seed, int step) -> Tensor",
+      "SymInt seed, SymInt step) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "day_projection_backward(Tensor grad_out, Tensor out, Tensor x, Tensor day_idx, "
-      "Tensor weight, float dropout_p, int seed, int step, bool compute_dx) "
+      "Tensor weight, float dropout_p, SymInt seed, SymInt step, bool compute_dx) "
       "-> (Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
 }

@@ -23,11 +23,18 @@ Randomness of the day-layer dropout (``rng``):
   ``step`` to :meth:`GRUDecoder.forward`.
 * ``"torch"``: the day projection runs without dropout and ``nn.Dropout`` follows it, drawing
   from torch's global generator in the official order (used by :class:`fastbci.compat.GRUDecoder`).
+
+Under ``torch.compile`` the forward has no data-dependent step: the day layer indexes every
+day's parameters by the global day index (no ``torch.unique``, no host read) and the absent
+days' zero gradients are turned back into ``None`` after the backward (:class:`_AbsentDayGrads`);
+the GRU runs eagerly, outside the graph (:func:`_run_gru`). docs/compat.md, "torch.compile".
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import operator
+import weakref
 from collections import OrderedDict
 from typing import Any, Mapping, Sequence
 
@@ -35,6 +42,11 @@ import torch
 from torch import nn
 
 from fastbci.checkpoint import CheckpointError as _CheckpointFileError
+from fastbci.ops.day_projection import present_day_index
+from fastbci.ops.patchify import patchify
+
+# the op module, looked up at call time (fastbci.ops re-exports a function of the same name)
+_day_op = importlib.import_module("fastbci.ops.day_projection")
 
 IMPLS = ("auto", "fused", "reference")
 RNGS = ("philox", "torch")
@@ -94,25 +106,6 @@ def official_keys(n_days: int, n_layers: int) -> list[str]:
     return keys
 
 
-def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small host tensor on ``device`` without a synchronising copy: through pinned (page-
-    locked) memory with ``non_blocking`` on CUDA (the pinned block is held until the copy has
-    run), as is on the CPU."""
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def _import_op(name: str):
-    """``fastbci.ops.<name>`` or None when that module is not part of this installation."""
-    try:
-        return importlib.import_module(f"fastbci.ops.{name}")
-    except ModuleNotFoundError as e:
-        if e.name in (f"fastbci.ops.{name}",):
-            return None
-        raise
-
-
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool):
         raise TypeError(f"GRUDecoder: {name} must be an integer, got {value!r}")
@@ -131,6 +124,56 @@ def _check_p(name: str, value: Any) -> float:
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f"GRUDecoder: {name} must be in [0, 1), got {value}")
     return value
+
+
+class _AbsentDayGrads:
+    """Keeps the official per-day gradients when the day layer runs inside torch.compile.
+
+    Eager, the day layer stacks only the days of the batch, so an absent day is not in the
+    autograd graph: its ``grad`` stays ``None`` and AdamW skips it. A compiled graph cannot
+    depend on the data, so it indexes every day's parameters and the absent days receive exact
+    zeros. Hooks on each day parameter undo that: after a compiled forward, a day the batch did
+    not hold whose ``grad`` was ``None`` before this backward gets ``None`` back (one that
+    already held a gradient keeps it unchanged: accumulation adds zeros). The days of the batch
+    come from the host when the caller gives them (:meth:`GRUDecoder.note_batch_days`), else from
+    the mask the compiled forward writes (then one device read per backward).
+    """
+
+    def __init__(self, model: "GRUDecoder"):
+        self._model = weakref.ref(model)
+        self.compiled = False      # set by the compiled forward (a dynamo side effect)
+        self.present: frozenset[int] | None = None
+        self._had_grad: dict[int, bool] = {}
+        for d, (w, b) in enumerate(zip(model.day_weights, model.day_biases)):
+            for p in (w, b):
+                if p.requires_grad:
+                    p.register_hook(functools.partial(self._before, p))
+                    p.register_post_accumulate_grad_hook(functools.partial(self._after, d))
+
+    def _before(self, param: torch.Tensor, grad: torch.Tensor) -> None:
+        if self.compiled:
+            self._had_grad[id(param)] = param.grad is not None
+
+    def _after(self, day: int, param: torch.Tensor) -> None:
+        if not self.compiled or self._had_grad.pop(id(param), True):
+            return
+        if self.present is None:
+            model = self._model()
+            if model is None:
+                return
+            self.present = frozenset(torch.nonzero(model._days_seen).flatten().tolist())
+        if day not in self.present:
+            param.grad = None
+
+
+@torch.compiler.disable(recursive=True)
+def _run_gru(model: "GRUDecoder", x: torch.Tensor, states: torch.Tensor):
+    """The cuDNN / ATen GRU, run eagerly: the one deliberate graph break of a compiled forward.
+
+    Dynamo either refuses ``nn.GRU`` or, with ``torch._dynamo.config.allow_rnn``, decomposes it
+    into one cell per time step: every new length recompiles and that decomposition leaves out
+    the dropout between layers in training. The break reads nothing from the device."""
+    return model.gru(x, states)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,6 +252,9 @@ class GRUDecoder(nn.Module):
         self.out = nn.Linear(n_units, n_classes)
         nn.init.xavier_uniform_(self.out.weight)
         self.h0 = nn.Parameter(nn.init.xavier_uniform_(torch.zeros(1, 1, n_units)))
+        # which days the latest compiled forward saw (not in the state dict)
+        self.register_buffer("_days_seen", torch.zeros(n_days, dtype=torch.bool), persistent=False)
+        self._day_grads = _AbsentDayGrads(self)
 
     # -----------------------------------------------------------------------------------------
     @classmethod
@@ -240,117 +286,86 @@ class GRUDecoder(nn.Module):
                 f"impl={self.impl!r}, rng={self.rng!r}")
 
     # -----------------------------------------------------------------------------------------
-    def _local_days(self, day_idx: torch.Tensor, days_present,
-                    local_day_idx: torch.Tensor | None = None) -> tuple[list[int], torch.Tensor]:
-        """The distinct days (host list) and ``day_idx`` remapped to positions in that list.
-
-        With ``local_day_idx`` (and ``days_present``) given, the remapping is taken as is and only
-        checked with an asynchronous device assertion (no host synchronisation, no copy from
-        pageable host memory); otherwise it is computed through a small lookup table."""
-        if local_day_idx is not None:
-            return self._given_local_days(day_idx, days_present, local_day_idx)
-        given = days_present is not None
-        present = self._check_present(days_present if given
-                                      else torch.unique(day_idx).tolist())
-        lut = torch.full((self.n_days,), -1, dtype=torch.long)
-        lut[torch.tensor(present, dtype=torch.long)] = torch.arange(len(present))
-        local = _upload(lut, day_idx.device)[day_idx.clamp(0, self.n_days - 1)]
-        if given:
-            inside = (day_idx >= 0) & (day_idx < self.n_days) & (local >= 0)
-            if day_idx.device.type == "cpu":
-                if not bool(inside.all()):
-                    missing = sorted(set(day_idx[~inside].tolist()))
-                    raise ValueError(f"GRUDecoder.forward: day_idx holds days {missing} that are "
-                                     f"not in days_present={present}")
-            else:
-                torch._assert_async(inside.all(), "GRUDecoder.forward: day_idx holds a day that is "
-                                                  "not in days_present")
-        return present, local
-
-    def _check_present(self, days_present) -> list[int]:
-        """``days_present`` as a list of distinct day indices of this model, or a clear error."""
-        where = "GRUDecoder.forward"
-        try:
-            present = [int(d) for d in days_present]
-        except (TypeError, ValueError):
-            raise TypeError(f"{where}: days_present must be a sequence of day indices, got "
-                            f"{days_present!r}") from None
-        if not present:
-            raise ValueError(f"{where}: the batch holds no trial (days_present is empty)")
-        if len(set(present)) != len(present):
-            raise ValueError(f"{where}: days_present has repeated days: {present}")
-        bad = [d for d in present if not 0 <= d < self.n_days]
-        if bad:
-            raise ValueError(f"{where}: day indices {bad} are outside [0, {self.n_days - 1}] "
-                             f"(the model has {self.n_days} day layers)")
-        return present
-
-    def _given_local_days(self, day_idx: torch.Tensor, days_present,
-                          local_day_idx) -> tuple[list[int], torch.Tensor]:
-        """Check a caller's ``(days_present, local_day_idx)`` pair (see :meth:`_local_days`)."""
-        where = "GRUDecoder.forward"
-        if days_present is None:
-            raise ValueError(f"{where}: local_day_idx needs days_present (the days its entries "
-                             "index)")
-        present = self._check_present(days_present)
-        if not isinstance(local_day_idx, torch.Tensor) or local_day_idx.dim() != 1 \
-                or local_day_idx.shape[0] != day_idx.shape[0]:
-            shape = tuple(local_day_idx.shape) if isinstance(local_day_idx, torch.Tensor) \
-                else type(local_day_idx).__name__
-            raise ValueError(f"{where}: local_day_idx must be a ({day_idx.shape[0]},) tensor, "
-                             f"got {shape}")
-        if local_day_idx.dtype.is_floating_point or local_day_idx.dtype == torch.bool \
-                or local_day_idx.is_complex():
-            raise TypeError(f"{where}: local_day_idx must be an integer tensor, got "
-                            f"{local_day_idx.dtype}")
-        local = local_day_idx.to(device=day_idx.device, dtype=torch.long, non_blocking=True)
-        # every entry must point at its trial's day in days_present; checked on the device,
-        # asynchronously on CUDA (the C++ check runs at once on the CPU)
-        present_t = _upload(torch.tensor(present, dtype=torch.long), day_idx.device)
-        in_range = (local >= 0) & (local < len(present))
-        agrees = present_t[local.clamp(0, len(present) - 1)] == day_idx
-        try:
-            torch._assert_async((in_range & agrees).all(),
-                                f"{where}: local_day_idx does not map day_idx onto "
-                                f"days_present={present}")
-        except RuntimeError:
-            if day_idx.device.type != "cpu":
-                raise
-            raise ValueError(f"{where}: local_day_idx {local.tolist()} does not map day_idx "
-                             f"{day_idx.tolist()} onto days_present={present} (entry i must be "
-                             "the position of day_idx[i] in days_present)") from None
-        return present, local
-
-    def _day_layer(self, x: torch.Tensor, day_idx: torch.Tensor, days_present, seed: int,
-                   step: int, local_day_idx: torch.Tensor | None = None) -> torch.Tensor:
-        present, local = self._local_days(day_idx, days_present, local_day_idx)
-        weight = torch.stack([self.day_weights[d] for d in present], dim=0)
-        bias = torch.cat([self.day_biases[d] for d in present], dim=0)
-        philox_p = self.input_dropout if (self.training and self.rng == "philox") else 0.0
-        mod = _import_op("day_projection")
-        if mod is not None:
-            y = mod.day_projection(x, local, weight, bias, philox_p, seed, step, impl=self.impl)
-        elif self.impl == "reference":
-            from fastbci.reference import day_projection_ref
-            y = day_projection_ref(x, local, weight, bias, philox_p, seed, step)
+    def _day_layer(self, x: torch.Tensor, day_idx: torch.Tensor, days_present, local_day_idx,
+                   seed: int, step: int) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # a static graph: every day's parameters, indexed by the global day of each trial
+            # (the C++ CPU op range-checks day_idx; the CUDA kernel gives NaN for a bad day)
+            weight = torch.stack(list(self.day_weights), dim=0)
+            bias = torch.cat(list(self.day_biases), dim=0)
+            local = day_idx
+            if torch.is_grad_enabled():
+                days = torch.arange(self.n_days, device=day_idx.device)
+                self._days_seen.copy_((day_idx.unsqueeze(1) == days).any(0))
+                self._day_grads.compiled = True
+                self._day_grads.present = None
         else:
-            raise RuntimeError(
-                f"GRUDecoder(impl={self.impl!r}): fastbci.ops.day_projection is not available in "
-                "this installation; use impl='reference'")
+            present, local = present_day_index(day_idx, self.n_days, days_present, local_day_idx,
+                                               where="GRUDecoder.forward")
+            weight = torch.stack([self.day_weights[d] for d in present], dim=0)
+            bias = torch.cat([self.day_biases[d] for d in present], dim=0)
+            self._day_grads.compiled = False
+        philox_p = self.input_dropout if (self.training and self.rng == "philox") else 0.0
+        y = _day_op.day_projection(x, local, weight, bias, philox_p, seed, step, impl=self.impl)
         if self.rng == "torch" and self.input_dropout > 0:
             y = self.day_layer_dropout(y)
         return y
 
-    def _patch(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.shape[1]
-        if T < self.patch_size:
+    def note_batch_days(self, days_present: Sequence[int]) -> None:
+        """Tell the model the days of the batch it just ran forward (host ints), e.g. a
+        :class:`fastbci.data.batch.Batch`'s ``days_present``: after a compiled forward the
+        absent-day gradients are then cleared without reading the device (see
+        :class:`_AbsentDayGrads`). Optional; harmless after an eager forward."""
+        self._day_grads.present = frozenset(int(d) for d in days_present)
+
+    def _checked_day_idx(self, x, day_idx) -> torch.Tensor:
+        """``x``'s shape checked and ``day_idx`` as an int64 tensor on ``x``'s device."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"GRUDecoder.forward: x must be a (B, T, {self.neural_dim}) tensor, "
+                             f"got {shape}")
+        B, T, C = x.shape
+        if C != self.neural_dim:
+            raise ValueError(f"GRUDecoder.forward: x has {C} channels, the model expects "
+                             f"neural_dim={self.neural_dim}")
+        if B == 0:
+            raise ValueError("GRUDecoder.forward: empty batch (B=0)")
+        if self.patch_size > 0 and T < self.patch_size:
             raise ValueError(f"GRUDecoder.forward: patching needs at least patch_size="
                              f"{self.patch_size} time steps, got T={T}")
-        mod = _import_op("patchify")
-        if mod is not None:
-            return mod.patchify(x, self.patch_size, self.patch_stride, impl=self.impl)
-        from fastbci.reference import patchify_ref
-        return patchify_ref(x, self.patch_size, self.patch_stride)
+        if not isinstance(day_idx, torch.Tensor):
+            try:
+                day_idx = torch.as_tensor([int(d) for d in day_idx], dtype=torch.long)
+            except (TypeError, ValueError):
+                raise TypeError("GRUDecoder.forward: day_idx must be a tensor or a sequence of "
+                                f"ints, got {day_idx!r}") from None
+        if day_idx.dim() != 1 or day_idx.shape[0] != B:
+            raise ValueError(f"GRUDecoder.forward: day_idx must have shape ({B},), got "
+                             f"{tuple(day_idx.shape)}")
+        if day_idx.dtype.is_floating_point or day_idx.dtype == torch.bool:
+            raise TypeError(f"GRUDecoder.forward: day_idx must be an integer tensor, got "
+                            f"{day_idx.dtype}")
+        return day_idx.to(device=x.device, dtype=torch.long)
+
+    def gru_inputs(self, x: torch.Tensor, day_idx, states: torch.Tensor | None = None, *,
+                   days_present: Sequence[int] | None = None,
+                   local_day_idx: torch.Tensor | None = None, seed: int = 0, step: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything before the GRU: day layer and patching of ``x``, and the initial state.
+
+        Returns ``(inputs (B, P, input_size), states (n_layers, B, n_units))``; the arguments
+        are those of :meth:`forward`. Compiles as one graph (``fullgraph=True``)."""
+        day_idx = self._checked_day_idx(x, day_idx)
+        B = x.shape[0]
+        x = self._day_layer(x, day_idx, days_present, local_day_idx, seed, step)
+        if self.patch_size > 0:
+            x = patchify(x, self.patch_size, self.patch_stride, impl=self.impl)
+        if states is None:
+            states = self.h0.expand(self.n_layers, B, self.n_units).contiguous()
+        elif tuple(states.shape) != (self.n_layers, B, self.n_units):
+            raise ValueError(f"GRUDecoder.forward: states must have shape "
+                             f"{(self.n_layers, B, self.n_units)}, got {tuple(states.shape)}")
+        return x, states
 
     def forward(self, x: torch.Tensor, day_idx, states: torch.Tensor | None = None,
                 return_state: bool = False, *, days_present: Sequence[int] | None = None,
@@ -365,49 +380,30 @@ class GRUDecoder(nn.Module):
             days_present: the distinct days of the batch as a host sequence (the trainer knows
                 them, which spares a device sync); ``None``: computed with ``torch.unique``.
             local_day_idx: ``(B,)`` position of each trial's day in ``days_present`` (needs
-                ``days_present``), e.g. :class:`fastbci.train.Batch` ``local_day_idx``: spares
-                the model building and uploading its day lookup table every step. Checked
-                against ``day_idx`` with a device assertion (asynchronous on CUDA).
+                ``days_present``), e.g. :class:`fastbci.data.batch.Batch` ``local_day_idx``:
+                spares the model building and uploading its day lookup table every step.
+                Checked against ``day_idx`` with a device assertion (asynchronous on CUDA).
             seed, step: the Philox key and step of the day-layer dropout (``rng="philox"``).
+
+        Under torch.compile ``days_present`` and ``local_day_idx`` are not read (the graph
+        indexes every day); :meth:`note_batch_days` passes the days instead.
         """
-        if not isinstance(x, torch.Tensor) or x.dim() != 3:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"GRUDecoder.forward: x must be a (B, T, {self.neural_dim}) tensor, "
-                             f"got {shape}")
-        B, T, C = x.shape
-        if C != self.neural_dim:
-            raise ValueError(f"GRUDecoder.forward: x has {C} channels, the model expects "
-                             f"neural_dim={self.neural_dim}")
-        if B == 0:
-            raise ValueError("GRUDecoder.forward: empty batch (B=0)")
-        if not isinstance(day_idx, torch.Tensor):
-            try:
-                day_idx = torch.as_tensor([int(d) for d in day_idx], dtype=torch.long)
-            except (TypeError, ValueError):
-                raise TypeError("GRUDecoder.forward: day_idx must be a tensor or a sequence of "
-                                f"ints, got {day_idx!r}") from None
-        if day_idx.dim() != 1 or day_idx.shape[0] != B:
-            raise ValueError(f"GRUDecoder.forward: day_idx must have shape ({B},), got "
-                             f"{tuple(day_idx.shape)}")
-        if day_idx.dtype.is_floating_point or day_idx.dtype == torch.bool:
-            raise TypeError(f"GRUDecoder.forward: day_idx must be an integer tensor, got "
-                            f"{day_idx.dtype}")
-        day_idx = day_idx.to(device=x.device, dtype=torch.long)
-
-        x = self._day_layer(x, day_idx, days_present, seed, step, local_day_idx)
-        if self.patch_size > 0:
-            x = self._patch(x)
-
-        if states is None:
-            states = self.h0.expand(self.n_layers, B, self.n_units).contiguous()
-        elif tuple(states.shape) != (self.n_layers, B, self.n_units):
-            raise ValueError(f"GRUDecoder.forward: states must have shape "
-                             f"{(self.n_layers, B, self.n_units)}, got {tuple(states.shape)}")
-        output, hidden = self.gru(x, states)
+        x, states = self.gru_inputs(x, day_idx, states, days_present=days_present,
+                                    local_day_idx=local_day_idx, seed=seed, step=step)
+        output, hidden = _run_gru(self, x, states)
         logits = self.out(output)
         if return_state:
             return logits, hidden
         return logits
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_day_grads", None)  # hooks and a weak reference: rebuilt on load
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._day_grads = _AbsentDayGrads(self)
 
     # -----------------------------------------------------------------------------------------
     def official_keys(self) -> list[str]:

@@ -195,18 +195,47 @@ def test_feature_subset_and_subset_of_trials(release):
         assert_same_batch(ds[k], exp, f"subset batch {k}")
 
 
-def test_dataloader_workers_share_the_store(release):
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 4 workers on a small CI box
+@pytest.mark.parametrize("workers", [0, 4])
+def test_dataloader_batches_equal_official_even_when_all_are_kept(release, workers):
+    """The official loader settings (batch_size=None, 4 workers, pinned memory when there is a
+    GPU) and a consumer that keeps every batch: none is overwritten by a later one."""
     train, _ = train_test_split_indicies(_paths(release, "train"), test_percentage=0, seed=1)
-    ds = BrainToTextDataset(train, 6, split="train", batch_size=8, days_per_batch=2, random_seed=1)
+    n_batches = 10
+    ds = BrainToTextDataset(train, n_batches, split="train", batch_size=8, days_per_batch=2,
+                            random_seed=1)
     assert ds.store.features.is_shared()
-    ref_index = ref_index_train(train, 6, 8, 2, 1)
-    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=2, pin_memory=torch.cuda.is_available())
-    n = 0
-    for k, batch in enumerate(loader):
+    ref_index = ref_index_train(train, n_batches, 8, 2, 1)
+    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                        pin_memory=torch.cuda.is_available())
+    kept = list(loader)
+    assert len(kept) == n_batches
+    for k, batch in enumerate(kept):
         assert_same_batch({key: v.cpu() for key, v in batch.items()}, ref_batch(train, ref_index[k]),
-                          f"loader batch {k}")
-        n += 1
-    assert n == 6
+                          f"loader batch {k} ({workers} workers)")
+
+
+def test_feature_buffers_are_reused_only_when_released(release):
+    train, _ = train_test_split_indicies(_paths(release, "train"), test_percentage=0, seed=1)
+    ds = BrainToTextDataset(train, 12, split="train", batch_size=8, days_per_batch=2, random_seed=1)
+    ref_index = ref_index_train(train, 12, 8, 2, 1)
+    # kept batches (and a view of one) stay intact while later ones are assembled
+    kept = [ds[k] for k in range(6)]
+    part = kept[0]["input_features"][:, :3]
+    del kept[0]["input_features"]
+    ptrs = {b["input_features"].data_ptr() for b in kept[1:]}
+    assert len(ptrs) == 5, "two kept batches share a buffer"
+    for k in range(1, 6):
+        assert_same_batch(kept[k], ref_batch(train, ref_index[k]), f"kept batch {k}")
+    assert torch.equal(part, ref_batch(train, ref_index[0])["input_features"][:, :3])
+    # a released batch's buffer serves the next one (no fresh allocation per batch)
+    del kept, part
+    first = ds[6]["input_features"].data_ptr()
+    for k in range(7, 12):
+        batch = ds[k]
+        assert batch["input_features"].data_ptr() == first, f"batch {k}: buffer not reused"
+        assert_same_batch(batch, ref_batch(train, ref_index[k]), f"batch {k}")
+        del batch
 
 
 def test_errors(release):

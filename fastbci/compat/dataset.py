@@ -3,9 +3,10 @@
 ``BrainToTextDataset`` returns the same batches as the official one for the same seed (same
 keys, dtypes and values, trials in the same order) and leaves numpy's and torch's global
 generators in the same state, but it reads every listed trial once, at construction, into a
-:class:`~fastbci.data.TrialStore` in shared memory: ``__getitem__`` is one gather instead of
-re-opening the HDF5 files, and DataLoader workers (the official ``batch_size=None,
-num_workers=4, pin_memory=True``) index the same shared storage rather than receiving copies.
+:class:`~fastbci.data.TrialStore` in shared memory: ``__getitem__`` is one native gather (a
+memcpy per trial) into a reused buffer instead of re-opening the HDF5 files, and DataLoader
+workers (the official ``batch_size=None, num_workers=4, pin_memory=True``) index the same shared
+storage rather than receiving copies.
 
 Differences, all on error paths: a bad or unreadable trial is a clear error at construction
 (the official loader prints and silently drops it from that batch); a day that can be drawn
@@ -28,6 +29,51 @@ from ..data.store import SessionSource, TrialStore
 from ..data.t15 import DataError, open_session_file, trial_name
 
 __all__ = ["BrainToTextDataset", "train_test_split_indicies"]
+
+
+def _storage_users(t: torch.Tensor) -> int | None:
+    """How many tensors (and other holders) share ``t``'s storage in this process; None when
+    this build of torch cannot tell."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return None if count is None else int(count(t.untyped_storage()._cdata))
+
+
+class _FeatureBuffers:
+    """Where ``__getitem__`` gathers a batch's features: reused host buffers, each handed out
+    again only once nothing references it.
+
+    A fresh ``(B, T_max, C)`` tensor per batch costs more (page faults on the first touch of
+    ~100 MB) than the gather itself. In the process that assembles the batch (plain indexing, a
+    DataLoader with ``num_workers=0``) a buffer is reused when no tensor views its storage any
+    more (the caller dropped the batch; a tensor kept, a pinned copy being made or a ``.to()`` in
+    progress all hold it); otherwise another buffer is used (up to ``slots``), then fresh tensors.
+    In a DataLoader worker the batch goes to the main process, where its users cannot be seen:
+    there every batch gets a fresh tensor, made directly in shared memory (the pickler then sends
+    a handle instead of copying the batch into shared memory first).
+    """
+
+    def __init__(self, capacity: int, slots: int = 3):
+        self.capacity = capacity  # elements: the largest batch of the plan
+        self.slots = slots
+        self._ring: list[tuple[torch.Tensor, int]] = []  # (buffer, its users when idle)
+
+    def __getstate__(self):  # a copy (e.g. for a spawned worker) starts without buffers
+        return {"capacity": self.capacity, "slots": self.slots, "_ring": []}
+
+    def take(self, numel: int) -> torch.Tensor:
+        """A contiguous float32 buffer of at least ``numel`` elements that no one else uses."""
+        if torch.utils.data.get_worker_info() is not None:
+            storage = torch.UntypedStorage._new_shared(numel * 4)
+            return torch.empty(0, dtype=torch.float32).set_(storage, 0, (numel,), (1,))
+        if numel <= self.capacity:
+            for buf, idle in self._ring:
+                if _storage_users(buf) == idle:
+                    return buf
+            if len(self._ring) < self.slots and _storage_users(torch.empty(0)) is not None:
+                buf = torch.empty(self.capacity, dtype=torch.float32)
+                self._ring.append((buf, _storage_users(buf)))
+                return buf
+        return torch.empty(numel, dtype=torch.float32)
 
 
 def _session_of(path: str) -> str:
@@ -121,13 +167,30 @@ class BrainToTextDataset(Dataset):
         else:
             self.plan = val_batch_plan(self.store.trials_by_day, batch_size)
             self.n_batches = len(self.plan)
+        self._buffers = _FeatureBuffers(self._largest_batch())
 
     def __len__(self) -> int:
         return self.n_batches
 
+    def _largest_batch(self) -> int:
+        """Elements of the plan's largest ``input_features`` (B * T_max * C), 0 for no batch."""
+        plan = self.plan
+        if len(plan) == 0 or len(plan.rows) == 0:
+            return 0
+        starts = np.asarray(plan.starts[:-1], dtype=np.int64)
+        sizes = np.diff(np.asarray(plan.starts, dtype=np.int64))
+        keep = sizes > 0
+        t_max = np.maximum.reduceat(self.store.lengths_np[plan.rows], starts[keep])
+        return int((sizes[keep] * t_max).max()) * self.store.n_features
+
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
-        """The batch ``idx``: the official dict of padded tensors, assembled with one gather."""
-        return self.store.batch(self.plan[idx])
+        """The batch ``idx``: the official dict of padded tensors, its features gathered by the
+        native kernel into a reused buffer (see :class:`_FeatureBuffers`)."""
+        rows = self.plan[idx]
+        if not len(rows):
+            return self.store.batch(rows)
+        numel = len(rows) * int(self.store.lengths_np[rows].max()) * self.store.n_features
+        return self.store.batch(rows, out=self._buffers.take(numel))
 
     @property
     def batch_index(self) -> dict[int, dict[Any, np.ndarray | list]]:

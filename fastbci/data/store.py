@@ -4,8 +4,9 @@ All trials of a split are read once into ``features`` of shape ``(N_total_steps,
 (trial ``i`` occupies rows ``offsets[i] .. offsets[i+1]``), plus one all-zero row after the
 last trial. :meth:`TrialStore.batch` builds, for the requested trials, the index
 ``offsets[row] + t`` where ``t < length[row]`` and the zero row elsewhere, and assembles the
-zero-padded ``(B, T_max, C)`` batch with a single ``index_select``: no Python loop of copies, no
-file access. The store lives in host memory (pinned when a GPU is present, or shared memory for
+zero-padded ``(B, T_max, C)`` batch with a single ``index_select`` (a host store: one native copy
+of each trial's contiguous rows, ``fastbci::gather_padded_``): no Python loop of copies, no file
+access. The store lives in host memory (pinned when a GPU is present, or shared memory for
 DataLoader workers) or on a CUDA device.
 """
 from __future__ import annotations
@@ -27,6 +28,21 @@ __all__ = ["TrialStore", "SessionSource"]
 BATCH_KEYS = ("input_features", "seq_class_ids", "n_time_steps", "phone_seq_lens", "day_indicies",
               "transcriptions", "block_nums", "trial_nums")
 LABEL_KEYS = ("seq_class_ids", "phone_seq_lens", "transcriptions")
+
+
+_GATHER: list = []
+
+
+def _native_gather():
+    """``torch.ops.fastbci.gather_padded_`` when the C++ extension is built, else None (looked
+    up once)."""
+    if not _GATHER:
+        try:
+            import fastbci._C  # noqa: F401  (its import registers the op)
+            _GATHER.append(torch.ops.fastbci.gather_padded_)
+        except (ImportError, AttributeError):
+            _GATHER.append(None)
+    return _GATHER[0]
 
 
 class SessionSource:
@@ -373,23 +389,7 @@ class TrialStore:
             t_max = int(pad_to)
         dev = self.device
         rows_t = torch.from_numpy(rows_np).to(dev, non_blocking=True)
-        sentinel = int(self.offsets_np[-1])
-        t = torch.arange(t_max, device=dev)
-        start = self.offsets.index_select(0, rows_t).unsqueeze(1)
-        valid = t.unsqueeze(0) < self.lengths.index_select(0, rows_t).unsqueeze(1)
-        idx = torch.where(valid, start + t.unsqueeze(0), sentinel)
-        shape = (len(rows_np), t_max, self.n_features)
-        if out is None:
-            feats = self._packed.index_select(0, idx.reshape(-1)).view(shape)
-        else:
-            need = shape[0] * shape[1] * shape[2]
-            if (out.dtype != torch.float32 or out.device != dev or not out.is_contiguous()
-                    or out.numel() < need):
-                raise ValueError(f"out must be a contiguous float32 tensor on {dev} with at least "
-                                 f"{need} elements, got {out.dtype} {tuple(out.shape)} on {out.device}")
-            feats = out.view(-1)[:need].view(shape[0] * shape[1], shape[2])
-            torch.index_select(self._packed, 0, idx.reshape(-1), out=feats)
-            feats = feats.view(shape)
+        feats = self._gather_features(rows_t, t_max, out)
         out = {"input_features": feats}
         if self.has_labels:
             out["seq_class_ids"] = self.seq_class_ids.index_select(0, rows_t)
@@ -404,6 +404,35 @@ class TrialStore:
             out["transcriptions"] = self.transcriptions.index_select(0, rows_t)
         out["block_nums"] = self.block_num.index_select(0, rows_t)
         out["trial_nums"] = self.trial_num.index_select(0, rows_t)
+        return out
+
+    def _gather_features(self, rows_t: torch.Tensor, t_max: int,
+                         out: torch.Tensor | None) -> torch.Tensor:
+        """The zero-padded ``(B, t_max, C)`` features of store rows ``rows_t`` (checked), in a
+        view of ``out`` when given. A host store uses the native ``fastbci::gather_padded_``
+        (one copy of each trial's bytes and a memset of its padding); without the extension, and
+        on a GPU, one ``index_select`` of the packed rows (padding read from the zero row)."""
+        shape = (rows_t.shape[0], t_max, self.n_features)
+        if out is not None:
+            need = shape[0] * shape[1] * shape[2]
+            if (out.dtype != torch.float32 or out.device != self.device or not out.is_contiguous()
+                    or out.numel() < need):
+                raise ValueError(f"out must be a contiguous float32 tensor on {self.device} with "
+                                 f"at least {need} elements, got {out.dtype} {tuple(out.shape)} on "
+                                 f"{out.device}")
+            out = out.view(-1)[:need].view(shape)
+        gather = _native_gather() if self.device.type == "cpu" else None
+        if gather is not None:
+            feats = torch.empty(shape, dtype=self._packed.dtype) if out is None else out
+            return gather(self._packed, self.offsets, self.lengths, rows_t, t_max, feats)
+        sentinel = int(self.offsets_np[-1])
+        t = torch.arange(t_max, device=self.device)
+        start = self.offsets.index_select(0, rows_t).unsqueeze(1)
+        valid = t.unsqueeze(0) < self.lengths.index_select(0, rows_t).unsqueeze(1)
+        idx = torch.where(valid, start + t.unsqueeze(0), sentinel).reshape(-1)
+        if out is None:
+            return self._packed.index_select(0, idx).view(shape)
+        torch.index_select(self._packed, 0, idx, out=out.view(-1, shape[2]))
         return out
 
     def trial_ids(self, rows: Sequence[int]) -> list[str]:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fastbci import philox
+from fastbci.kernels import int64_bits
 from fastbci.ops._triton import interpreted, load_kernels, triton_importable
 from fastbci.reference import augment_ref, smooth_ref, smoothing_taps, transform_ref
 
@@ -115,6 +116,57 @@ def _kernels():
     return load_kernels("augment", "fastbci.ops.augment")
 
 
+_TAP_VALUES: dict[tuple, tuple[float, ...]] = {}
+
+
+@torch.compiler.assume_constant_result
+def _tap_values(std, size, where: str) -> tuple[float, ...]:
+    """The smoothing taps for (smooth_kernel_std, smooth_kernel_size) as Python floats, computed
+    once on the host: a plain constant for torch.compile (no numpy or cache tracing)."""
+    key = (type(std), std, type(size), size)
+    hit = _TAP_VALUES.get(key)
+    if hit is None:
+        taps = smoothing_taps({"smooth_kernel_std": std, "smooth_kernel_size": size}, None, where)
+        hit = _TAP_VALUES[key] = tuple(float(v) for v in taps.numpy())
+    return hit
+
+
+_DEVICE_TAPS: dict[tuple, torch.Tensor] = {}
+
+
+def _device_taps(taps: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The float32 taps on ``device``, uploaded once per (taps, device)."""
+    key = (taps, device)
+    hit = _DEVICE_TAPS.get(key)
+    if hit is None:
+        if len(_DEVICE_TAPS) >= _TAPS_CACHE_MAX:
+            _DEVICE_TAPS.clear()
+        hit = _DEVICE_TAPS[key] = torch.tensor(taps, dtype=torch.float32, device=device)
+    return hit
+
+
+# The kernel launch as a custom op: one opaque node for torch.compile (Dynamo does not trace the
+# launcher or the interpreted kernel), with a fake implementation for shapes. Not differentiable.
+@torch.library.custom_op("fastbci::augment_smooth", mutates_args=())
+def _augment_op(src: torch.Tensor, rows: torch.Tensor | None, offsets: torch.Tensor | None,
+                lengths: torch.Tensor | None, taps: list[float], n_trials: int, t_out: int,
+                t_max: int, cut: int, padding: str, seed: int, noise_base: int, offset_base: int,
+                noise_std: float, offset_std: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """The fused kernel into a new contiguous (n_trials, t_out, C) tensor (``taps`` empty: no
+    smoothing; ``rows`` None: ``src`` is the padded batch, else the packed store)."""
+    out = torch.empty(n_trials, t_out, src.shape[-1], dtype=out_dtype, device=src.device)
+    return _kernels().augment_smooth_launch(
+        src, out, _device_taps(tuple(taps), src.device) if taps else None, t_max=t_max, cut=cut,
+        padding=padding, seed=seed, noise_base=noise_base, offset_base=offset_base,
+        noise_std=noise_std, offset_std=offset_std, rows=rows, offsets=offsets, lengths=lengths)
+
+
+@_augment_op.register_fake
+def _(src, rows, offsets, lengths, taps, n_trials, t_out, t_max, cut, padding, seed, noise_base,
+      offset_base, noise_std, offset_std, out_dtype):
+    return src.new_empty((n_trials, t_out, src.shape[-1]), dtype=out_dtype)
+
+
 def _resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, where: str) -> str:
     if impl == "auto":
         fusable = device.type == "cuda" and dtype in _FUSED_IN_DTYPES
@@ -137,9 +189,16 @@ def _resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, where: st
 class _Plan:
     """What the kernel must do for one call, decided on the host (no device sync)."""
 
-    def __init__(self, where, transforms, mode, seed, step, padding, t_max, device):
+    def __init__(self, where, transforms, mode, seed, step, padding, t_max):
         smooth = _smooth_flag(transforms, where)
-        self.taps = cached_smoothing_taps(transforms, device, where) if smooth else None
+        self.taps = None
+        if smooth:
+            for key in ("smooth_kernel_std", "smooth_kernel_size"):
+                if key not in transforms:
+                    raise KeyError(f"{where}: transforms (dataset.data_transforms) lacks the key "
+                                   f"{key!r}; it has {sorted(transforms)}")
+            self.taps = _tap_values(transforms["smooth_kernel_std"],
+                                    transforms["smooth_kernel_size"], where)
         self.noise_std = self.offset_std = 0.0
         self.cut = 0
         self.via_reference = False  # static gain / random walk: augment with the reference ops
@@ -164,7 +223,7 @@ class _Plan:
                     f"removes all T={t_max} time steps of the batch; lower "
                     f"dataset.data_transforms.random_cut below the shortest padded batch")
         self.t_cut = max(t_max - self.cut, 0)
-        k = int(self.taps.numel()) if smooth else 1
+        k = len(self.taps) if smooth else 1
         self.k = k
         if smooth and padding == "valid":
             if self.t_cut < k and t_max > 0:
@@ -184,30 +243,25 @@ class _Plan:
 
 
 def _launch(where, src, plan: _Plan, *, B, C, t_max, padding, out_dtype, seed, step, gather=None):
-    k = _kernels()
-    out = torch.empty(B, max(plan.t_out, 0), C, dtype=out_dtype, device=src.device)
     if plan.noise_std > 0 and B * t_max * C > _INDEX_SPACE:
         raise ValueError(f"{where}: the padded batch has B*T_max*C = {B * t_max * C} elements, "
                          f"more than the 2**32 Philox element indices of the NOISE stream")
-    taps = plan.taps.to(device=src.device, dtype=torch.float32).contiguous() \
-        if plan.taps is not None else None
     rows, offsets, lengths = gather if gather is not None else (None, None, None)
-    return k.augment_smooth_launch(
-        src, out, taps, t_max=t_max, cut=plan.cut, padding=padding, seed=seed,
-        noise_base=philox.triton_offset_base(step, philox.NOISE),
-        offset_base=philox.triton_offset_base(step, philox.OFFSET),
-        noise_std=plan.noise_std, offset_std=plan.offset_std,
-        rows=rows, offsets=offsets, lengths=lengths)
+    return _augment_op(src, rows, offsets, lengths, list(plan.taps or ()), B, max(plan.t_out, 0),
+                       t_max, plan.cut, padding, int64_bits(seed),
+                       int64_bits(philox.triton_offset_base(step, philox.NOISE)),
+                       int64_bits(philox.triton_offset_base(step, philox.OFFSET)),
+                       plan.noise_std, plan.offset_std, out_dtype)
 
 
 def _fused_padded(where, x, n_time_steps, transforms, mode, seed, step, padding, out_dtype):
     B, T, C = x.shape
-    plan = _Plan(where, transforms, mode, seed, step, padding, T, x.device)
+    plan = _Plan(where, transforms, mode, seed, step, padding, T)
     if plan.via_reference:
         # static gain / random walk are not fused: augment with the reference ops (same Philox
         # streams), then let the kernel smooth the cut batch
         xa, _, _ = augment_ref(x, n_time_steps, transforms, rng="philox", seed=seed, step=step)
-        smooth_plan = _Plan(where, transforms, "val", seed, step, padding, xa.shape[1], x.device)
+        smooth_plan = _Plan(where, transforms, "val", seed, step, padding, xa.shape[1])
         out = _launch(where, xa, smooth_plan, B=B, C=C, t_max=xa.shape[1], padding=padding,
                       out_dtype=out_dtype, seed=seed, step=step)
         return out, plan.lengths_out(n_time_steps)
@@ -319,7 +373,11 @@ def _batch_t_max(where, lengths, rows, t_max):
     if t_max is not None:
         if isinstance(t_max, bool) or not isinstance(t_max, int) or t_max < 0:
             raise ValueError(f"{where}: t_max must be an integer >= 0 or None, got {t_max!r}")
-        if rows.device.type == "cpu" and rows.numel():
+        if torch.compiler.is_compiling():
+            # no host read inside a graph: checked by the graph itself (a device assertion)
+            torch._assert_async(((rows >= 0) & (rows < n)).all(),
+                                f"{where}: rows must index the {n} trials of the store")
+        elif rows.device.type == "cpu" and rows.numel():
             # host rows: check them with numpy (host data, never a device read)
             r = rows.detach().numpy()
             lo, hi = int(r.min()), int(r.max())
@@ -405,7 +463,7 @@ def augment_smooth_gather(features: torch.Tensor, offsets: torch.Tensor, lengths
     offsets_d = offsets.to(dev, non_blocking=True)
     lengths_d = lengths.to(dev, non_blocking=True)
     n = torch.clamp(lengths_d[rows_d.long()], max=t_max)
-    plan = _Plan(where, transforms, mode, seed, step, padding, t_max, dev)
+    plan = _Plan(where, transforms, mode, seed, step, padding, t_max)
     if plan.via_reference:
         x = _gather_padded(features, offsets_d, lengths_d, rows_d, t_max)
         return _fused_padded(where, x, n, transforms, mode, seed, step, padding, out_dtype)

@@ -11,9 +11,11 @@ from typing import Sequence
 import torch
 
 from fastbci import philox
+from fastbci.data.batch import present_days, to_device
 from fastbci.reference.layers import day_projection_ref
 
-__all__ = ["day_projection", "fused_available", "fused_supports", "stack_present_days"]
+__all__ = ["day_projection", "fused_available", "fused_supports", "present_day_index",
+           "stack_present_days"]
 
 _OP_NAME = "fastbci::day_projection"
 _BWD_NAME = "fastbci::day_projection_backward"
@@ -34,10 +36,15 @@ def fused_available() -> bool:
     return _ext_error is None
 
 
+# the device types the built extension registered kernels for, looked up once at import (a
+# dispatcher query inside a torch.compile region would break the graph)
+_KERNEL_DEVICES = frozenset(
+    dev for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+    if _ext_error is None and torch._C._dispatch_has_kernel_for_dispatch_key(_OP_NAME, key))
+
+
 def _has_kernel(device_type: str) -> bool:
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return (key is not None and fused_available()
-            and torch._C._dispatch_has_kernel_for_dispatch_key(_OP_NAME, key))
+    return fused_available() and device_type in _KERNEL_DEVICES
 
 
 def fused_supports(x: torch.Tensor) -> bool:
@@ -118,14 +125,16 @@ def _check_inputs(x, day_idx, weight, bias, dropout_p, seed, step):
               TypeError)
     if not 0.0 <= float(dropout_p) < 1.0:
         _fail(f"dropout_p must be in [0, 1), got {dropout_p}")
-    if not 0 <= int(seed) < 1 << 64:
+    if not 0 <= _as_int(seed) < 1 << 64:
         _fail(f"seed must be in [0, 2**64), got {seed}")
-    if not 0 <= int(step) <= philox.MAX_STEP:
+    if not 0 <= _as_int(step) <= philox.MAX_STEP:
         _fail(f"step must be in [0, {philox.MAX_STEP}], got {step}")
     if dropout_p > 0 and B * T * C_out > philox.MAX_INDEX + 1:
         _fail(f"the dropout mask indexes elements with 32 bits but the output has "
               f"{B * T * C_out} elements")
-    if day_idx.device.type == "cpu" and B > 0:
+    # the data check reads day_idx: CPU tensors only (never a device sync), and only outside
+    # torch.compile (inside a graph the C++ CPU op checks the range itself; CUDA: NaN trials)
+    if day_idx.device.type == "cpu" and B > 0 and not torch.compiler.is_compiling():
         lo, hi = int(day_idx.min()), int(day_idx.max())
         if lo < 0 or hi >= D:
             _fail(f"day_idx values must index the {D} stacked days, got range [{lo}, {hi}]")
@@ -147,9 +156,15 @@ def _check_fused_dtypes(x, weight, bias):
               f"{weight.dtype} and {bias.dtype}", TypeError)
 
 
+def _as_int(v):
+    """``v`` as a Python int (numpy integers accepted); a ``torch.SymInt`` (torch.compile's
+    symbol for a value that changes between calls, e.g. the step) stays as it is."""
+    return v if isinstance(v, torch.SymInt) else int(v)
+
+
 def _seed_as_int64(seed: int) -> int:
     """The 64-bit Philox key as the signed int64 the op schema carries (two's complement)."""
-    seed = int(seed)
+    seed = _as_int(seed)
     return seed - (1 << 64) if seed >= 1 << 63 else seed
 
 
@@ -191,7 +206,97 @@ def day_projection(x: torch.Tensor, day_idx: torch.Tensor, weight: torch.Tensor,
             "or use impl='reference'")
     _check_fused_dtypes(x, weight, bias)
     return torch.ops.fastbci.day_projection(x, day_idx, weight, bias, float(dropout_p),
-                                            _seed_as_int64(seed), int(step))
+                                            _seed_as_int64(seed), _as_int(step))
+
+
+def _check_present(days_present, n_days: int, where: str) -> list[int]:
+    """``days_present`` as a list of distinct day indices in ``[0, n_days)``, or a clear error."""
+    try:
+        present = [int(d) for d in days_present]
+    except (TypeError, ValueError):
+        raise TypeError(f"{where}: days_present must be a sequence of day indices, got "
+                        f"{days_present!r}") from None
+    if not present:
+        raise ValueError(f"{where}: the batch holds no trial (days_present is empty)")
+    if len(set(present)) != len(present):
+        raise ValueError(f"{where}: days_present has repeated days: {present}")
+    bad = [d for d in present if not 0 <= d < n_days]
+    if bad:
+        raise ValueError(f"{where}: day indices {bad} are outside [0, {n_days - 1}] "
+                         f"({n_days} day layers)")
+    return present
+
+
+def _check_local(day_idx: torch.Tensor, present: list[int], local_day_idx, where: str):
+    """A caller's ``local_day_idx`` on day_idx's device, checked against ``day_idx`` there."""
+    if not isinstance(local_day_idx, torch.Tensor) or local_day_idx.dim() != 1 \
+            or local_day_idx.shape[0] != day_idx.shape[0]:
+        shape = tuple(local_day_idx.shape) if isinstance(local_day_idx, torch.Tensor) \
+            else type(local_day_idx).__name__
+        raise ValueError(f"{where}: local_day_idx must be a ({day_idx.shape[0]},) tensor, "
+                         f"got {shape}")
+    if local_day_idx.dtype.is_floating_point or local_day_idx.dtype == torch.bool \
+            or local_day_idx.is_complex():
+        raise TypeError(f"{where}: local_day_idx must be an integer tensor, got "
+                        f"{local_day_idx.dtype}")
+    local = local_day_idx.to(device=day_idx.device, dtype=torch.long, non_blocking=True)
+    present_t = to_device(torch.tensor(present, dtype=torch.long), day_idx.device)
+    in_range = (local >= 0) & (local < len(present))
+    agrees = present_t[local.clamp(0, len(present) - 1)] == day_idx
+    try:  # asynchronous on CUDA; on the CPU the assertion runs at once
+        torch._assert_async((in_range & agrees).all(),
+                            f"{where}: local_day_idx does not map day_idx onto "
+                            f"days_present={present}")
+    except RuntimeError:
+        if day_idx.device.type != "cpu":
+            raise
+        raise ValueError(f"{where}: local_day_idx {local.tolist()} does not map day_idx "
+                         f"{day_idx.tolist()} onto days_present={present} (entry i must be "
+                         "the position of day_idx[i] in days_present)") from None
+    return local
+
+
+def present_day_index(day_idx: torch.Tensor, n_days: int, days_present: Sequence[int] | None = None,
+                      local_day_idx: torch.Tensor | None = None, where: str = "day_projection"
+                      ) -> tuple[list[int], torch.Tensor]:
+    """The days present in a batch (host list) and each trial's position among them (int64, on
+    ``day_idx``'s device): how the day layer maps global day indices onto the stack of the
+    present days' parameters (only those are stacked, so an absent day gets no gradient).
+
+    * ``days_present`` and ``local_day_idx`` given (e.g. :class:`fastbci.data.batch.Batch`, both
+      known on the host): taken as they are, their agreement with ``day_idx`` checked by a device
+      assertion (asynchronous on CUDA, no host read);
+    * ``days_present`` only: positions through a small lookup table, checked the same way on
+      CUDA, on the host for CPU tensors;
+    * neither: the distinct days of ``day_idx`` (one host read when it lives on a GPU).
+
+    Not for torch.compile regions (it builds host lists): the model's compiled path indexes
+    every day's parameters instead. Raises ValueError/TypeError naming the bad days.
+    """
+    if local_day_idx is not None:
+        if days_present is None:
+            raise ValueError(f"{where}: local_day_idx needs days_present (the days its entries "
+                             "index)")
+        present = _check_present(days_present, n_days, where)
+        return present, _check_local(day_idx, present, local_day_idx, where)
+    if days_present is None:
+        present, local = present_days(day_idx.detach().cpu().numpy())
+        _check_present(present, n_days, where)
+        return present, to_device(local, day_idx.device)
+    present = _check_present(days_present, n_days, where)
+    lut = torch.full((n_days,), -1, dtype=torch.long)
+    lut[torch.tensor(present, dtype=torch.long)] = torch.arange(len(present))
+    local = to_device(lut, day_idx.device)[day_idx.clamp(0, n_days - 1)]
+    inside = (day_idx >= 0) & (day_idx < n_days) & (local >= 0)
+    if day_idx.device.type == "cpu":
+        if not bool(inside.all()):
+            missing = sorted(set(day_idx[~inside].tolist()))
+            raise ValueError(f"{where}: day_idx holds days {missing} that are not in "
+                             f"days_present={present}")
+    else:
+        torch._assert_async(inside.all(), f"{where}: day_idx holds a day that is not in "
+                                          "days_present")
+    return present, local
 
 
 def stack_present_days(day_idx: torch.Tensor, day_weights: Sequence[torch.Tensor],
@@ -210,17 +315,13 @@ def stack_present_days(day_idx: torch.Tensor, day_weights: Sequence[torch.Tensor
     n_days = len(day_weights)
     if len(day_biases) != n_days:
         _fail(f"got {n_days} day weights but {len(day_biases)} day biases")
-    days = day_idx.detach().to("cpu", torch.int64)
-    if days.numel() and (int(days.min()) < 0 or int(days.max()) >= n_days):
-        _fail(f"day_idx values must lie in [0, {n_days}), got range "
-              f"[{int(days.min())}, {int(days.max())}]")
-    present, local = torch.unique(days, sorted=True, return_inverse=True)
-    if present.numel() == 0:
+    if day_idx.numel() == 0:
         if n_days == 0:
             _fail("an empty batch and no day parameters: the channel counts are unknown")
         w0, b0 = day_weights[0], day_biases[0]
-        return (local.to(day_idx.device), w0.new_empty((0, *w0.shape)),
+        return (day_idx.to(torch.int64), w0.new_empty((0, *w0.shape)),
                 b0.new_empty((0, b0.numel())))
-    weight = torch.stack([day_weights[int(d)] for d in present], dim=0)
-    bias = torch.stack([day_biases[int(d)].reshape(-1) for d in present], dim=0)
-    return local.to(day_idx.device), weight, bias
+    present, local = present_day_index(day_idx, n_days, where="stack_present_days")
+    weight = torch.stack([day_weights[d] for d in present], dim=0)
+    bias = torch.stack([day_biases[d].reshape(-1) for d in present], dim=0)
+    return local, weight, bias

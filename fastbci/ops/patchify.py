@@ -124,7 +124,11 @@ def patchify(x: torch.Tensor, size: int = 14, stride: int = 4, impl: str = "auto
     """
     _check_args(x, size, stride, impl)
     if _resolve_impl(x, impl) == "reference":
-        return patchify_ref(x, size, stride)
+        y = patchify_ref(x, size, stride)
+        # inside torch.compile a view with overlapping windows must not leave the graph: when
+        # it is a graph output (e.g. before the eager GRU), AOTAutograd (torch 2.13) lays the
+        # incoming gradient out with the output's overlapping strides and loses its overlaps
+        return y.contiguous() if torch.compiler.is_compiling() else y
     return _windows_op(x, size, stride)
 
 

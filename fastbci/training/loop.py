@@ -245,7 +245,10 @@ class Trainer:
         self.optimizer = schedule.make_optimizer(self.model, self.cfg, self.device)
         self.scheduler = schedule.make_scheduler(self.optimizer, self.cfg)
         self.builder = BatchBuilder(self.cfg, self.device, self.impl, self.rng)
-        self._step = TrainStep(self.model, self.optimizer, self.scheduler, self.strategy,
+        # fastbci.compile: the training forward through torch.compile (validation stays eager)
+        net = torch.compile(self.model, dynamic=True) if self.fb["compile"] else self.model
+        self.compile_watch = report.CompileWatch(net if self.fb["compile"] else None, self.log)
+        self._step = TrainStep(net, self.optimizer, self.scheduler, self.strategy,
                                self.builder, self.train_store, self.cfg["grad_norm_clip_value"])
 
     def _init_from_checkpoint(self, path) -> None:
@@ -355,7 +358,8 @@ class Trainer:
         bf = n_blank / n_frames if n_frames else float("nan")
         per = metrics.phoneme_error_rate(edits, n_labels) if n_labels else None
         self.log.info(f"Train batch {k}: loss: {loss:.2f} grad norm: {gnorm:.2f} lr: {lr:.3g} "
-                      f"PER: {report.fmt(per)} blank: {bf:.3f} time: {step_seconds:.3f}")
+                      f"PER: {report.fmt(per)} blank: {bf:.3f} time: {step_seconds:.3f}"
+                      f"{self.compile_watch.note()}")
         self.metrics.append({"batch": k, "split": "train", "loss": loss, "per": per,
                              "per_by_day": {}, "blank_fraction": bf, "lr": lr, "grad_norm": gnorm,
                              "seconds": self._seconds()})

@@ -1,5 +1,5 @@
 """What a run tells its user: the logger (``train.log`` and the console), ``metrics.jsonl``,
-the progress bar, honest step timing and the training curves."""
+the progress bar, honest step timing, torch.compile's recompile count and the training curves."""
 from __future__ import annotations
 
 import errno
@@ -213,6 +213,44 @@ class StepTimer:
             self._end.synchronize()
             return self._begin.elapsed_time(self._end) / 1000.0
         return time.perf_counter() - t0
+
+
+def _frames_compiled() -> int:
+    """Frames torch.compile (Dynamo) has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+    return int(counters["frames"]["ok"])
+
+
+class CompileWatch:
+    """Counts the recompilations of a ``torch.compile``'d training forward, for the train log.
+
+    The first call compiles the model's graphs (two for the GRUDecoder: before and after the
+    eagerly run GRU); every frame Dynamo compiles after it is a recompile (a guard failed, e.g.
+    a new grad mode or a batch of one trial). With ``dynamic=True`` new batch lengths and steps
+    recompile nothing. A forward hook on the compiled wrapper (which runs outside the graph)
+    marks the end of the first call. ``compiled`` None: compilation is off, nothing is logged.
+    """
+
+    def __init__(self, compiled: torch.nn.Module | None, log=None):
+        self.enabled = compiled is not None
+        self._base: int | None = None
+        if self.enabled:
+            self._hook = compiled.register_forward_hook(self._first_call_done)
+            if log is not None:
+                log.info("torch.compile: on (dynamic shapes; the GRU runs eagerly between the "
+                         "compiled graphs); recompiles are counted in the train log")
+
+    def _first_call_done(self, module, args, output) -> None:
+        self._base = _frames_compiled()
+        self._hook.remove()
+
+    def recompiles(self) -> int:
+        """Frames compiled after the first call (0 before it)."""
+        return 0 if self._base is None else _frames_compiled() - self._base
+
+    def note(self) -> str:
+        """`` recompiles: N`` for the train log line, empty when compilation is off."""
+        return f" recompiles: {self.recompiles()}" if self.enabled else ""
 
 
 def plot_curves(records: list[dict], png_path: Path, train_losses: np.ndarray | None = None,

@@ -34,6 +34,8 @@ def forward_logits(model, batch: Batch, *, seed: int, step: int) -> tuple[torch.
     """Model logits ``(B, P, K)`` and the CTC input lengths ``(B,)`` (int32, on the device)."""
     logits = model(batch.features, batch.day_idx, days_present=batch.days_present,
                    local_day_idx=batch.local_day_idx, seed=seed, step=step)
+    # a compiled forward does not read days_present: hand the days over for the backward
+    model.note_batch_days(batch.days_present)
     return logits, patch_input_lengths(batch.n_time_steps, model.patch_size, model.patch_stride)
 
 
