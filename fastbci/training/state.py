@@ -138,7 +138,16 @@ class OutputPlan:
 
 
 def plan_output_dir(cfg: Mapping) -> OutputPlan:
-    """The output-directory policy, without side effects (see :func:`prepare_output_dir`)."""
+    """The output-directory policy, decided without side effects (:func:`apply_output_plan`
+    carries it out once the data has loaded):
+
+    * ``fastbci.resume`` true: the latest resumable checkpoint of ``output_dir`` (an error if
+      there is none); a path: that checkpoint;
+    * a folder that holds only what a start that failed before training left (its log and
+      configuration, no checkpoint) is reused;
+    * otherwise an existing non-empty ``output_dir`` (or ``checkpoint_dir``) is an error that
+      says how to proceed, unless ``fastbci.overwrite=true``, which deletes it first.
+    """
     out, ckdir = Path(cfg["output_dir"]), Path(cfg["checkpoint_dir"])
     for key, d in (("output_dir", out), ("checkpoint_dir", ckdir)):
         if d.exists() and not d.is_dir():
@@ -172,18 +181,3 @@ def apply_output_plan(plan: OutputPlan) -> None:
     for d in plan.delete:
         if d.exists():  # checkpoint_dir may sit inside output_dir, already removed
             shutil.rmtree(d)
-
-
-def prepare_output_dir(cfg: Mapping) -> Path | None:
-    """Apply the output-directory policy; returns the checkpoint to resume from, or None.
-
-    * ``fastbci.resume`` true: the latest resumable checkpoint of ``output_dir`` (an error if
-      there is none); a path: that checkpoint.
-    * an output folder that holds only what a start that failed before training left (its
-      log and configuration, no checkpoint) is reused;
-    * otherwise an existing non-empty ``output_dir`` (or ``checkpoint_dir``) is an error that
-      says how to proceed, unless ``fastbci.overwrite=true``, which deletes it first.
-    """
-    plan = plan_output_dir(cfg)
-    apply_output_plan(plan)
-    return plan.resume_from
