@@ -363,3 +363,9 @@ def test_the_doctor_states_the_collapse_mechanism_once_with_what_to_do():
     text = format_findings(assess(cfg))
     assert text.count("Why blank collapse") == 1 and text.count("reported to end 100% blank") == 1
     assert "restore 0.005" in text and "restore 1.0" in text and "docs/recipe.md section 8" in text
+
+
+def test_the_store_load_shows_no_bar_off_a_terminal(release, capsys):
+    from fastbci.data import TrialStore
+    TrialStore.from_config(load_config(release / "synth_config.yaml"), "train", progress=True)
+    assert "loading train" not in capsys.readouterr().err

@@ -12,6 +12,7 @@ DataLoader workers) or on a CUDA device.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -60,7 +61,9 @@ class SessionSource:
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
+    """A tqdm bar over the trials being loaded, on a terminal only (in a log file or a pipe a
+    redrawn bar is noise; the trainer logs the load time)."""
+    if not enabled or not sys.stderr.isatty():
         return iterable
     try:
         from tqdm import tqdm
