@@ -362,18 +362,24 @@ def _check_optimiser(cfg: Mapping) -> None:
                           f"exceed lr_max ({cfg['lr_max']}) / lr_max_day ({cfg['lr_max_day']})")
 
 
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
+    """The content of a YAML file (None for an empty one), or a :class:`ConfigError` naming
+    ``what`` and the path when it is missing or not valid YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> dict:
     """Defaults <- YAML file <- ``key=value`` overrides, checked. ``path=None``: the defaults."""
     cfg = defaults()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            with open(path) as f:
-                user = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        user = read_yaml(path)
         if user is None:
             user = {}
         if not isinstance(user, Mapping):

@@ -41,16 +41,6 @@ from fastbci import config as config_mod
 from fastbci.config import ConfigError
 
 
-def _read_yaml_config(p: Path, overrides: Sequence[str]) -> dict | None:
-    """The configuration in ``p``, or None when the file holds nothing (an empty args.yaml)."""
-    import yaml
-    try:
-        empty = not yaml.safe_load(p.read_text())
-    except yaml.YAMLError:
-        empty = False  # load_config reports the YAML error with the file name
-    return None if empty else config_mod.load_config(p, overrides)
-
-
 def resolve_config(checkpoint: Path, config: str | None, overrides: Sequence[str],
                    ck: dict) -> tuple[dict, str]:
     """The evaluation configuration and where it came from: ``--config``, else the one a
@@ -67,9 +57,8 @@ def resolve_config(checkpoint: Path, config: str | None, overrides: Sequence[str
             return config_mod.load_config(p, overrides), f"the configuration stored in {checkpoint}"
     beside = checkpoint.parent / "args.yaml"
     if beside.is_file():
-        cfg = _read_yaml_config(beside, overrides)
-        if cfg is not None:
-            return cfg, str(beside)
+        if config_mod.read_yaml(beside):
+            return config_mod.load_config(beside, overrides), str(beside)
         raise ConfigError(f"{beside} is empty and {checkpoint} carries no configuration: pass "
                           "--config CFG (the configuration the model was trained with)")
     raise ConfigError(f"no configuration for {checkpoint}: pass --config CFG (there is no args.yaml "

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
-import yaml
 
 __all__ = ["PARAM_HELP", "DecoderParams", "add_decoder_args", "decoder_kwargs", "params_from_args"]
 
@@ -100,14 +99,9 @@ class DecoderParams:
     def from_yaml(cls, path: str | os.PathLike) -> "DecoderParams":
         """Parameters from a YAML file: a mapping of parameters, or one under ``decoder:`` (the
         file ``python -m fastbci.lm tune`` writes)."""
+        from fastbci.config import read_yaml
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"the decoder parameter file {path} does not exist")
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        data = read_yaml(path, "decoder parameter file")
         if isinstance(data, Mapping) and isinstance(data.get("decoder"), Mapping):
             data = data["decoder"]
         if not isinstance(data, Mapping):
