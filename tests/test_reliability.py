@@ -14,6 +14,7 @@ from fastbci import checkpoint as ckpt_io
 from fastbci import cli, fileio, synth
 from fastbci.config import ConfigError, load_config
 from fastbci.training import Trainer
+from helpers import shift_logits
 from fastbci.training.report import LineProgress, MetricsFile, plot_curves, progress_bar
 
 
@@ -225,15 +226,7 @@ def test_collapse_watch_acts_during_a_warm_up_at_100_percent_blank(release, tmp_
     tr = Trainer(cfg_of(release, out, "num_training_batches=8", "batches_per_val_step=1",
                         "lr_warmup_steps=100", "lr_warmup_steps_day=100",
                         "fastbci.collapse_warmup_patience=3"), console=False).setup()
-    orig = tr.model.forward
-
-    def blank(*a, **k):
-        y = orig(*a, **k)
-        bump = torch.zeros(y.shape[-1])
-        bump[0] = 100.0
-        return y * 0 + bump
-
-    tr.model.forward = blank
+    shift_logits(tr, 0, amount=100.0, replace=True)  # 100% blank outputs
     res = tr.fit()
     assert res.status == "collapsed" and res.last_batch == 2, res
     assert "during warm-up" in res.message and res.message.count("Why blank collapse") == 1

@@ -11,8 +11,9 @@ from fastbci import cli, synth
 from fastbci.devices import select_device
 from fastbci.errors import NonFiniteError
 from fastbci.reference import patch_input_lengths
-from fastbci.training import Trainer
 from fastbci.config import ConfigError, load_config
+from fastbci.training import Trainer
+from helpers import shift_logits
 
 
 @pytest.fixture(scope="module")
@@ -130,29 +131,13 @@ def test_output_directory_policy(synth_dir, tmp_path, capsys):
     assert rc == 2 and "dataset.batch_size" in err, err
 
 
-def _shift_logits(trainer, delta_class, amount=50.0, when=None, replace=False):
-    """Wrap the model's forward so that class ``delta_class`` dominates the outputs (with
-    ``replace``, the outputs become a constant: same loss and PER at every validation)."""
-    orig = trainer.model.forward
-
-    def forward(*a, **k):
-        logits = orig(*a, **k)
-        if when is None or when(k.get("step", 0), trainer.model.training):
-            bump = torch.zeros(logits.shape[-1])
-            bump[delta_class] = amount
-            logits = (logits * 0 if replace else logits) + bump
-        return logits
-
-    trainer.model.forward = forward
-
-
 def test_collapse_watch_triggers_on_all_blank_outputs(synth_dir, tmp_path):
     cfg = make_cfg(synth_dir, tmp_path / "c", "batches_per_val_step=1", "num_training_batches=8",
                    "lr_warmup_steps=1", "lr_warmup_steps_day=1", "fastbci.collapse_patience=2",
                    "dataset.data_transforms.white_noise_std=0.25",
                    "dataset.data_transforms.constant_offset_std=0.05")
     tr = Trainer(cfg, console=False).setup()
-    _shift_logits(tr, 0)
+    shift_logits(tr, 0)
     res = tr.fit()
     assert res.status == "collapsed"
     # validations at 0 (inside warm-up: not counted), 1 and 2 -> stop after batch 2
@@ -167,7 +152,7 @@ def test_collapse_watch_quiet_on_a_healthy_run(synth_dir, tmp_path):
     cfg = make_cfg(synth_dir, tmp_path / "h", "batches_per_val_step=1", "num_training_batches=5",
                    "lr_warmup_steps=0", "lr_warmup_steps_day=0", "fastbci.collapse_patience=1")
     tr = Trainer(cfg, console=False).setup()
-    _shift_logits(tr, 7, when=lambda step, training: not training)  # non-blank outputs at validation
+    shift_logits(tr, 7, when=lambda step, training: not training)  # non-blank outputs at validation
     res = tr.fit()
     assert res.status == "finished", res.message
     assert tr.state.collapse_count == 0
@@ -294,7 +279,7 @@ def test_save_all_val_steps_final_model_and_early_stopping(synth_dir, tmp_path):
                    "early_stopping=true", "early_stopping_val_steps=2", "batches_per_val_step=1",
                    "num_training_batches=8", "fastbci.collapse_watch=false")
     tr = Trainer(cfg, console=False).setup()
-    _shift_logits(tr, 7, when=lambda step, training: not training, replace=True)  # no improvement
+    shift_logits(tr, 7, when=lambda step, training: not training, replace=True)  # no improvement
     res = tr.fit()
     assert res.status == "early_stopped" and res.last_batch == 2, res
     ck = out / "checkpoint"
