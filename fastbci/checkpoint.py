@@ -92,6 +92,17 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
 
 
+def _to_host(obj: Any) -> Any:
+    """``obj`` with every tensor on the CPU (nested dicts, lists and tuples rebuilt)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, Mapping):
+        return {k: _to_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_host(v) for v in obj)
+    return obj
+
+
 def _digest(obj: Any, h) -> None:
     """Feed ``obj`` (nested dicts / lists of tensors, arrays and plain values, in their stored
     order) to the hash ``h``."""
@@ -128,7 +139,9 @@ def checksum(ckpt: Mapping) -> str:
 def build_checkpoint(model_state: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                      scheduler, val_per: float | None, val_loss: float | None,
                      resume_state: Mapping[str, Any] | None) -> dict:
-    """The official checkpoint dict, plus ``"fastbci"`` (``resume_state``) when given."""
+    """The official checkpoint dict, plus ``"fastbci"`` (``resume_state``) when given, and its
+    checksum. Tensors are moved to the host once here, for the checksum and for ``torch.save``
+    alike (loading maps them to the run's device)."""
     ckpt = {
         "model_state_dict": dict(model_state),
         "optimizer_state_dict": optimizer.state_dict(),
@@ -138,6 +151,7 @@ def build_checkpoint(model_state: Mapping[str, torch.Tensor], optimizer: torch.o
     }
     if resume_state is not None:
         ckpt["fastbci"] = {"format": FORMAT_VERSION, **resume_state}
+    ckpt = _to_host(ckpt)
     ckpt[CHECKSUM_KEY] = {"algorithm": CHECKSUM_ALGORITHM, "digest": checksum(ckpt)}
     return ckpt
 

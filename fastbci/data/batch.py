@@ -154,16 +154,16 @@ class BatchBuilder:
         return transform_ref(raw, to_device(lengths, self.device), self.transforms, mode,
                              rng=self.rng, seed=self.seed, step=step, taps=self._taps())
 
-    def _labels(self, store, rows: np.ndarray, rows_t):
+    def _labels(self, store, rows: np.ndarray, rows_t, lens: np.ndarray):
         """Labels ``(B, L)`` int64 and label lengths on the device, gathered on the device from
-        a device-resident store, else uploaded from its host arrays."""
-        lens = store.seq_len_np[rows]
+        a device-resident store, else uploaded from its host arrays (``lens``: the host
+        label lengths of ``rows``)."""
         L = max(int(lens.max()), 1)
         if rows_t is not None and store.seq_class_ids.device == self.device:
             return (store.seq_class_ids.index_select(0, rows_t)[:, :L].to(torch.int64),
                     store.seq_len.index_select(0, rows_t).to(torch.int64))
         return (to_device(store.seq_class_ids_np[rows, :L].astype(np.int64), self.device),
-                to_device(lens.astype(np.int64), self.device))
+                to_device(lens, self.device))
 
     def batch(self, store, rows: Sequence[int] | np.ndarray, *, mode: str, step: int = 0) -> Batch:
         """The device :class:`Batch` of store ``rows`` (in that order): augmented
@@ -185,8 +185,8 @@ class BatchBuilder:
         labels = label_lens = label_lens_host = None
         n_label_total = 0
         if store.has_labels:
-            labels, label_lens = self._labels(store, rows, rows_t)
             lens = store.seq_len_np[rows].astype(np.int64)
+            labels, label_lens = self._labels(store, rows, rows_t, lens)
             label_lens_host = torch.from_numpy(lens)
             n_label_total = int(lens.sum())
         days = store.day_np[rows]
