@@ -1,7 +1,7 @@
 """torch.compile against eager: fastbci's training step (``fastbci.compile``) and the drop-in
 model inside an official-style step, each pair timed in the same run.
 
-* ``trainer step``: two ``fastbci.train.Trainer`` on one synthetic release, ``fastbci.impl=fused``,
+* ``trainer step``: two ``fastbci.training.Trainer`` on one synthetic release, ``fastbci.impl=fused``,
   ``rng=philox``, identical but for ``fastbci.compile``; ``Trainer.train_step`` timed on the same
   plan. extra_info: ``eager_step_s``, ``compiled_step_s``, ``speedup_compiled_vs_eager``,
   ``first_compiled_step_s`` (includes compilation), ``recompiles`` over the timed steps (target 0:

@@ -1,6 +1,6 @@
 """Benchmarks of the whole training step and of the validation pass (fastbci.train).
 
-Cases (one ``fastbci.train.Trainer`` each, built on the same synthetic release):
+Cases (one ``fastbci.training.Trainer`` each, built on the same synthetic release):
 
 * ``fused``: ``fastbci.impl=fused``, ``rng=philox``: the TrialStore on the device, the Triton
   augment_smooth (gather straight from the store), the C++/CUDA day projection, the Triton

@@ -14,7 +14,7 @@ test can never compare the reference with itself. On a GPU the same tests also r
 
 Cases:
 
-* one step, directly through the public pieces (``DataPath``, ``GRUDecoder``,
+* one step, directly through the public pieces (``BatchBuilder``, ``GRUDecoder``,
   ``forward_logits``, ``ctc_per_trial``), for odd batch layouts: the augmented batch; the model
   on the same batch (logits, loss and the gradient of every parameter within 1e-5, the days
   absent from the batch without a gradient in both); the whole step (loss within 1e-5,
@@ -44,7 +44,7 @@ from fastbci.config import load_config
 from fastbci.data import TrialStore, read_session_file, train_batch_plan, write_session_file
 from helpers import assert_close, augment_tolerance
 
-# float32 contract of DESIGN.md: fused vs reference within 1e-5 (allclose form:
+# float32 contract of docs/internals.md: fused vs reference within 1e-5 (allclose form:
 # |a - b| <= ATOL + RTOL * |b|; the relative part matters for the CTC loss, ~100-300 per trial
 # at these sizes, where one float32 ulp is already ~1.5e-5).
 ATOL = 1e-5
@@ -301,7 +301,7 @@ def test_one_step_fused_matches_reference(small_release, tmp_path, monkeypatch, 
        carry the ulp-level differences of step 1 (~5e-7) through a GRU and a CTC over ~100
        frames, which amplifies them ~20x (measured: ~1e-5 relative, while 2. agrees to 1.5e-7);
        that is below the float32 reference's own error, so they are held to the rule of
-       DESIGN.md for low precision: error vs a float64 run of the reference at most twice the
+       docs/internals.md for low precision: error vs a float64 run of the reference at most twice the
        error of the float32 reference.
     """
     _require_fused(device)
