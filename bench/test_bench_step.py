@@ -226,7 +226,7 @@ def test_bench_validation(benchmark, release, cases, case):
     assert tr.val_plan, "the synthetic release has no validation trials"
 
     def validate():
-        return run_validation(tr.model, tr.val_store, tr.val_plan, tr.cfg, tr.builder)
+        return run_validation(tr.model, tr.val_store, tr.val_plan, tr.builder)
 
     res = validate()
     assert res.per is not None and res.loss is not None and np.isfinite(res.loss), res
@@ -242,7 +242,7 @@ def test_bench_validation(benchmark, release, cases, case):
         if case == "fused":
             ref = cases("reference").trainer
             t_ref = median_seconds(lambda: run_validation(ref.model, ref.val_store, ref.val_plan,
-                                                          ref.cfg, ref.builder),
+                                                          ref.builder),
                                    repeat=5 if ON_GPU else 2)
             info["speedup_vs_reference"] = t_ref / val_s
     run_bench(benchmark, validate, rounds=5 if ON_GPU else 2, warmup=1, **_info(release, **info))

@@ -37,7 +37,11 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from fastbci.errors import CheckpointError
 from fastbci.fileio import atomic_path
+
+__all__ = ["CheckpointError", "RESUME_NAME", "BEST_NAME", "load", "atomic_save", "build_checkpoint",
+           "capture_rng_state", "restore_rng_state", "resume_state_of", "find_resume_checkpoint"]
 
 RESUME_NAME = "resume_checkpoint"
 BEST_NAME = "best_checkpoint"
@@ -46,8 +50,6 @@ CHECKSUM_KEY = "fastbci_checksum"
 CHECKSUM_ALGORITHM = "blake2b-128"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the run, with the path and the reason."""
 
 
 # ---------------------------------------------------------------------------------------------

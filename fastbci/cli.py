@@ -9,12 +9,9 @@ import shlex
 import sys
 from typing import Callable, Sequence
 
-from fastbci import checkpoint as ckpt_io
 from fastbci import config as config_mod
-from fastbci.config import ConfigError
-from fastbci.fileio import StorageError
 from fastbci.errors import (EXIT_COLLAPSE, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_OK,
-                            exit_code_of)
+                            ConfigError, exit_code_of, run_command)
 
 USAGE = """usage: python -m fastbci.train CONFIG [key=value ...]
 
@@ -29,31 +26,9 @@ Exit status: 0 done, 2 configuration error, 3 blank collapse, 4 non-finite, 130 
 
 
 def run_cli(fn: Callable[[], int], *, report: bool = True, prog: str = "fastbci.train") -> int:
-    """Run ``fn()`` (returning an exit status) and turn the errors a user can fix into a message
-    on stderr, prefixed with ``prog``, and exit status 2 (``report=False``: no message, for
-    processes other than rank 0). ``FASTBCI_DEBUG=1`` re-raises data and model errors with
-    their traceback."""
-    def say(msg: str) -> None:
-        if report:
-            print(msg, file=sys.stderr)
-
-    try:
-        return fn()
-    except ConfigError as e:
-        say(f"{prog}: configuration error: {e}")
-        return EXIT_CONFIG
-    except ckpt_io.CheckpointError as e:
-        say(f"{prog}: checkpoint error: {e}")
-        return EXIT_CONFIG
-    except StorageError as e:
-        say(f"{prog}: storage error: {e.strerror or e}; the files written before are intact")
-        return EXIT_CONFIG
-    except (FileNotFoundError, ValueError) as e:
-        # data-layer and model errors carry a message that names the file / trial / key
-        if os.environ.get("FASTBCI_DEBUG"):
-            raise
-        say(f"{prog}: error: {e}\n(set FASTBCI_DEBUG=1 for the traceback)")
-        return EXIT_CONFIG
+    """:func:`fastbci.errors.run_command` with the trainer's name (the one error-to-exit-status
+    mapping every fastbci command shares)."""
+    return run_command(fn, prog=prog, report=report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

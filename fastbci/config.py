@@ -22,9 +22,10 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from fastbci.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration problem, with a message that names the key and what to do."""
+__all__ = ["ConfigError", "load_config", "from_mapping", "defaults", "official", "merge", "validate",
+           "read_yaml", "dump", "flatten", "get", "known_keys", "diff_from_official", "parse_override"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,14 +378,22 @@ def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> dict:
     """Defaults <- YAML file <- ``key=value`` overrides, checked. ``path=None``: the defaults."""
-    cfg = defaults()
-    if path is not None:
-        user = read_yaml(path)
-        if user is None:
-            user = {}
-        if not isinstance(user, Mapping):
-            raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(user).__name__}")
-        cfg = merge(cfg, user, where=str(path))
+    if path is None:
+        return from_mapping({}, overrides)
+    user = read_yaml(path)
+    if user is None:
+        user = {}
+    if not isinstance(user, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(user).__name__}")
+    return from_mapping(user, overrides, where=str(path))
+
+
+def from_mapping(user: Mapping, overrides: Iterable[str] = (),
+                 where: str = "the configuration") -> dict:
+    """Defaults <- ``user`` (a configuration already in memory, e.g. the one a checkpoint
+    carries) <- ``key=value`` overrides, checked exactly as :func:`load_config` checks a file
+    (``where`` names the source in messages)."""
+    cfg = merge(defaults(), user, where=where)
     schema = _schema()
     for text in overrides:
         key, value = parse_override(text)

@@ -19,7 +19,7 @@ import yaml
 
 from fastbci import config as config_mod
 from fastbci.config import ConfigError
-from fastbci.errors import exit_code_of
+from fastbci.errors import exit_code_of, run_command
 
 if TYPE_CHECKING:
     from fastbci.training import FitSummary
@@ -175,8 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Training ended ({res.status}) without a validation PER")
         return exit_code_of(res.status)
 
-    from fastbci.cli import run_cli
-    return run_cli(demo, prog="fastbci.demo")
+    return run_command(demo, prog="fastbci.demo")
 
 
 if __name__ == "__main__":

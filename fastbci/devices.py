@@ -6,9 +6,10 @@ import contextlib
 import logging
 from typing import Mapping
 
+import numpy as np
 import torch
 
-from fastbci.config import ConfigError
+from fastbci.errors import ConfigError
 
 
 def select_device(cfg: Mapping, log: logging.Logger | None = None, *,
@@ -107,3 +108,13 @@ def numerics(device: torch.device):
     finally:
         torch.set_float32_matmul_precision(precision)
         torch.backends.cudnn.deterministic = deterministic
+
+
+def to_device(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host array on ``device``: through pinned memory with ``non_blocking`` on CUDA
+    (no synchronisation; the caching host allocator keeps the pinned block until the copy has
+    run), a fresh tensor elsewhere (never a view of the caller's array)."""
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a).copy())
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device, copy=not isinstance(a, np.ndarray))

@@ -24,8 +24,8 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from fastbci.errors import EXIT_CONFIG, EXIT_OK, EXIT_SEVERE
-from fastbci.config import (ConfigError, defaults, diff_from_official, get, known_keys,
+from fastbci.errors import EXIT_CONFIG, EXIT_OK, EXIT_SEVERE, run_command
+from fastbci.config import (defaults, diff_from_official, get, known_keys,
                             load_config, official)
 
 SEVERE = "severe"
@@ -281,16 +281,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("python -m fastbci.doctor: error: give a CONFIG file (or --keys)", file=sys.stderr)
         return EXIT_CONFIG
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"fastbci.doctor: configuration error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    findings = assess(cfg)
-    print(f"fastbci doctor: {args.config}"
-          + (f" with {' '.join(args.overrides)}" if args.overrides else ""))
-    print(format_findings(findings))
-    return EXIT_SEVERE if any(f.severity == SEVERE for f in findings) else EXIT_OK
+
+    def run() -> int:
+        findings = assess(load_config(args.config, args.overrides))
+        print(f"fastbci doctor: {args.config}"
+              + (f" with {' '.join(args.overrides)}" if args.overrides else ""))
+        print(format_findings(findings))
+        return EXIT_SEVERE if any(f.severity == SEVERE for f in findings) else EXIT_OK
+
+    return run_command(run, prog="fastbci.doctor")
 
 
 if __name__ == "__main__":

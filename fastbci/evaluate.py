@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -51,10 +50,8 @@ def resolve_config(checkpoint: Path, config: str | None, overrides: Sequence[str
         return config_mod.load_config(config, overrides), str(config)
     embedded = (ck.get("fastbci") or {}).get("config")
     if isinstance(embedded, dict):
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / "args.yaml"
-            config_mod.dump(embedded, p)
-            return config_mod.load_config(p, overrides), f"the configuration stored in {checkpoint}"
+        where = f"the configuration stored in {checkpoint}"
+        return config_mod.from_mapping(embedded, overrides, where=where), where
     beside = checkpoint.parent / "args.yaml"
     if beside.is_file():
         if config_mod.read_yaml(beside):
@@ -122,7 +119,7 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
     from fastbci import data
     from fastbci.data.batch import BatchBuilder
     from fastbci.fileio import atomic_write_text, dumps
-    from fastbci.training.validation import pack_trials, run_validation
+    from fastbci.validation import pack_trials, run_validation
 
     if split not in ("val", "test"):
         raise ConfigError(f"--split must be 'val' or 'test', got {split!r}")
@@ -143,7 +140,7 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
                           "configured sessions")
     say(f"Evaluating {checkpoint} on {sum(len(b) for b in batches)} {split} trials "
         f"(config: {cfg_source}, device {device})")
-    res = run_validation(model, store, batches, cfg,
+    res = run_validation(model, store, batches,
                          BatchBuilder(cfg, device, impl, cfg["fastbci"]["rng"]), collect=True)
     packed = pack_trials(res.trials, store)  # sorted by (session, block, trial)
     out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval_{split}"
@@ -211,32 +208,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from fastbci.errors import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
-    from fastbci.fileio import StorageError
+    from fastbci.errors import EXIT_OK, run_command
     # the word decoder's options (flashlight-text itself is imported only with --lm)
-    from fastbci.lm.decoder import LMUnavailableError
     from fastbci.lm.params import decoder_kwargs
 
     args = _parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         lm_options = decoder_kwargs(args) if args.lm else None
         summary = evaluate(args.checkpoint, args.split, config=args.config, overrides=args.overrides,
                            out_dir=args.out, batch_size=args.batch_size, quiet=args.quiet,
                            lm=args.lm, lm_options=lm_options, trust=args.trust_checkpoint)
-    except StorageError as e:
-        print(f"fastbci.evaluate: storage error: {e.strerror or e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (ConfigError, ckpt_io.CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"fastbci.evaluate: error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except LMUnavailableError as e:
-        print(f"fastbci.evaluate: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    if summary["per"] is not None:
-        print(f"{summary['split']} PER: {100 * summary['per']:.2f}%")
-    if summary.get("wer") is not None:
-        print(f"{summary['split']} WER: {100 * summary['wer']:.2f}%")
-    return EXIT_OK
+        if summary["per"] is not None:
+            print(f"{summary['split']} PER: {100 * summary['per']:.2f}%")
+        if summary.get("wer") is not None:
+            print(f"{summary['split']} WER: {100 * summary['wer']:.2f}%")
+        return EXIT_OK
+
+    return run_command(run, prog="fastbci.evaluate")
 
 
 if __name__ == "__main__":

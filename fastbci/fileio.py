@@ -12,12 +12,20 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from fastbci.errors import FastbciError
+
 _SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 TMP_MARK = ".tmp"
 
 
-class StorageError(OSError):
-    """A file could not be written (no space left, quota, read-only or missing folder)."""
+class StorageError(FastbciError, OSError):
+    """A file could not be written (no space left, quota, read-only or missing folder); the
+    message names the device or the file, and that what was written before is intact (every
+    rewrite is atomic)."""
+    kind = "storage error"
+
+    def __str__(self) -> str:
+        return f"{self.strerror or OSError.__str__(self)}; the files written before are intact"
 
 
 def _device_of(path: Path) -> str:

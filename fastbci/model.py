@@ -41,7 +41,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from fastbci.checkpoint import CheckpointError as _CheckpointFileError
+from fastbci.errors import CheckpointError
 from fastbci.ops.day_projection import present_day_index
 from fastbci.ops.patchify import patchify
 
@@ -51,13 +51,6 @@ _day_op = importlib.import_module("fastbci.ops.day_projection")
 IMPLS = ("auto", "fused", "reference")
 RNGS = ("philox", "torch")
 _PREFIXES = ("_orig_mod.", "module.")
-
-
-class CheckpointError(_CheckpointFileError, ValueError):
-    """A state dict that does not fit the model (missing/unexpected keys, wrong shapes).
-
-    A :class:`fastbci.checkpoint.CheckpointError` (and a ``ValueError``), so callers catching
-    either see it."""
 
 
 # ---------------------------------------------------------------------------------------------

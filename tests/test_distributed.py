@@ -24,7 +24,7 @@ from fastbci.devices import select_device
 from fastbci.errors import EXIT_CONFIG
 from fastbci.training import DataParallel, Trainer
 from fastbci.training import strategy as D
-from fastbci.training.step import forward_logits
+from fastbci.validation import forward_logits
 
 N_BATCHES = 6
 BATCH = 6

@@ -39,7 +39,7 @@ import torch
 from fastbci import synth
 from fastbci.data.batch import Batch, BatchBuilder
 from fastbci.training import Trainer, seed_everything
-from fastbci.training.step import ctc_per_trial, forward_logits
+from fastbci.validation import ctc_per_trial, forward_logits
 from fastbci.config import load_config
 from fastbci.data import TrialStore, read_session_file, train_batch_plan, write_session_file
 from helpers import assert_close, augment_tolerance

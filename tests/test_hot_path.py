@@ -37,7 +37,7 @@ from fastbci import metrics, synth
 from fastbci.reference import patch_input_lengths
 from fastbci.training import Trainer, run_validation
 from fastbci.training.report import StepTimer
-from fastbci.training.step import ctc_per_trial, forward_logits
+from fastbci.validation import ctc_per_trial, forward_logits
 from fastbci.config import load_config
 from fastbci.reference import smoothing_taps
 
@@ -221,7 +221,7 @@ def test_validation_reads_the_host_a_fixed_number_of_times(release, tmp_path, mo
     for n in (1, len(tr.val_plan)):
         for collect in (False, True):
             with count_host_reads(monkeypatch) as reads:
-                run_validation(tr.model, tr.val_store, tr.val_plan[:n], tr.cfg, tr.builder,
+                run_validation(tr.model, tr.val_store, tr.val_plan[:n], tr.builder,
                                collect=collect)
             bad = unexpected(reads)
             assert all(r.function in ("run_validation", "_collected_to_host") for r in bad), \
@@ -312,7 +312,7 @@ def test_validation_equals_an_independent_recomputation(release, tmp_path):
     """``run_validation`` (sync-free decoding, on-device sums, gathered outputs) against a
     per-batch recomputation with the checked metrics."""
     tr = trainer(release, tmp_path, impl="reference")
-    res = run_validation(tr.model, tr.val_store, tr.val_plan, tr.cfg, tr.builder, collect=True)
+    res = run_validation(tr.model, tr.val_store, tr.val_plan, tr.builder, collect=True)
     model = tr.model.eval()
     losses, edits, phon, rows_all, logits_all, tokens_all = [], {}, {}, [], [], []
     with torch.no_grad():

@@ -111,7 +111,7 @@ def test_evaluation_does_not_depend_on_the_trainer():
 
     forbidden = {"fastbci.train", "fastbci.cli", "fastbci.training.loop", "fastbci.training"}
     assert not reach("fastbci.evaluate") & forbidden, reach("fastbci.evaluate") & forbidden
-    assert {"fastbci.data.batch", "fastbci.training.validation"} <= GRAPH["fastbci.evaluate"]
+    assert {"fastbci.data.batch", "fastbci.validation"} <= GRAPH["fastbci.evaluate"]
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

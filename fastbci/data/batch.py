@@ -13,24 +13,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from fastbci.reference.layers import patch_input_lengths
-
-
-def to_device(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small host array on ``device``: through pinned memory with ``non_blocking`` on CUDA
-    (no synchronisation; the caching host allocator keeps the pinned block until the copy has
-    run), a fresh tensor elsewhere (never a view of the caller's array)."""
-    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a).copy())
-    if torch.device(device).type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device, copy=not isinstance(a, np.ndarray))
-
-
-def present_days(days: np.ndarray) -> tuple[list[int], np.ndarray]:
-    """The distinct days of a batch (sorted) and each trial's position among them (int64)."""
-    days = np.asarray(days, dtype=np.int64)
-    present = np.unique(days)
-    return [int(d) for d in present], np.searchsorted(present, days).astype(np.int64)
+from fastbci.devices import to_device
+from fastbci.ops.day_projection import present_days
+from fastbci.ops.patchify import patch_input_lengths
 
 
 @dataclasses.dataclass

@@ -29,6 +29,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from fastbci.errors import FastbciError
+
 try:
     import h5py
 except ImportError as e:  # pragma: no cover - h5py is a hard dependency
@@ -41,7 +43,7 @@ POLICIES = ("fail", "skip")
 _TRIAL_RE = re.compile(r"^trial_(\d{4,})$")
 
 
-class DataError(ValueError):
+class DataError(FastbciError, ValueError):
     """A problem with the data on disk; the message names the session, file and trial."""
 
     def __init__(self, message: str, *, session: str | None = None, file: str | os.PathLike | None = None,

@@ -13,10 +13,12 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from fastbci.errors import FastbciError
+
 __all__ = ["ArpaError", "ArpaModel", "arpa_vocabulary", "is_arpa"]
 
 
-class ArpaError(ValueError):
+class ArpaError(FastbciError, ValueError):
     """A file that is not a readable ARPA model (the message names the file and line)."""
 
 

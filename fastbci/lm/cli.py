@@ -4,21 +4,18 @@
 * ``decode --logits logits_val.npz --lm LM [--out CSV] [--nbest K --nbest-out FILE] [decoder options]``
 * ``tune --logits logits_val.npz --lm LM [--lm-weights 1,2,3] [--word-scores -1,0,1] [--out YAML]``
 
-Exit status: 0 done; 2 bad input (a one-line message naming the file); 3 flashlight-text is
-not installed (``pip install 'fastbci[lm]'``).
+Exit status (shared by every fastbci command, :mod:`fastbci.errors`): 0 done; 2 bad input (a
+message naming the file); 5 flashlight-text is not installed (``pip install 'fastbci[lm]'``).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from typing import Sequence
 
 from .params import add_decoder_args, decoder_kwargs
 
-from fastbci.errors import EXIT_CONFIG as EXIT_BAD_INPUT
-from fastbci.errors import EXIT_UNAVAILABLE
+from fastbci.errors import run_command
 
 
 def _floats(text: str) -> list[float]:
@@ -103,15 +100,5 @@ def _tune(a: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    from .decoder import LMUnavailableError
-    try:
-        return {"build": _build, "decode": _decode, "tune": _tune}[a.command](a)
-    except LMUnavailableError as e:
-        print(f"fastbci.lm: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except (FileNotFoundError, ValueError, OSError) as e:
-        if os.environ.get("FASTBCI_DEBUG"):
-            raise
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"fastbci.lm {a.command}: error: {msg}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    command = {"build": _build, "decode": _decode, "tune": _tune}[a.command]
+    return run_command(lambda: command(a), prog=f"fastbci.lm {a.command}")

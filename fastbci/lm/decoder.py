@@ -24,6 +24,7 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 
 from fastbci.data.phonemes import BLANK_ID, N_CLASSES, SILENCE_ID
+from fastbci.errors import UnavailableError
 
 from .arpa import ArpaError, arpa_vocabulary, is_arpa
 from .lexicon import Lexicon
@@ -32,7 +33,7 @@ from .params import DecoderParams
 __all__ = ["Hypothesis", "LMUnavailableError", "WordDecoder", "available", "log_softmax"]
 
 
-class LMUnavailableError(ImportError):
+class LMUnavailableError(UnavailableError):
     """flashlight-text (the beam search and its KenLM) cannot be imported here."""
 
 

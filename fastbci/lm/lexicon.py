@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from fastbci.data.phonemes import PHONEME_TO_ID, PHONEMES, SILENCE_ID
+from fastbci.errors import FastbciError
 
 from .text import normalize
 
@@ -31,7 +32,7 @@ MAX_WORDS_PER_SPELLING = 6
 Spelling = tuple[int, ...]
 
 
-class LexiconError(ValueError):
+class LexiconError(FastbciError, ValueError):
     """A pronunciation file that cannot be read (the message names the file and line)."""
 
 

@@ -10,7 +10,7 @@ extension wherever it is built) and the pure-PyTorch reference otherwise.
 """
 from fastbci.ops.augment import augment_smooth, augment_smooth_gather  # noqa: F401
 from fastbci.ops.day_projection import day_projection, fused_available  # noqa: F401
-from fastbci.ops.patchify import Patchify, patchify  # noqa: F401
+from fastbci.ops.patchify import Patchify, patch_input_lengths, patchify  # noqa: F401
 
 __all__ = ["augment_smooth", "augment_smooth_gather", "day_projection", "fused_available",
-           "patchify", "Patchify"]
+           "patchify", "Patchify", "patch_input_lengths"]

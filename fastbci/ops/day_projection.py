@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from fastbci import philox
-from fastbci.data.batch import present_days, to_device
+from fastbci.devices import to_device
 from fastbci.reference.layers import day_projection_ref
 
-__all__ = ["day_projection", "fused_available", "fused_supports", "present_day_index",
+__all__ = ["day_projection", "fused_available", "fused_supports", "present_day_index", "present_days",
            "stack_present_days"]
 
 _OP_NAME = "fastbci::day_projection"
@@ -89,6 +90,13 @@ if fused_available():
                 grad_b if need_b else None, None, None, None)
 
     torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
+
+
+def present_days(days: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """The distinct days of a batch (sorted) and each trial's position among them (int64)."""
+    days = np.asarray(days, dtype=np.int64)
+    present = np.unique(days)
+    return [int(d) for d in present], np.searchsorted(present, days).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- checks

@@ -10,8 +10,9 @@ import torch
 
 from fastbci.ops._triton import interpreted, load_kernels, triton_importable
 from fastbci.reference import patchify_ref
+from fastbci.reference.layers import patch_input_lengths
 
-__all__ = ["patchify", "Patchify", "IMPLS"]
+__all__ = ["patchify", "Patchify", "IMPLS", "patch_input_lengths"]
 
 IMPLS = ("auto", "fused", "reference")
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

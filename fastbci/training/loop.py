@@ -19,15 +19,15 @@ from fastbci import checkpoint as ckpt_io
 from fastbci import config as config_mod
 from fastbci import fileio, metrics, schedule
 from fastbci.config import ConfigError
-from fastbci.data.batch import BatchBuilder, to_device
-from fastbci.devices import numerics, resolve_impl
+from fastbci.data.batch import BatchBuilder
+from fastbci.devices import numerics, resolve_impl, to_device
 from fastbci.errors import NonFiniteError
 from fastbci.training import report
 from fastbci.training.diagnostics import CollapseWatch, nonfinite_message, startup_warnings
 from fastbci.training.state import OutputPlan, RunState, apply_output_plan, plan_output_dir, resume_path
 from fastbci.training.step import StepResult, TrainStep
 from fastbci.training.strategy import SingleProcess
-from fastbci.training.validation import (ValResult, ValTrials, is_new_best, pack_trials,
+from fastbci.validation import (ValResult, ValTrials, is_new_best, pack_trials,
                                          run_validation, should_stop_early, val_batches)
 
 #: ``output_dir/run_status.json``: how the last ``fit`` of the run ended (status, last batch)
@@ -373,7 +373,7 @@ class Trainer:
     def validate(self, collect: bool = False) -> ValResult:
         """The model on the whole validation plan (``collect``: keep the per-trial outputs)."""
         with numerics(self.device):
-            return run_validation(self.model, self.val_store, self.val_plan, self.cfg,
+            return run_validation(self.model, self.val_store, self.val_plan,
                                   self.builder, collect=collect, share=self.strategy.share,
                                   all_sum=self.strategy.all_sum)
 

@@ -8,11 +8,10 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fastbci.data.batch import Batch, BatchBuilder
 from fastbci.devices import autocast
-from fastbci.reference.layers import patch_input_lengths
+from fastbci.validation import ctc_per_trial, forward_logits
 
 
 @dataclasses.dataclass
@@ -28,27 +27,6 @@ class StepResult:
     lr: float                 # learning rate of the last parameter group, before the step
     finite: bool              # loss and gradient norm finite (the update was applied)
     stop_voted: bool          # some process asked to stop after this batch
-
-
-def forward_logits(model, batch: Batch, *, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model logits ``(B, P, K)`` and the CTC input lengths ``(B,)`` (int32, on the device)."""
-    logits = model(batch.features, batch.day_idx, days_present=batch.days_present,
-                   local_day_idx=batch.local_day_idx, seed=seed, step=step)
-    # a compiled forward does not read days_present: hand the days over for the backward
-    model.note_batch_days(batch.days_present)
-    return logits, patch_input_lengths(batch.n_time_steps, model.patch_size, model.patch_stride)
-
-
-def ctc_per_trial(logits: torch.Tensor, lens: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """The official CTC loss per trial: blank 0, reduction 'none', zero_infinity False.
-
-    ``ctc_loss`` needs its lengths on the host: the batch's host copies (equal to ``lens`` and
-    ``label_lens`` by construction) spare a device-to-host copy; a batch without them (None)
-    passes the device lengths."""
-    in_lens = batch.input_lens_host if batch.input_lens_host is not None else lens
-    tgt_lens = batch.label_lens_host if batch.label_lens_host is not None else batch.label_lens
-    return F.ctc_loss(logits.log_softmax(2).permute(1, 0, 2), batch.labels, in_lens, tgt_lens,
-                      blank=0, reduction="none", zero_infinity=False)
 
 
 def clip_gradients(params: list[torch.nn.Parameter], clip: float) -> torch.Tensor:

@@ -14,11 +14,33 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fastbci import metrics
-from fastbci.data.batch import Batch, BatchBuilder, to_device
-from fastbci.devices import autocast
-from fastbci.training.step import ctc_per_trial, forward_logits
+from fastbci.data.batch import Batch, BatchBuilder
+from fastbci.devices import autocast, to_device
+from fastbci.ops import patch_input_lengths
+
+
+def forward_logits(model, batch: Batch, *, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model logits ``(B, P, K)`` and the CTC input lengths ``(B,)`` (int32, on the device)."""
+    logits = model(batch.features, batch.day_idx, days_present=batch.days_present,
+                   local_day_idx=batch.local_day_idx, seed=seed, step=step)
+    # a compiled forward does not read days_present: hand the days over for the backward
+    model.note_batch_days(batch.days_present)
+    return logits, patch_input_lengths(batch.n_time_steps, model.patch_size, model.patch_stride)
+
+
+def ctc_per_trial(logits: torch.Tensor, lens: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The official CTC loss per trial: blank 0, reduction 'none', zero_infinity False.
+
+    ``ctc_loss`` needs its lengths on the host: the batch's host copies (equal to ``lens`` and
+    ``label_lens`` by construction) spare a device-to-host copy; a batch without them (None)
+    passes the device lengths."""
+    in_lens = batch.input_lens_host if batch.input_lens_host is not None else lens
+    tgt_lens = batch.label_lens_host if batch.label_lens_host is not None else batch.label_lens
+    return F.ctc_loss(logits.log_softmax(2).permute(1, 0, 2), batch.labels, in_lens, tgt_lens,
+                      blank=0, reduction="none", zero_infinity=False)
 
 
 def val_batches(cfg: Mapping, store) -> list[np.ndarray]:
@@ -86,8 +108,8 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def run_validation(model, store, batches: Sequence[np.ndarray], cfg: Mapping,
-                   builder: BatchBuilder, *, collect: bool = False,
+def run_validation(model, store, batches: Sequence[np.ndarray], builder: BatchBuilder, *,
+                   collect: bool = False,
                    share: Callable[[list], list] | None = None,
                    all_sum: Callable[[torch.Tensor], torch.Tensor] = _identity) -> ValResult:
     """Evaluate ``model`` on ``batches`` of ``store`` (smoothing only, no augmentation).
@@ -114,7 +136,7 @@ def run_validation(model, store, batches: Sequence[np.ndarray], cfg: Mapping,
             for rows in mine:
                 b = builder.batch(store, rows, mode="val")
                 with autocast(dev, builder.amp):
-                    logits, lens = forward_logits(model, b, seed=builder.seed, step=0)
+                    logits, lens = forward_logits(model, b, seed=0, step=0)
                     if store.has_labels:
                         losses.append(ctc_per_trial(logits, lens, b).mean().float())
                 st = metrics.greedy_stats(logits, lens, b.labels, b.label_lens,
