@@ -69,7 +69,7 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     packages=["fastbci", "fastbci.data", "fastbci.ops", "fastbci.reference", "fastbci.compat",
-              "fastbci.training", "fastbci.lm",
+              "fastbci.training", "fastbci.lm", "fastbci.synth",
               "fastbci.kernels", "fastbci.configs"],
     package_dir={"fastbci": "fastbci", "fastbci.kernels": "kernels", "fastbci.configs": "configs"},
     package_data={"fastbci.configs": ["*.yaml"]},

@@ -31,12 +31,13 @@ try:
 except ImportError:  # bench/ run as a rootdir of its own
     from conftest import DEVICE, ON_GPU, median_seconds, run_bench
 from fastbci import philox
-from fastbci.ops.augment import augment_smooth, augment_smooth_gather
+from fastbci.ops.augment import Augmentation, augment_smooth, augment_smooth_gather
 from fastbci.reference import transform_ref
 
 OFFICIAL = dict(white_noise_std=1.0, constant_offset_std=0.2, random_walk_std=0.0,
                 random_walk_axis=-1, static_gain_std=0.0, random_cut=3, smooth_kernel_size=100,
                 smooth_data=True, smooth_kernel_std=2)
+A = Augmentation.from_transforms
 SEED, STEP = 1, 0
 B, C = (64, 512) if ON_GPU else (2, 16)
 TS = (800, 1600) if ON_GPU else (40,)
@@ -66,17 +67,17 @@ def _fns(T: int, out_dtype: torch.dtype):
         (), dtype=out_dtype).element_size()
 
     def fused():
-        return augment_smooth(x, n, OFFICIAL, seed=SEED, step=STEP, out_dtype=out_dtype,
+        return augment_smooth(x, n, A(OFFICIAL), seed=SEED, step=STEP, out_dtype=out_dtype,
                               impl="fused")[0]
 
     x_unaligned = x[:, :, :C - 2].contiguous()
 
     def fused_unaligned():
-        return augment_smooth(x_unaligned, n, OFFICIAL, seed=SEED, step=STEP,
+        return augment_smooth(x_unaligned, n, A(OFFICIAL), seed=SEED, step=STEP,
                               out_dtype=out_dtype, impl="fused")[0]
 
     def fused_gather():
-        return augment_smooth_gather(features, offsets, lengths, rows, OFFICIAL, seed=SEED,
+        return augment_smooth_gather(features, offsets, lengths, rows, A(OFFICIAL), seed=SEED,
                                      step=STEP, out_dtype=out_dtype, impl="fused", t_max=T)[0]
 
     def reference():

@@ -19,6 +19,7 @@ try:
     from bench.conftest import DEVICE, ON_GPU, median_seconds, run_bench
 except ImportError:  # bench/ run as a rootdir-less folder
     from conftest import DEVICE, ON_GPU, median_seconds, run_bench
+from fastbci.compat.dataset import official_batch as store_batch
 from fastbci.config import load_config
 from fastbci.data import TrialStore, train_batch_plan
 from fastbci.synth import write_release
@@ -88,7 +89,7 @@ def _official_all(data):
 
 def _store_all(data):
     store, plan = data["store"], data["plan"]
-    return [store.batch(plan[k]) for k in range(len(plan))]
+    return [store_batch(store, plan[k]) for k in range(len(plan))]
 
 
 @pytest.mark.benchmark(group="loader: batch assembly (batches of 64)")
@@ -97,7 +98,7 @@ def test_official_hdf5_batches(benchmark, data):
                     path="official: h5py re-read + pad_sequence (host memory)", **_info(data))
     # same batches as the store
     for k, b in enumerate(out):
-        sb = data["store"].batch(data["plan"][k])
+        sb = store_batch(data["store"], data["plan"][k])
         for key in b:
             assert torch.equal(b[key], sb[key].cpu()), f"batch {k} {key} differs"
 
@@ -107,7 +108,7 @@ def test_trialstore_batches(benchmark, data):
     t_off = median_seconds(_official_all, data, repeat=3, warmup=1 if ON_GPU else 0)
     t_store = median_seconds(_store_all, data, repeat=5, warmup=1)
     info = _info(data)
-    info.update(path="TrialStore.batch: one index_select", official_s_per_batch=t_off / N_BATCHES,
+    info.update(path="compat official_batch over TrialStore.gather (native gather)", official_s_per_batch=t_off / N_BATCHES,
                 store_s_per_batch=t_store / N_BATCHES, ratio_official_over_store=t_off / t_store,
                 gb_per_s=info["bytes_out"] * N_BATCHES / t_store / 1e9)
     run_bench(benchmark, _store_all, data, rounds=10 if ON_GPU else 3, warmup=1, **info)
@@ -118,7 +119,7 @@ def test_trialstore_batches(benchmark, data):
 
 def _store_all_reuse(data, buf):
     store, plan = data["store"], data["plan"]
-    return [store.batch(plan[k], out=buf)["input_features"].sum() for k in range(len(plan))]
+    return [store.gather(plan[k], out=buf).sum() for k in range(len(plan))]
 
 
 @pytest.mark.benchmark(group="loader: batch assembly (batches of 64)")
@@ -129,7 +130,7 @@ def test_trialstore_batches_reused_buffer(benchmark, data):
     t_off = median_seconds(_official_all, data, repeat=3, warmup=1 if ON_GPU else 0)
     t_store = median_seconds(_store_all_reuse, data, buf, repeat=5, warmup=1)
     info = _info(data)
-    info.update(path="TrialStore.batch(out=buffer), + a sum to consume it", official_s_per_batch=t_off / N_BATCHES,
+    info.update(path="TrialStore.gather(out=buffer), + a sum to consume it", official_s_per_batch=t_off / N_BATCHES,
                 store_s_per_batch=t_store / N_BATCHES, ratio_official_over_store=t_off / t_store)
     run_bench(benchmark, _store_all_reuse, data, buf, rounds=10 if ON_GPU else 3, warmup=1, **info)
     print(f"\nofficial {t_off / N_BATCHES * 1e3:.2f} ms/batch, TrialStore(out=) {t_store / N_BATCHES * 1e3:.2f} "
@@ -145,7 +146,7 @@ def compat(data):
     ds = BrainToTextDataset(train, N_BATCHES, split="train", batch_size=B, days_per_batch=4,
                             random_seed=1)
     index = [{int(d): list(map(int, t)) for d, t in ds.batch_index[k].items()} for k in range(len(ds))]
-    sizes = [ds.store.batch(ds.plan[k])["input_features"].numel() for k in range(len(ds))]
+    sizes = [ds.store.gather(ds.plan[k]).numel() for k in range(len(ds))]
     return {"ds": ds, "files": paths, "index": index, "sizes": sizes,
             "src": torch.randn(max(sizes)), "dst": torch.empty(max(sizes))}
 

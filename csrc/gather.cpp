@@ -1,4 +1,4 @@
-// fastbci::gather_padded_: a host batch of whole trials out of the TrialStore's packed features,
+// fastbci::gather_padded: a host batch of whole trials out of the TrialStore's packed features,
 // zero-padded to t_max steps, at memory speed.
 //
 // Trial rows[b] occupies the packed rows offsets[r] .. offsets[r] + lengths[r] - 1 (contiguous),
@@ -7,11 +7,16 @@
 // Compared with index_select (one copy per time step, the padding copied from a zero row) it moves
 // only the bytes of the batch and writes the padding without reading anything.
 //
-//   gather_padded_(Tensor packed (N, C), Tensor offsets (n + 1,) int64, Tensor lengths (n,) int64,
-//                  Tensor rows (B,) int64, int t_max, Tensor(a!) out (B, t_max, C)) -> out
+//   gather_padded(Tensor packed (N, C), Tensor offsets (n + 1,) int64, Tensor lengths (n,) int64,
+//                 Tensor rows (B,) int64, int t_max) -> Tensor (B, t_max, C)
+//   gather_padded.out(..., *, Tensor(a!) out (B, t_max, C)) -> ()       (into a reused buffer)
+// (the out form returns nothing, as torch.library wants of a mutating custom op: then it can be
+// functionalised, e.g. under torch.compile)
 //
 // CPU tensors, packed and out contiguous and of the same dtype (any: bytes are copied). Every
 // argument is checked here (rows in range, trials inside packed, no trial longer than t_max).
+// The schema is defined once here with its CPU kernel; the fake (shape) implementation is
+// registered in Python (fastbci/ops/gather.py), as for fastbci::day_projection.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -24,15 +29,15 @@ namespace {
 void check_index(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.scalar_type() == at::kLong &&
                   t.is_contiguous(),
-              "fastbci::gather_padded_: ", name,
+              "fastbci::gather_padded: ", name,
               " must be a contiguous 1-D int64 CPU tensor, got ", t.scalar_type(), " ",
               t.sizes(), " on ", t.device());
 }
 
-at::Tensor& gather_padded_cpu(const at::Tensor& packed, const at::Tensor& offsets,
-                              const at::Tensor& lengths, const at::Tensor& rows, int64_t t_max,
-                              at::Tensor& out) {
-  const char* op = "fastbci::gather_padded_";
+void gather_padded_out_cpu(const at::Tensor& packed, const at::Tensor& offsets,
+                           const at::Tensor& lengths, const at::Tensor& rows, int64_t t_max,
+                           at::Tensor& out) {
+  const char* op = "fastbci::gather_padded";
   TORCH_CHECK(packed.device().is_cpu() && packed.dim() == 2 && packed.is_contiguous(), op,
               ": packed must be a contiguous 2-D CPU tensor, got ", packed.sizes(), " on ",
               packed.device());
@@ -73,17 +78,31 @@ at::Tensor& gather_padded_cpu(const at::Tensor& packed, const at::Tensor& offset
       std::memset(to + steps * row_bytes, 0, static_cast<size_t>((t_max - steps) * row_bytes));
     }
   });
+}
+
+at::Tensor gather_padded_new_cpu(const at::Tensor& packed, const at::Tensor& offsets,
+                                 const at::Tensor& lengths, const at::Tensor& rows,
+                                 int64_t t_max) {
+  TORCH_CHECK(packed.dim() == 2, "fastbci::gather_padded: packed must be 2-D, got ",
+              packed.sizes());
+  TORCH_CHECK(t_max >= 0, "fastbci::gather_padded: t_max must be >= 0, got ", t_max);
+  at::Tensor out = at::empty({rows.numel(), t_max, packed.size(1)}, packed.options());
+  gather_padded_out_cpu(packed, offsets, lengths, rows, t_max, out);
   return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastbci, m) {
-  m.def(
-      "gather_padded_(Tensor packed, Tensor offsets, Tensor lengths, Tensor rows, int t_max, "
-      "Tensor(a!) out) -> Tensor(a!)");
+  m.def("gather_padded(Tensor packed, Tensor offsets, Tensor lengths, Tensor rows, int t_max) "
+        "-> Tensor");
+  m.def("gather_padded.out(Tensor packed, Tensor offsets, Tensor lengths, Tensor rows, "
+        "int t_max, *, Tensor(a!) out) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(fastbci, CPU, m) { m.impl("gather_padded_", &gather_padded_cpu); }
+TORCH_LIBRARY_IMPL(fastbci, CPU, m) {
+  m.impl("gather_padded", &gather_padded_new_cpu);
+  m.impl("gather_padded.out", &gather_padded_out_cpu);
+}
 
 }  // namespace fastbci

@@ -22,6 +22,8 @@ Useful fastbci.* keys: resume=true|PATH, overwrite=true, impl=auto|fused|referen
 rng=philox|torch, progress=false, checkpoint_every=N, nonfinite_policy=stop|skip.
 Several GPUs / nodes: torchrun --nproc_per_node=N -m fastbci.train CONFIG [key=value ...]
 (dataset.batch_size is the global batch; see docs/distributed.md).
+Ctrl-C or SIGTERM (kill, SLURM) stops after the current batch with a resumable checkpoint and
+prints the command that resumes it.
 Exit status: 0 done, 2 configuration error, 3 blank collapse, 4 non-finite, 130 interrupted."""
 
 
@@ -36,9 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return EXIT_OK if argv else EXIT_CONFIG
-    from fastbci.training import strategy
+    from fastbci.training import parallel
     try:
-        env = strategy.env_from_os()
+        env = parallel.env_from_os()
     except ConfigError as e:
         print(f"fastbci.train: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -61,15 +63,13 @@ def distributed_main(argv: Sequence[str], env) -> int:
     import torch.distributed as dist
 
     from fastbci.devices import select_device
-    from fastbci.training import DataParallel, Trainer, strategy
+    from fastbci.training import DataParallel, Trainer, parallel
 
     def run() -> int:
         cfg = config_mod.load_config(argv[0], list(argv[1:]))
-        strategy.check_world_size(cfg, env.world_size)
-        device = select_device(cfg, local_rank=env.local_rank)
-        strategy.init_process_group(env, device)
-        trainer = Trainer(cfg, DataParallel(env, device=device))
-        return exit_code_of(trainer.fit().status)
+        parallel.check_world_size(cfg, env.world_size)
+        parallel.init_process_group(env, select_device(cfg, local_rank=env.local_rank))
+        return exit_code_of(Trainer(cfg, DataParallel(env)).fit().status)
 
     code = 1
     try:

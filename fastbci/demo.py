@@ -73,7 +73,7 @@ def previous_run(out: Path) -> tuple[str, str | None]:
     """What an earlier demo left in ``out``: ``("none", None)``, ``("unfinished", message)``
     (a resumable checkpoint and no final status: Ctrl-C, a crash) or ``("finished", message)``."""
     from fastbci import checkpoint as ckpt_io
-    from fastbci.training.loop import RUN_STATUS
+    from fastbci.training.rundir import RUN_STATUS
     ck = ckpt_io.find_resume_checkpoint(out / "checkpoint")
     status_file = out / RUN_STATUS
     status = None

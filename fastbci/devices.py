@@ -1,5 +1,6 @@
-"""Where a run computes: the device (``fastbci.device``), the implementation (``fastbci.impl``)
-and the autocast context, decided in one place for the trainer and for evaluation."""
+"""Where a run computes: the device (``fastbci.device``), the autocast context and the training
+numerics, decided in one place for the trainer and for evaluation, and small host-to-device
+copies that do not block (the implementation of each op: :mod:`fastbci.ops.dispatch`)."""
 from __future__ import annotations
 
 import contextlib
@@ -72,14 +73,6 @@ def _rank_device(want: str, local_rank: int) -> torch.device:
         raise ConfigError(f"LOCAL_RANK={local_rank} but this node has {n} GPU(s): start at "
                           f"most {n} processes per node (torchrun --nproc_per_node={n})")
     return torch.device("cuda", local_rank)
-
-
-def resolve_impl(cfg: Mapping, device: torch.device) -> str:
-    """``fastbci.impl`` with ``auto`` resolved: ``fused`` on CUDA, ``reference`` elsewhere."""
-    impl = cfg["fastbci"]["impl"]
-    if impl == "auto":
-        return "fused" if device.type == "cuda" else "reference"
-    return impl
 
 
 def autocast(device: torch.device, enabled: bool):

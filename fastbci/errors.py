@@ -30,9 +30,16 @@ EXIT_INTERRUPTED = 130
 
 class FastbciError(Exception):
     """An error the user can fix, with a message that names the file, key or value at fault.
-    ``exit_code``: the command's exit status; ``kind``: the words before the message."""
+    ``exit_code``: the command's exit status; ``kind``: the words before the message. Every
+    subclass is known by name (:func:`rebuild`), so that an error of one rank of a distributed
+    run is raised again, as the same class, on every rank."""
     exit_code = EXIT_CONFIG
     kind = "error"
+    _by_name: dict[str, type] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        FastbciError._by_name[cls.__name__] = cls
 
 
 class ConfigError(FastbciError, ValueError):
@@ -61,6 +68,16 @@ class TrainingStopped(RuntimeError):
 class NonFiniteError(TrainingStopped):
     """A non-finite loss or gradient under ``fastbci.nonfinite_policy=stop``."""
     exit_code = EXIT_NONFINITE
+
+
+def rebuild(kind: str, message: str) -> Exception:
+    """An exception of the class named ``kind`` with ``message``: a :class:`FastbciError`
+    subclass or ``ValueError`` / ``FileNotFoundError`` as themselves, anything else as a
+    RuntimeError that names the original class."""
+    known = {**FastbciError._by_name, "FastbciError": FastbciError, "ValueError": ValueError,
+             "FileNotFoundError": FileNotFoundError}
+    cls = known.get(kind)
+    return cls(message) if cls is not None else RuntimeError(f"{kind}: {message}")
 
 
 def exit_code_of(status: str) -> int:

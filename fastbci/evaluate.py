@@ -64,7 +64,7 @@ def resolve_config(checkpoint: Path, config: str | None, overrides: Sequence[str
 
 def _load_model(checkpoint: Path, config, overrides, batch_size, trust: bool):
     """The checkpoint, its configuration (and source), the device and the model on it."""
-    from fastbci.devices import resolve_impl, select_device
+    from fastbci.devices import select_device
     from fastbci.model import GRUDecoder
     ck = ckpt_io.load(checkpoint, trust=trust)
     cfg, cfg_source = resolve_config(checkpoint, config, overrides, ck)
@@ -73,13 +73,12 @@ def _load_model(checkpoint: Path, config, overrides, batch_size, trust: bool):
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         cfg["dataset"]["batch_size"] = int(batch_size)
     device = select_device(cfg)
-    impl = resolve_impl(cfg, device)
-    model = GRUDecoder.from_config(cfg, impl=impl, rng=cfg["fastbci"]["rng"])
+    model = GRUDecoder.from_config(cfg)
     try:
         model.load_official_state_dict(ck["model_state_dict"])
     except Exception as e:
         raise ckpt_io.CheckpointError(f"{checkpoint} does not fit the model of {cfg_source}: {e}") from None
-    return cfg, cfg_source, device, impl, model.to(device).eval()
+    return cfg, cfg_source, device, model.to(device).eval()
 
 
 def _write_files(out: Path, split: str, packed: dict, store) -> dict[str, str]:
@@ -128,7 +127,7 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
         check_ready(lm)
     checkpoint = Path(checkpoint)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    cfg, cfg_source, device, impl, model = _load_model(checkpoint, config, overrides, batch_size,
+    cfg, cfg_source, device, model = _load_model(checkpoint, config, overrides, batch_size,
                                                        trust)
     store = data.TrialStore.from_config(cfg, split, device="cpu", progress=not quiet)
     ds = cfg["dataset"]
@@ -141,7 +140,7 @@ def evaluate(checkpoint: str | Path, split: str = "val", *, config: str | None =
     say(f"Evaluating {checkpoint} on {sum(len(b) for b in batches)} {split} trials "
         f"(config: {cfg_source}, device {device})")
     res = run_validation(model, store, batches,
-                         BatchBuilder(cfg, device, impl, cfg["fastbci"]["rng"]), collect=True)
+                         BatchBuilder.from_config(cfg, device), collect=True)
     packed = pack_trials(res.trials, store)  # sorted by (session, block, trial)
     out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval_{split}"
     files = _write_files(out, split, packed, store)

@@ -41,62 +41,16 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from fastbci.errors import CheckpointError
+from fastbci.errors import CheckpointError  # noqa: F401  (fastbci.model.CheckpointError)
 from fastbci.ops.day_projection import present_day_index
+from fastbci.ops.dispatch import check_impl
+from fastbci.state_dict import check_fit, official_keys, strip_prefixes
 from fastbci.ops.patchify import patchify
 
 # the op module, looked up at call time (fastbci.ops re-exports a function of the same name)
 _day_op = importlib.import_module("fastbci.ops.day_projection")
 
-IMPLS = ("auto", "fused", "reference")
 RNGS = ("philox", "torch")
-_PREFIXES = ("_orig_mod.", "module.")
-
-
-# ---------------------------------------------------------------------------------------------
-# state-dict helpers
-# ---------------------------------------------------------------------------------------------
-def strip_prefixes(state_dict: Mapping[str, Any]) -> "OrderedDict[str, Any]":
-    """Remove the leading ``_orig_mod.`` (torch.compile) and ``module.`` (DataParallel /
-    DistributedDataParallel) prefixes from every key, in any nesting order.
-
-    Values are passed through unchanged (same objects) and the key order is kept. Two keys that
-    become equal after stripping are an error (the checkpoint would be ambiguous).
-    """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"strip_prefixes expects a mapping of parameter names to tensors, "
-                        f"got {type(state_dict).__name__}")
-    out: "OrderedDict[str, Any]" = OrderedDict()
-    origin: dict[str, str] = {}
-    for key, value in state_dict.items():
-        if not isinstance(key, str):
-            raise TypeError(f"state-dict keys must be strings, got {key!r}")
-        new = key
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if new.startswith(p):
-                    new = new[len(p):]
-                    changed = True
-        if new in out:
-            raise CheckpointError(f"state-dict keys '{origin[new]}' and '{key}' both become "
-                                  f"'{new}' once the '_orig_mod.'/'module.' prefixes are removed")
-        out[new] = value
-        origin[new] = key
-    return out
-
-
-def official_keys(n_days: int, n_layers: int) -> list[str]:
-    """The official model's state-dict keys, in the official order."""
-    keys = ["h0"]
-    keys += [f"day_weights.{i}" for i in range(n_days)]
-    keys += [f"day_biases.{i}" for i in range(n_days)]
-    for k in range(n_layers):
-        keys += [f"gru.weight_ih_l{k}", f"gru.weight_hh_l{k}", f"gru.bias_ih_l{k}",
-                 f"gru.bias_hh_l{k}"]
-    keys += ["out.weight", "out.bias"]
-    return keys
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -169,6 +123,36 @@ def _run_gru(model: "GRUDecoder", x: torch.Tensor, states: torch.Tensor):
     return model.gru(x, states)
 
 
+def _checked_day_idx(model: "GRUDecoder", x, day_idx) -> torch.Tensor:
+    """``x``'s shape checked and ``day_idx`` as an int64 tensor on ``x``'s device."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"GRUDecoder.forward: x must be a (B, T, {model.neural_dim}) tensor, "
+                         f"got {shape}")
+    B, T, C = x.shape
+    if C != model.neural_dim:
+        raise ValueError(f"GRUDecoder.forward: x has {C} channels, the model expects "
+                         f"neural_dim={model.neural_dim}")
+    if B == 0:
+        raise ValueError("GRUDecoder.forward: empty batch (B=0)")
+    if model.patch_size > 0 and T < model.patch_size:
+        raise ValueError(f"GRUDecoder.forward: patching needs at least patch_size="
+                         f"{model.patch_size} time steps, got T={T}")
+    if not isinstance(day_idx, torch.Tensor):
+        try:
+            day_idx = torch.as_tensor([int(d) for d in day_idx], dtype=torch.long)
+        except (TypeError, ValueError):
+            raise TypeError("GRUDecoder.forward: day_idx must be a tensor or a sequence of "
+                            f"ints, got {day_idx!r}") from None
+    if day_idx.dim() != 1 or day_idx.shape[0] != B:
+        raise ValueError(f"GRUDecoder.forward: day_idx must have shape ({B},), got "
+                         f"{tuple(day_idx.shape)}")
+    if day_idx.dtype.is_floating_point or day_idx.dtype == torch.bool:
+        raise TypeError(f"GRUDecoder.forward: day_idx must be an integer tensor, got "
+                        f"{day_idx.dtype}")
+    return day_idx.to(device=x.device, dtype=torch.long)
+
+
 # ---------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------
@@ -206,8 +190,7 @@ class GRUDecoder(nn.Module):
                              f"(got patch_size={patch_size}, patch_stride=0)")
         _check_p("rnn_dropout", rnn_dropout)
         _check_p("input_dropout", input_dropout)
-        if impl not in IMPLS:
-            raise ValueError(f"GRUDecoder: impl must be one of {IMPLS}, got {impl!r}")
+        check_impl(impl, "GRUDecoder")
         if rng not in RNGS:
             raise ValueError(f"GRUDecoder: rng must be one of {RNGS}, got {rng!r}")
 
@@ -311,35 +294,6 @@ class GRUDecoder(nn.Module):
         :class:`_AbsentDayGrads`). Optional; harmless after an eager forward."""
         self._day_grads.present = frozenset(int(d) for d in days_present)
 
-    def _checked_day_idx(self, x, day_idx) -> torch.Tensor:
-        """``x``'s shape checked and ``day_idx`` as an int64 tensor on ``x``'s device."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 3:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"GRUDecoder.forward: x must be a (B, T, {self.neural_dim}) tensor, "
-                             f"got {shape}")
-        B, T, C = x.shape
-        if C != self.neural_dim:
-            raise ValueError(f"GRUDecoder.forward: x has {C} channels, the model expects "
-                             f"neural_dim={self.neural_dim}")
-        if B == 0:
-            raise ValueError("GRUDecoder.forward: empty batch (B=0)")
-        if self.patch_size > 0 and T < self.patch_size:
-            raise ValueError(f"GRUDecoder.forward: patching needs at least patch_size="
-                             f"{self.patch_size} time steps, got T={T}")
-        if not isinstance(day_idx, torch.Tensor):
-            try:
-                day_idx = torch.as_tensor([int(d) for d in day_idx], dtype=torch.long)
-            except (TypeError, ValueError):
-                raise TypeError("GRUDecoder.forward: day_idx must be a tensor or a sequence of "
-                                f"ints, got {day_idx!r}") from None
-        if day_idx.dim() != 1 or day_idx.shape[0] != B:
-            raise ValueError(f"GRUDecoder.forward: day_idx must have shape ({B},), got "
-                             f"{tuple(day_idx.shape)}")
-        if day_idx.dtype.is_floating_point or day_idx.dtype == torch.bool:
-            raise TypeError(f"GRUDecoder.forward: day_idx must be an integer tensor, got "
-                            f"{day_idx.dtype}")
-        return day_idx.to(device=x.device, dtype=torch.long)
-
     def gru_inputs(self, x: torch.Tensor, day_idx, states: torch.Tensor | None = None, *,
                    days_present: Sequence[int] | None = None,
                    local_day_idx: torch.Tensor | None = None, seed: int = 0, step: int = 0
@@ -348,7 +302,7 @@ class GRUDecoder(nn.Module):
 
         Returns ``(inputs (B, P, input_size), states (n_layers, B, n_units))``; the arguments
         are those of :meth:`forward`. Compiles as one graph (``fullgraph=True``)."""
-        day_idx = self._checked_day_idx(x, day_idx)
+        day_idx = _checked_day_idx(self, x, day_idx)
         B = x.shape[0]
         x = self._day_layer(x, day_idx, days_present, local_day_idx, seed, step)
         if self.patch_size > 0:
@@ -421,27 +375,5 @@ class GRUDecoder(nn.Module):
                 and isinstance(state_dict["model_state_dict"], Mapping):
             state_dict = state_dict["model_state_dict"]
         sd = strip_prefixes(state_dict)
-        own = self.state_dict()
-        missing = [k for k in own if k not in sd]
-        unexpected = [k for k in sd if k not in own]
-        shapes = []
-        for k, v in sd.items():
-            if k in own:
-                if not isinstance(v, torch.Tensor):
-                    shapes.append(f"{k}: not a tensor ({type(v).__name__})")
-                elif tuple(v.shape) != tuple(own[k].shape):
-                    shapes.append(f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}")
-        problems = []
-        if shapes:
-            problems.append("shape mismatches: " + "; ".join(shapes))
-        if strict and missing:
-            problems.append(f"missing keys ({len(missing)}): " + ", ".join(missing))
-        if strict and unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
-        if problems:
-            raise CheckpointError(
-                f"the state dict does not fit GRUDecoder(neural_dim={self.neural_dim}, "
-                f"n_units={self.n_units}, n_days={self.n_days}, n_classes={self.n_classes}, "
-                f"n_layers={self.n_layers}, patch_size={self.patch_size}):\n  "
-                + "\n  ".join(problems))
+        check_fit(self, sd, strict)
         return self.load_state_dict(sd, strict=strict)

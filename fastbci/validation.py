@@ -3,7 +3,7 @@ the rates computed once (:class:`ValResult`), the best-checkpoint rule and early
 the packing of per-trial outputs for an ``.npz``.
 
 Every sum stays on the device until one read at the end; a distributed run adds its ranks'
-sums with the strategy's ``all_sum`` before that read, so every world size computes the same
+sums with the parallelism's ``all_sum`` before that read, so every world size computes the same
 formulas: PER = total edits / total true phonemes, loss = mean of the per-batch mean CTC losses
 (a float64 mean of float32 batch means, as the official ``np.mean`` of ``loss.item()`` values).
 """
@@ -22,10 +22,21 @@ from fastbci.devices import autocast, to_device
 from fastbci.ops import patch_input_lengths
 
 
-def forward_logits(model, batch: Batch, *, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model logits ``(B, P, K)`` and the CTC input lengths ``(B,)`` (int32, on the device)."""
-    logits = model(batch.features, batch.day_idx, days_present=batch.days_present,
-                   local_day_idx=batch.local_day_idx, seed=seed, step=step)
+def unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    """The model inside torch.compile's and DistributedDataParallel's wrappers."""
+    while True:
+        inner = getattr(net, "_orig_mod", None) or getattr(net, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return net
+        net = inner
+
+
+def forward_logits(net, batch: Batch, *, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(B, P, K)`` of the model (``net``: it, or a wrapper around it) and the CTC input
+    lengths ``(B,)`` (int32, on the device)."""
+    logits = net(batch.features, batch.day_idx, days_present=batch.days_present,
+                 local_day_idx=batch.local_day_idx, seed=seed, step=step)
+    model = unwrap(net)
     # a compiled forward does not read days_present: hand the days over for the backward
     model.note_batch_days(batch.days_present)
     return logits, patch_input_lengths(batch.n_time_steps, model.patch_size, model.patch_stride)

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from fastbci import philox
-from fastbci.ops.augment import augment_smooth, augment_smooth_gather
+from fastbci.ops.augment import Augmentation, augment_smooth, augment_smooth_gather
 from fastbci.reference import gaussian_taps, smooth_ref, transform_ref
 from helpers import (
     JIT_SPEC_PRELUDE, assert_close, augment_tolerance, non_specialised, normal_sum_tolerance,
@@ -35,6 +35,7 @@ SEED = 1
 OFFICIAL = dict(white_noise_std=1.0, constant_offset_std=0.2, random_walk_std=0.0,
                 random_walk_axis=-1, static_gain_std=0.0, random_cut=3, smooth_kernel_size=100,
                 smooth_data=True, smooth_kernel_std=2)
+A = Augmentation.from_transforms
 
 
 def _step_for_cut(cut: int, random_cut: int = 3, seed: int = SEED) -> int:
@@ -115,15 +116,15 @@ def _run_case(B, T, C, cut, padding, kind, device, out_dtype, mode="train",
         rows = torch.randint(0, n_trials, (B,), generator=gen)
         rows[0] = 1  # make sure the longest trial is in the batch
         rows = rows.to(device)
-        got, n_got = augment_smooth_gather(features, offsets, lens, rows, transforms, impl="fused",
+        got, n_got = augment_smooth_gather(features, offsets, lens, rows, A(transforms), impl="fused",
                                            t_max=T, **kw)
-        want, n_want = augment_smooth_gather(features, offsets, lens, rows, transforms,
+        want, n_want = augment_smooth_gather(features, offsets, lens, rows, A(transforms),
                                              impl="reference", **{**kw, "out_dtype": None})
     else:
         x = _padded(B, T, C, kind, device, gen)
         n = torch.full((B,), T, dtype=torch.int64, device=device)
-        got, n_got = augment_smooth(x, n, transforms, impl="fused", **kw)
-        want, n_want = augment_smooth(x, n, transforms, impl="reference",
+        got, n_got = augment_smooth(x, n, A(transforms), impl="fused", **kw)
+        want, n_want = augment_smooth(x, n, A(transforms), impl="reference",
                                       **{**kw, "out_dtype": None})
     return got, n_got, want, n_want
 
@@ -152,7 +153,7 @@ def test_reference_path_is_transform_ref(device):
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(3, 20, 9, generator=gen).to(device)
     n = torch.tensor([20, 11, 4], device=device)
-    got, n_got = augment_smooth(x, n, OFFICIAL, seed=SEED, step=2, impl="reference")
+    got, n_got = augment_smooth(x, n, A(OFFICIAL), seed=SEED, step=2, impl="reference")
     want, n_want = transform_ref(x, n, OFFICIAL, "train", rng="philox", seed=SEED, step=2)
     assert torch.equal(got, want) and torch.equal(n_got, n_want)
 
@@ -163,7 +164,7 @@ def test_validation_mode_smooths_only(mode, padding, device):
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(3, 17, 7, generator=gen).to(device)
     n = torch.tensor([17, 9, 12], device=device)
-    got, n_got = augment_smooth(x, n, OFFICIAL, mode=mode, seed=SEED, step=0, padding=padding,
+    got, n_got = augment_smooth(x, n, A(OFFICIAL), mode=mode, seed=SEED, step=0, padding=padding,
                                 impl="fused")
     want = smooth_ref(x, gaussian_taps(2.0, 100), padding)
     assert_close(got, want, **augment_tolerance(device), what=f"{mode} {padding}")
@@ -218,19 +219,19 @@ def test_gather_equals_padded_batch(device):
         padded[b, :n] = features[s:s + n]
     n_batch = lengths[rows]
     step = _step_for_cut(2)
-    got, n_got = augment_smooth_gather(features, offsets, lengths, rows, OFFICIAL, seed=SEED,
+    got, n_got = augment_smooth_gather(features, offsets, lengths, rows, A(OFFICIAL), seed=SEED,
                                        step=step, impl="fused")  # t_max computed
-    want, n_want = augment_smooth(padded, n_batch, OFFICIAL, seed=SEED, step=step, impl="fused")
+    want, n_want = augment_smooth(padded, n_batch, A(OFFICIAL), seed=SEED, step=step, impl="fused")
     assert torch.equal(n_got, n_want) and n_got.tolist() == [15, 21, 21, -1, 3]
     assert_close(got, want, atol=0.0, what="gather vs padded batch (same kernel)")
     # host-side rows/lengths (no device sync for t_max), and an explicit larger t_max
     got_cpu, _ = augment_smooth_gather(features, offsets.cpu(), lengths.cpu(), rows.cpu(),
-                                       OFFICIAL, seed=SEED, step=step, impl="fused")
+                                       A(OFFICIAL), seed=SEED, step=step, impl="fused")
     assert_close(got_cpu, want, atol=0.0, what="gather with CPU index tensors")
-    longer, _ = augment_smooth_gather(features, offsets, lengths, rows, OFFICIAL, seed=SEED,
+    longer, _ = augment_smooth_gather(features, offsets, lengths, rows, A(OFFICIAL), seed=SEED,
                                       step=step, impl="fused", t_max=30)
     padded30 = torch.cat([padded, torch.zeros(5, 7, 7, device=device)], dim=1)
-    want30, _ = augment_smooth(padded30, n_batch, OFFICIAL, seed=SEED, step=step, impl="reference")
+    want30, _ = augment_smooth(padded30, n_batch, A(OFFICIAL), seed=SEED, step=step, impl="reference")
     assert_close(longer, want30, **augment_tolerance(device),
                  what="gather with t_max above the longest trial")
 
@@ -244,7 +245,7 @@ NOISE_ONLY = dict(OFFICIAL, constant_offset_std=0.0, random_cut=0, smooth_data=F
 def _noise(device, step, seed=SEED, transforms=NOISE_ONLY, shape=(4, 64, 128)):
     x = torch.zeros(shape, device=device)
     n = torch.full((shape[0],), shape[1], device=device)
-    return augment_smooth(x, n, transforms, seed=seed, step=step, impl="fused")[0].cpu()
+    return augment_smooth(x, n, A(transforms), seed=seed, step=step, impl="fused")[0].cpu()
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -325,44 +326,44 @@ def test_clear_errors(device, monkeypatch):
     x = torch.zeros(2, 10, 7, device=device)
     n = torch.full((2,), 10, device=device)
     with pytest.raises(ValueError, match="padding"):
-        augment_smooth(x, n, OFFICIAL, padding="full", impl="fused")
+        augment_smooth(x, n, A(OFFICIAL), padding="full", impl="fused")
     with pytest.raises(ValueError, match="out_dtype"):
-        augment_smooth(x, n, OFFICIAL, out_dtype=torch.float16, impl="fused")
+        augment_smooth(x, n, A(OFFICIAL), out_dtype=torch.float16, impl="fused")
     with pytest.raises(ValueError, match="impl"):
-        augment_smooth(x, n, OFFICIAL, impl="cuda")
+        augment_smooth(x, n, A(OFFICIAL), impl="cuda")
     with pytest.raises(ValueError, match="mode"):
-        augment_smooth(x, n, OFFICIAL, mode="training", impl="fused")
+        augment_smooth(x, n, A(OFFICIAL), mode="training", impl="fused")
     with pytest.raises(ValueError, match=r"\(B, T_max, C\)"):
-        augment_smooth(x[0], n, OFFICIAL, impl="fused")
+        augment_smooth(x[0], n, A(OFFICIAL), impl="fused")
     with pytest.raises(ValueError, match="n_time_steps"):
-        augment_smooth(x, n[:1], OFFICIAL, impl="fused")
+        augment_smooth(x, n[:1], A(OFFICIAL), impl="fused")
     with pytest.raises(KeyError, match="white_noise_std"):
-        augment_smooth(x, n, {k: v for k, v in OFFICIAL.items() if k != "white_noise_std"},
+        augment_smooth(x, n, A({k: v for k, v in OFFICIAL.items() if k != "white_noise_std"}),
                        impl="fused")
     with pytest.raises(ValueError, match="step"):
-        augment_smooth(x, n, OFFICIAL, step=-1, impl="fused")
+        augment_smooth(x, n, A(OFFICIAL), step=-1, impl="fused")
     with pytest.raises(ValueError, match="random cut"):
-        augment_smooth(x[:, :2], n, OFFICIAL, seed=SEED, step=_step_for_cut(2), impl="fused")
+        augment_smooth(x[:, :2], n, A(OFFICIAL), seed=SEED, step=_step_for_cut(2), impl="fused")
     with pytest.raises(ValueError, match="'valid'"):
-        augment_smooth(x[:, :9], n, OFFICIAL, seed=SEED, step=_step_for_cut(1),
+        augment_smooth(x[:, :9], n, A(OFFICIAL), seed=SEED, step=_step_for_cut(1),
                        padding="valid", impl="fused")
     with pytest.raises(ValueError, match="requires grad"):
-        augment_smooth(x.clone().requires_grad_(), n, OFFICIAL, impl="fused")
+        augment_smooth(x.clone().requires_grad_(), n, A(OFFICIAL), impl="fused")
     f, o, L = _store([3, 4], 7, device, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="rows must index"):
-        augment_smooth_gather(f, o, L, torch.tensor([0, 2], device=device), OFFICIAL,
+        augment_smooth_gather(f, o, L, torch.tensor([0, 2], device=device), A(OFFICIAL),
                               impl="fused")
     with pytest.raises(ValueError, match="offsets must have"):
-        augment_smooth_gather(f, o[:-1], L, torch.tensor([0], device=device), OFFICIAL,
+        augment_smooth_gather(f, o[:-1], L, torch.tensor([0], device=device), A(OFFICIAL),
                               impl="fused")
     if device.type == "cpu":
         import fastbci.kernels
         monkeypatch.setattr(fastbci.kernels, "INTERPRETED", False)  # kernels defined for a GPU
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-            augment_smooth(x, n, OFFICIAL, impl="fused")
+            augment_smooth(x, n, A(OFFICIAL), impl="fused")
         # 'auto' on a CPU tensor is the reference path
-        got, _ = augment_smooth(x, n, OFFICIAL, impl="auto")
-        want, _ = augment_smooth(x, n, OFFICIAL, impl="reference")
+        got, _ = augment_smooth(x, n, A(OFFICIAL), impl="auto")
+        want, _ = augment_smooth(x, n, A(OFFICIAL), impl="reference")
         assert torch.equal(got, want)
 
 
@@ -392,7 +393,7 @@ def triton_next_pow2(n: int) -> int:
 
 def test_empty_batch(device):
     x = torch.zeros(0, 12, 7, device=device)
-    out, n = augment_smooth(x, torch.zeros(0, device=device), OFFICIAL, impl="fused")
+    out, n = augment_smooth(x, torch.zeros(0, device=device), A(OFFICIAL), impl="fused")
     assert out.shape[0] == 0 and out.shape[2] == 7 and n.numel() == 0
 
 
@@ -513,7 +514,7 @@ def test_cuda_batches_of_other_lengths_do_not_recompile():
 
     def run(rows, step):
         return augment_smooth_gather(features, offsets, lengths, torch.tensor(rows, device="cuda"),
-                                     OFFICIAL, seed=SEED, step=step, out_dtype=torch.bfloat16,
+                                     A(OFFICIAL), seed=SEED, step=step, out_dtype=torch.bfloat16,
                                      impl="fused")
     run([0, 1], 0)
     before = _compiled(kern._augment_smooth_kernel)

@@ -25,12 +25,14 @@ from fastbci import ops, synth
 from fastbci.compat import GRUDecoder as CompatGRUDecoder
 from fastbci.config import load_config
 from fastbci.model import GRUDecoder
+from fastbci.ops import Augmentation
 from fastbci.training import Trainer
 from helpers import assert_close
 
 TRANSFORMS = {"white_noise_std": 1.0, "constant_offset_std": 0.2, "random_walk_std": 0.0,
               "random_walk_axis": -1, "static_gain_std": 0.0, "random_cut": 3,
               "smooth_kernel_size": 100, "smooth_data": True, "smooth_kernel_std": 2}
+AUG = Augmentation.from_transforms(TRANSFORMS)
 C, N_DAYS = 8, 5
 
 
@@ -53,13 +55,13 @@ def _data(seed=0, B=3, T=17):
 
 # --------------------------------------------------------------------------------- the cases
 def _augment(d):
-    return ops.augment_smooth(d["x"], d["n"], TRANSFORMS, mode="train", seed=3, step=5,
+    return ops.augment_smooth(d["x"], d["n"], AUG, mode="train", seed=3, step=5,
                               impl="fused")[0]
 
 
 def _gather(d):
     return ops.augment_smooth_gather(d["feats"], d["offsets"], d["lengths"], d["rows"],
-                                     TRANSFORMS, mode="train", seed=3, step=5, impl="fused",
+                                     AUG, mode="train", seed=3, step=5, impl="fused",
                                      t_max=15)[0]
 
 
@@ -78,7 +80,7 @@ def _patchify_reference(d):
 
 
 def _chain(d):
-    y = ops.augment_smooth_gather(d["feats"], d["offsets"], d["lengths"], d["rows"], TRANSFORMS,
+    y = ops.augment_smooth_gather(d["feats"], d["offsets"], d["lengths"], d["rows"], AUG,
                                   mode="train", seed=3, step=5, impl="fused", t_max=15)[0]
     y = ops.day_projection(y, d["local"], d["w"], d["b"], 0.25, 3, 5, impl="fused")
     return ops.patchify(y, 4, 2, impl="fused")

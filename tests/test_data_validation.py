@@ -150,8 +150,7 @@ def test_bad_trial(tmp_path, mutate, reason, trial, policy):
     if trial != "notes":
         assert 2 not in store.trial_index[store.trials_by_day[1]]
     # the kept trials are intact and the batch still assembles
-    batch = store.batch(np.arange(store.n_trials))
-    assert batch["input_features"].shape[0] == store.n_trials
+    assert store.gather(np.arange(store.n_trials)).shape[0] == store.n_trials
 
 
 def test_corrupt_file_is_fatal_under_both_policies(tmp_path):

@@ -20,10 +20,10 @@ from fastbci.reference import day_layer_official, day_projection_ref
 from helpers import assert_close
 
 # the module itself: the attribute fastbci.ops.day_projection is the function
-dp_mod = importlib.import_module("fastbci.ops.day_projection")
+_ext = importlib.import_module("fastbci.ops._ext")
 
 HAS_CUDA = torch.cuda.is_available()
-HAS_CUDA_KERNEL = HAS_CUDA and fused_available() and dp_mod._has_kernel("cuda")
+HAS_CUDA_KERNEL = HAS_CUDA and fused_available() and _ext.has_kernel("fastbci::day_projection", "cuda")
 _CUDA_SKIP = ("no CUDA device" if not HAS_CUDA else
               "fastbci._C was built without its CUDA kernels (torch without CUDA, no nvcc, or "
               "FASTBCI_SKIP_CUDA_BUILD=1)")
@@ -362,7 +362,7 @@ def test_op_checks_when_called_directly():
 
 
 def test_fused_without_extension_says_how_to_build(monkeypatch):
-    monkeypatch.setattr(dp_mod, "_ext_error", "ImportError: No module named 'fastbci._C'")
+    monkeypatch.setattr(_ext, "_error", "ImportError: No module named 'fastbci._C'")
     assert not fused_available()
     with pytest.raises(RuntimeError, match="pip install -e . --no-build-isolation"):
         day_projection(*_valid(), impl="fused")

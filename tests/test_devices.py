@@ -1,12 +1,13 @@
-"""fastbci.devices: the training numerics are scoped (never leak into later code), device and
-implementation choice."""
+"""fastbci.devices: the training numerics are scoped (never leak into later code), device
+choice."""
+import ast
 from pathlib import Path
 
 import pytest
 import torch
 
 from fastbci.config import ConfigError, load_config
-from fastbci.devices import numerics, resolve_impl, select_device
+from fastbci.devices import numerics, select_device
 
 PKG = Path(__file__).resolve().parent.parent / "fastbci"
 
@@ -42,26 +43,69 @@ def test_cpu_numerics_change_nothing(restore_flags):
         assert torch.get_float32_matmul_precision() == "highest"
 
 
+#: the process-wide numerics flags: attributes of torch.backends.*, global setter functions and
+#: the torch.backends.*.flags(...) context managers
+_FLAG_ATTRS = {"allow_tf32", "deterministic", "benchmark", "allow_fp16_reduced_precision_reduction",
+               "allow_bf16_reduced_precision_reduction", "fp32_precision"}
+_FLAG_SETTERS = {"set_float32_matmul_precision", "use_deterministic_algorithms", "set_flush_denormal"}
+
+
+def flag_settings(source: str) -> list[str]:
+    """Where ``source`` sets a process-wide numerics flag: an assignment (plain, augmented or
+    annotated, any spacing) to an attribute of ``torch.backends`` named in :data:`_FLAG_ATTRS`,
+    ``setattr`` on such an object, a call of a setter in :data:`_FLAG_SETTERS`, or a
+    ``torch.backends.*.flags(...)`` context."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for t in targets:
+            if isinstance(t, ast.Attribute) and t.attr in _FLAG_ATTRS:
+                found.append(f"line {node.lineno}: {ast.unparse(t)} = ...")
+        if isinstance(node, ast.Call):
+            fn = node.func
+            name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+            if name in _FLAG_SETTERS or (name == "flags" and "backends" in ast.unparse(fn)):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+            elif name == "setattr" and node.args and "backends" in ast.unparse(node.args[0]):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
 def test_no_other_code_sets_the_process_wide_flags():
     """Only devices.numerics may touch them: a bare setting elsewhere would leak again."""
     offenders = []
     for f in PKG.rglob("*.py"):
         if f.name == "devices.py":
             continue
-        text = f.read_text()
-        for needle in ("set_float32_matmul_precision(", "cudnn.deterministic =",
-                       "allow_tf32 ="):
-            if needle in text:
-                offenders.append(f"{f.relative_to(PKG)}: {needle}")
+        offenders += [f"{f.relative_to(PKG)}: {w}" for w in flag_settings(f.read_text())]
     assert not offenders, offenders
 
 
-def test_device_and_impl_choice():
+@pytest.mark.parametrize("planted", [
+    "torch.backends.cuda.matmul.allow_tf32=True",
+    "torch.backends.cuda.matmul.allow_tf32 = True",
+    "torch.backends.cudnn.allow_tf32 : bool = True",
+    "torch.backends.cudnn.deterministic=False",
+    "b = torch.backends.cudnn\nb.benchmark = True",
+    "setattr(torch.backends.cudnn, 'deterministic', True)",
+    "torch.set_float32_matmul_precision('high')",
+    "torch.use_deterministic_algorithms(True)",
+    "with torch.backends.cudnn.flags(enabled=True, deterministic=True):\n    pass",
+])
+def test_the_flag_finder_finds_every_spelling(planted):
+    """The check above can fail: each way of setting a flag is found (the old substring check
+    missed ``allow_tf32=True`` written without spaces)."""
+    assert flag_settings("import torch\n" + planted + "\n"), planted
+    assert not flag_settings("import torch\nx = torch.backends.cudnn.deterministic\n")
+
+
+def test_device_choice():
     cfg = load_config(None, ["fastbci.device=cpu"])
     assert select_device(cfg) == torch.device("cpu")
-    assert resolve_impl(cfg, torch.device("cpu")) == "reference"
-    assert resolve_impl(cfg, torch.device("cuda")) == "fused"
-    assert resolve_impl(load_config(None, ["fastbci.impl=fused"]), torch.device("cpu")) == "fused"
     with pytest.raises(ConfigError, match="not a device"):
         select_device(load_config(None, ["fastbci.device=gpu0"]))
     assert select_device(cfg, local_rank=3) == torch.device("cpu")

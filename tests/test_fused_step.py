@@ -220,7 +220,8 @@ def make_batch(cfg, impl: str, k: int) -> Batch:
     ds = cfg["dataset"]
     plan = train_batch_plan(store.trials_by_day, k + 1, ds["batch_size"], ds["days_per_batch"],
                             ds["seed"])
-    builder = BatchBuilder(cfg, dev, impl, "philox")
+    builder = BatchBuilder.from_config(dict(cfg, fastbci=dict(cfg["fastbci"], rng="philox")), dev,
+                                       impl=impl)
     return builder.batch(store, np.asarray(plan[k]), mode="train", step=k)
 
 

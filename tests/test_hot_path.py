@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import inspect
 import os
 import sys
 from pathlib import Path
@@ -35,21 +34,28 @@ import torch
 import fastbci
 from fastbci import metrics, synth
 from fastbci.reference import patch_input_lengths
-from fastbci.training import Trainer, run_validation
+from fastbci.training import Trainer
 from fastbci.training.report import StepTimer
-from fastbci.validation import ctc_per_trial, forward_logits
+from fastbci.validation import ctc_per_trial, forward_logits, run_validation
 from fastbci.config import load_config
 from fastbci.reference import smoothing_taps
 
 PKG_DIRS = tuple(str(Path(m.__file__).resolve().parent) + os.sep
                  for m in (fastbci, importlib.import_module("fastbci.kernels")))
 
-# (file name, function) -> what its source must contain: code that reads host tensors only, so
-# its reads (and those of the functions it calls) are never a synchronisation:
-# * the day projection's argument check runs only for CPU tensors (skipped on CUDA).
+def _day_projection_check_args(device: str) -> tuple:
+    """Arguments of ``fastbci.ops.day_projection._check_inputs`` with every tensor on ``device``."""
+    return (torch.zeros(2, 3, 4, device=device), torch.tensor([0, 1], device=device),
+            torch.zeros(2, 4, 4, device=device), torch.zeros(2, 4, device=device), 0.0, 0, 0)
+
+
+# (file name, function) -> its arguments on a device: code whose host reads happen for CPU
+# tensors only, so that its reads (and those of the functions it calls) are never a
+# synchronisation (test_host_only_checks_read_no_device_tensor proves it):
+# * the day projection's argument check reads day_idx only for CPU tensors (skipped on CUDA).
 # (The random cut is drawn with Python ints, no tensor at all: it needs no entry.)
 HOST_ONLY_CHECKS = {
-    ("day_projection.py", "_check_inputs"): 'device.type == "cpu"',
+    ("day_projection.py", "_check_inputs"): _day_projection_check_args,
 }
 
 READS = ("item", "tolist", "cpu", "__bool__", "__int__", "__float__", "__index__", "__format__",
@@ -168,13 +174,20 @@ def sync_debug(device: torch.device):
     return ctx()
 
 
-def test_host_only_checks_are_guarded():
-    """The allowed host reads are really host-only: their code carries the CPU guard."""
-    for (file, fn), needle in HOST_ONLY_CHECKS.items():
+def test_host_only_checks_read_no_device_tensor(monkeypatch):
+    """The allowed host reads are really host-only: with its tensors on a device that cannot be
+    read at all ('meta': any read raises), each check reads nothing and passes; with CPU tensors
+    it does read (so the count below would see a read that lost its CPU guard)."""
+    for (file, fn), args_on in HOST_ONLY_CHECKS.items():
         stem = Path(file).stem
         mod = importlib.import_module(("fastbci." if stem == "philox" else "fastbci.ops.") + stem)
-        src = inspect.getsource(getattr(mod, fn))
-        assert needle in src, f"{file}:{fn} no longer holds {needle!r}: is it still host-only?"
+        check = getattr(mod, fn)
+        with count_host_reads(monkeypatch) as reads:
+            check(*args_on("meta"))
+        assert not reads, f"{file}:{fn} read a device tensor: {[str(r) for r in reads]}"
+        with count_host_reads(monkeypatch) as reads:
+            check(*args_on("cpu"))
+        assert reads, f"{file}:{fn} made no host read on the CPU: is it still in use?"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,17 +392,22 @@ def test_edit_distance_with_bounds_equals_default(B, Lh, Lr, slack):
 
 
 def test_cached_smoothing_taps():
+    from fastbci.config import official
+    from fastbci.ops import Augmentation
     from fastbci.ops.augment import cached_smoothing_taps
     tf = {"smooth_kernel_std": 2, "smooth_kernel_size": 100}
-    a = cached_smoothing_taps(tf, "cpu")
-    assert a is cached_smoothing_taps(dict(tf), torch.device("cpu")), "not cached"
+    a = cached_smoothing_taps(Augmentation(smooth_kernel_std=2), "cpu")
+    assert a is cached_smoothing_taps(Augmentation(smooth_kernel_std=2.0), torch.device("cpu")), \
+        "not cached"
     assert torch.equal(a, smoothing_taps(tf)) and a.dtype == torch.float32
-    b = cached_smoothing_taps({"smooth_kernel_std": 3, "smooth_kernel_size": 100})
+    b = cached_smoothing_taps(Augmentation(smooth_kernel_std=3))
     assert b is not a and torch.equal(b, smoothing_taps({"smooth_kernel_std": 3,
                                                          "smooth_kernel_size": 100}))
-    # True == 1 hashes alike, but a bool std is an error: the cache must not hide it
-    cached_smoothing_taps({"smooth_kernel_std": 1, "smooth_kernel_size": 100})
+    # True == 1 hashes alike, but a bool std is an error: refused where the values are made
+    cached_smoothing_taps(Augmentation(smooth_kernel_std=1))
     with pytest.raises(ValueError, match="smooth_kernel_std"):
-        cached_smoothing_taps({"smooth_kernel_std": True, "smooth_kernel_size": 100})
-    with pytest.raises((KeyError, ValueError), match="smooth_kernel_size"):
-        cached_smoothing_taps({"smooth_kernel_std": 2})
+        Augmentation(smooth_kernel_std=True)
+    without_size = {k: v for k, v in official()["dataset"]["data_transforms"].items()
+                    if k != "smooth_kernel_size"}
+    with pytest.raises(KeyError, match="smooth_kernel_size"):
+        Augmentation.from_transforms(without_size)

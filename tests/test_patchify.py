@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastbci.ops.patchify import Patchify, _resolve_impl, patchify
+from fastbci.ops.dispatch import resolve
+from fastbci.ops.patchify import Patchify, patchify
 from fastbci.reference import n_patches, patchify_ref
 from helpers import JIT_SPEC_PRELUDE, assert_close, non_specialised, run_gpu_compile_script
 
@@ -154,8 +155,8 @@ def test_empty_batch_and_channels(device):
 def test_impl_selection_and_module(device):
     x = torch.randn(2, 18, 7, device=device)
     expect = "fused" if device.type == "cuda" else "reference"
-    assert _resolve_impl(x, "auto") == expect
-    assert _resolve_impl(x.long(), "auto") == "reference"
+    assert resolve("patchify", x, "auto") == expect
+    assert resolve("patchify", x.long(), "auto") == "reference"
     for impl in ("auto", "fused", "reference"):
         assert_equal(patchify(x, impl=impl), patchify_ref(x), what=f"impl={impl}")
     m = Patchify(14, 4, impl="fused")

@@ -5,6 +5,7 @@ import errno
 import io
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from fastbci import cli, fileio, synth
 from fastbci.config import ConfigError, load_config
 from fastbci.training import Trainer
 from helpers import shift_logits
-from fastbci.training.report import LineProgress, MetricsFile, plot_curves, progress_bar
+from fastbci.training.metrics_log import MetricsLog
+from fastbci.training.step import TrainStep
+from fastbci.training.report import LineProgress, plot_curves, progress_bar
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def test_resume_and_init_from_a_crafted_checkpoint_run_nothing(release, tmp_path
 
 # -- 2. rewrites are atomic; stale temporaries are removed ---------------------------------------
 def test_a_kill_during_the_metrics_rewrite_keeps_every_record(tmp_path, monkeypatch):
-    m = MetricsFile(tmp_path / "metrics.jsonl")
+    m = MetricsLog(tmp_path / "metrics.jsonl")
     for k in range(12):
         m.append({"batch": k, "split": "train", "loss": 1.0})
     before = m.path.read_text()
@@ -143,7 +146,7 @@ def test_a_full_disk_stops_the_log_file_with_one_line(tmp_path, capsys):
 
 # -- 6. JSON files hold standard JSON -------------------------------------------------------------
 def test_non_finite_values_are_written_as_null(tmp_path):
-    m = MetricsFile(tmp_path / "m.jsonl")
+    m = MetricsLog(tmp_path / "m.jsonl")
     m.append({"batch": 0, "loss": float("inf"), "blank_fraction": float("nan"), "per": 0.5})
     text = m.path.read_text()
     assert "Infinity" not in text and "NaN" not in text
@@ -245,14 +248,45 @@ def test_progress_is_a_line_every_n_batches_off_a_terminal():
         and "loss 1.234" in lines[1], lines
 
 
+def _line(fig, label):
+    found = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == label]
+    assert len(found) == 1, f"{label!r}: {len(found)} lines in the figure"
+    return found[0]
+
+
 def test_curves_show_the_learning_rate_and_blank_fraction(tmp_path):
+    """The figure draws what the records hold: the learning rate and the blank fraction of the
+    train logs, the validation blank fraction, PER and loss, the per-batch losses, the title;
+    and the PNG is an image of the figure's size."""
     pytest.importorskip("matplotlib")
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+
+    from fastbci.training.report import curves_figure
     recs = [{"batch": k, "split": "train", "loss": 2.0 - k / 10, "lr": k / 100,
              "blank_fraction": 0.9 - k / 20} for k in range(10)]
     recs += [{"batch": 9, "split": "val", "loss": 1.5, "per": 0.5, "blank_fraction": 0.4}]
-    png = plot_curves(recs, tmp_path / "c.png", np.linspace(2, 1, 10, dtype=np.float32),
-                      title="run: finished")
-    assert png is not None and png.stat().st_size > 1000
+    losses = np.linspace(2, 1, 10, dtype=np.float32)
+    fig = curves_figure(recs, losses, title="run: finished")
+    try:
+        lr = _line(fig, "learning rate")
+        np.testing.assert_allclose(lr.get_xdata(), np.arange(10))
+        np.testing.assert_allclose(lr.get_ydata(), [k / 100 for k in range(10)])
+        np.testing.assert_allclose(_line(fig, "blank fraction (train)").get_ydata(),
+                                   [0.9 - k / 20 for k in range(10)])
+        assert list(_line(fig, "blank fraction (validation)").get_ydata()) == [0.4]
+        assert list(_line(fig, "validation PER").get_ydata()) == [50.0]
+        assert list(_line(fig, "validation").get_ydata()) == [1.5]
+        np.testing.assert_allclose(_line(fig, "train (batch)").get_ydata(), losses)
+        assert fig._suptitle.get_text() == "run: finished"
+        width, height = fig.get_size_inches() * 110
+    finally:
+        plt.close(fig)
+    png = plot_curves(recs, tmp_path / "c.png", losses, title="run: finished")
+    image = matplotlib.image.imread(png)
+    assert image.shape[:2] == (round(height), round(width))
+    assert image[..., :3].std() > 0.05, "the PNG is blank"
+    assert plot_curves([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
 
 
 def test_fileio_helpers(tmp_path):
@@ -278,19 +312,20 @@ def test_demo_rerun_resumes_an_interrupted_run_and_replaces_a_finished_one(tmp_p
             "model.n_layers=1", "model.rnn_dropout=0.0", "dataset.batch_size=4",
             "fastbci.progress=false", "fastbci.plot=false"]
     monkeypatch.setattr(demo, "words_wer", lambda *a, **k: None)
-    real_step = Trainer.train_step
+    real_step = TrainStep.__call__
 
-    def ctrl_c_at_2(self, k):
-        if k == 2:
-            self.request_stop()
-        return real_step(self, k)
+    def ctrl_c_at_2(self, k, rows, stop_request):
+        if k == 2:  # a real Ctrl-C: the run's handler asks to stop after this batch
+            signal.raise_signal(signal.SIGINT)
+            stop_request = True
+        return real_step(self, k, rows, stop_request)
 
-    monkeypatch.setattr(Trainer, "train_step", ctrl_c_at_2)
+    monkeypatch.setattr(TrainStep, "__call__", ctrl_c_at_2)
     assert demo.main(args) == 130
     out = capsys.readouterr()
     assert "Final validation PER" not in out.out and "run the same command again" in out.out
     assert "python -m fastbci.demo --out" in (tmp_path / "run" / "train.log").read_text()
-    monkeypatch.setattr(Trainer, "train_step", real_step)
+    monkeypatch.setattr(TrainStep, "__call__", real_step)
     assert demo.main(args) == 0
     out = capsys.readouterr()
     assert "Resuming the unfinished demo run" in out.err, out.err

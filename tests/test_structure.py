@@ -1,6 +1,9 @@
-"""The package's shape: no import cycle, no module over 600 lines, no function over 80 lines
-(Triton kernels excepted: one @triton.jit function is one GPU program), evaluation independent
-of the trainer, and the ruff settings of pyproject.toml clean."""
+"""The package's shape: no import cycle between modules or between packages (an import of
+``a.b.c`` runs the ``__init__`` of ``a`` and ``a.b`` too, so it counts as an import of them), the
+layers of docs/internals.md (an import only goes down; training/ and data/ reach the reference
+only through the ops' dispatch), no module over 600 lines, no class over 250, no function over 80
+(Triton kernels excepted: one @triton.jit function is one GPU program) and a training loop of at
+most 60, evaluation independent of the trainer, and the ruff settings of pyproject.toml clean."""
 from __future__ import annotations
 
 import ast
@@ -13,7 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_MODULE_LINES = 600
+MAX_CLASS_LINES = 250
 MAX_FUNCTION_LINES = 80
+MAX_LOOP_LINES = 60  # fastbci.training.loop.fit: the loop reads in one screen
 
 
 def _modules() -> dict[str, Path]:
@@ -52,22 +57,27 @@ def _imports(name: str, path: Path) -> set[str]:
         for t in targets:
             while t and t not in MODULES:
                 t = t.rpartition(".")[0]
-            if t and t != name and t != "fastbci":
-                found.add(t)
+            # importing a.b.c runs a/__init__ and a/b/__init__ first: those are imports too
+            # (except the packages this module is itself inside: they are importing it)
+            while t and t != "fastbci":
+                if t != name and t in MODULES and not name.startswith(t + "."):
+                    found.add(t)
+                t = t.rpartition(".")[0]
     return found
 
 
 GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
 
 
-def _cycle() -> list[str] | None:
+def _cycle(graph: dict[str, set[str]] | None = None) -> list[str] | None:
+    graph = GRAPH if graph is None else graph
     state: dict[str, int] = {}
     stack: list[str] = []
 
     def visit(n: str) -> list[str] | None:
         state[n] = 1
         stack.append(n)
-        for m in sorted(GRAPH[n]):
+        for m in sorted(graph.get(n, ())):
             if state.get(m) == 1:
                 return stack[stack.index(m):] + [m]
             if m not in state:
@@ -78,7 +88,7 @@ def _cycle() -> list[str] | None:
         state[n] = 2
         return None
 
-    for n in sorted(GRAPH):
+    for n in sorted(graph):
         if n not in state:
             found = visit(n)
             if found:
@@ -86,9 +96,77 @@ def _cycle() -> list[str] | None:
     return None
 
 
+def unit(module: str) -> str:
+    """The package (``fastbci.data``) or top-level module (``fastbci.config``) a module belongs to."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for n, targets in graph.items():
+        out.setdefault(unit(n), set()).update(unit(m) for m in targets if unit(m) != unit(n))
+    return out
+
+
 def test_no_import_cycle():
     cycle = _cycle()
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_package_cycle():
+    cycle = _cycle(package_graph(GRAPH))
+    assert cycle is None, "package import cycle: " + " -> ".join(cycle)
+
+
+def test_the_package_cycle_finder_follows_init_imports(monkeypatch):
+    """ops -> data -> ops (the old day projection <-> batch loop) is found, and an import of a
+    module counts as an import of its package's __init__."""
+    planted = dict(GRAPH)
+    planted["fastbci.ops.day_projection"] = GRAPH["fastbci.ops.day_projection"] | {"fastbci.data.batch"}
+    cycle = _cycle(package_graph(planted))
+    assert cycle is not None and {"fastbci.ops", "fastbci.data"} <= set(cycle)
+    assert "fastbci.training" in _imports("x", _write(monkeypatch, "import fastbci.training.step"))
+
+
+def _write(monkeypatch, text: str) -> Path:
+    import tempfile
+    f = Path(tempfile.mkdtemp()) / "x.py"
+    f.write_text(text + "\n")
+    return f
+
+
+#: the layers, lowest first: a unit imports only units of its own layer or below
+LAYERS = [
+    {"fastbci.errors", "fastbci.fileio", "fastbci.philox", "fastbci.config", "fastbci.devices",
+     "fastbci.checkpoint", "fastbci.schedule", "fastbci.kernels", "fastbci.state_dict"},
+    {"fastbci.reference"},
+    {"fastbci.ops"},
+    {"fastbci.data", "fastbci.metrics"},
+    {"fastbci.model", "fastbci.lm", "fastbci.synth", "fastbci.doctor"},
+    {"fastbci.validation"},
+    {"fastbci.training"},
+    {"fastbci.cli", "fastbci.train", "fastbci.evaluate", "fastbci.demo", "fastbci.calibrate",
+     "fastbci.compat"},
+]
+
+
+def _layer(u: str) -> int:
+    for i, layer in enumerate(LAYERS):
+        if u in layer:
+            return i
+    raise AssertionError(f"{u} is in no layer of tests/test_structure.py LAYERS: place it")
+
+
+def test_imports_only_go_down_the_layers():
+    pg = package_graph(GRAPH)
+    up = [f"{a} -> {b}" for a, targets in pg.items() for b in targets if _layer(b) > _layer(a)]
+    assert not up, "imports that go up a layer: " + ", ".join(sorted(up))
+
+
+def test_training_and_data_reach_the_reference_only_through_the_ops():
+    bad = [f"{n} -> {m}" for n, targets in GRAPH.items() for m in targets
+           if unit(n) in ("fastbci.training", "fastbci.data") and unit(m) == "fastbci.reference"]
+    assert not bad, bad
 
 
 def test_the_cycle_finder_finds_a_cycle(monkeypatch):
@@ -98,20 +176,33 @@ def test_the_cycle_finder_finds_a_cycle(monkeypatch):
     assert cycle is not None and "fastbci.config" in cycle and "fastbci.cli" in cycle
 
 
-def test_evaluation_does_not_depend_on_the_trainer():
-    def reach(start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            n = todo.pop()
-            for m in GRAPH[n]:
-                if m not in seen:
-                    seen.add(m)
-                    todo.append(m)
-        return seen
+def reach(start: str, graph: dict[str, set[str]] | None = None) -> set[str]:
+    graph = GRAPH if graph is None else graph
+    seen, todo = set(), [start]
+    while todo:
+        n = todo.pop()
+        for m in graph.get(n, ()):
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
 
-    forbidden = {"fastbci.train", "fastbci.cli", "fastbci.training.loop", "fastbci.training"}
-    assert not reach("fastbci.evaluate") & forbidden, reach("fastbci.evaluate") & forbidden
+
+TRAINER = {"fastbci.train", "fastbci.cli", "fastbci.training.loop", "fastbci.training"}
+
+
+def test_evaluation_does_not_depend_on_the_trainer():
+    assert not reach("fastbci.evaluate") & TRAINER, reach("fastbci.evaluate") & TRAINER
     assert {"fastbci.data.batch", "fastbci.validation"} <= GRAPH["fastbci.evaluate"]
+
+
+def test_the_trainer_check_sees_through_package_inits(monkeypatch):
+    """The old defect: evaluate imported fastbci.training.validation, whose package __init__
+    imports the Trainer. Such an import is found (the graph follows __init__ imports)."""
+    planted = dict(GRAPH)
+    planted["fastbci.evaluate"] = GRAPH["fastbci.evaluate"] | _imports(
+        "fastbci.evaluate", _write(monkeypatch, "from fastbci.training.step import TrainStep"))
+    assert {"fastbci.training", "fastbci.training.loop"} <= reach("fastbci.evaluate", planted)
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -122,12 +213,17 @@ def test_module_and_function_sizes(name):
     assert n_lines <= MAX_MODULE_LINES, f"{path}: {n_lines} lines (at most {MAX_MODULE_LINES})"
     long = []
     for node in ast.walk(ast.parse(text)):
+        size = (node.end_lineno - node.lineno + 1) if hasattr(node, "end_lineno") else 0
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             jit = any("jit" in ast.unparse(d) for d in node.decorator_list)
-            size = node.end_lineno - node.lineno + 1
-            if size > MAX_FUNCTION_LINES and not jit:
-                long.append(f"{node.name} ({size} lines, line {node.lineno})")
-    assert not long, f"{path}: functions over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"
+            limit = MAX_LOOP_LINES if (name, node.name) == ("fastbci.training.loop", "fit") \
+                else MAX_FUNCTION_LINES
+            if size > limit and not jit:
+                long.append(f"function {node.name} ({size} lines, line {node.lineno}; at most {limit})")
+        elif isinstance(node, ast.ClassDef) and size > MAX_CLASS_LINES:
+            long.append(f"class {node.name} ({size} lines, line {node.lineno}; at most "
+                        f"{MAX_CLASS_LINES})")
+    assert not long, f"{path}: too long: {', '.join(long)}"
 
 
 def test_ruff_clean():

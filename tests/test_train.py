@@ -174,7 +174,7 @@ def test_nonfinite_loss_is_reported_with_trial_ids(synth_dir, tmp_path, policy):
     log = (out / "train.log").read_text()
     trial_id = tr.train_store.trial_ids([row])[0]
     st = tr.train_store
-    assert trial_id == f"{st.session[row]} block {int(st.block_num[row])} trial {int(st.trial_num[row])}"
+    assert trial_id == f"{st.session[row]} block {int(st.block_num_np[row])} trial {int(st.trial_num_np[row])}"
     assert trial_id in log, f"the log must name the poisoned trial ({trial_id}):\n{log}"
     assert "input features hold NaN/inf" in log
     assert f"at batch {bad_batches[0]}" in log
@@ -298,15 +298,15 @@ def test_sigint_stops_after_the_batch_with_a_resumable_checkpoint(synth_dir, tmp
     # in CI; Python's default_int_handler in a terminal): the trainer must put it back
     before = signal.getsignal(signal.SIGINT)
     tr = Trainer(make_cfg(synth_dir, out, "batches_per_val_step=100"), console=False).setup()
-    real_step = tr.train_step
+    real_step = tr.parts.step
 
-    def step(k):
-        r = real_step(k)
+    def step(k, rows, stop_request):
+        r = real_step(k, rows, stop_request)
         if k == 1:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during batch 1
         return r
 
-    tr.train_step = step
+    tr.parts.step = step
     res = tr.fit()
     assert res.status == "interrupted" and res.last_batch == 1
     assert "fastbci.resume=true" in res.message

@@ -76,14 +76,14 @@ def test_resume_from_a_periodic_checkpoint_after_a_crash(synth_dir, tmp_path):
     out = tmp_path / "b"
     tr = Trainer(make_cfg(synth_dir, out, "batches_per_val_step=100", "fastbci.checkpoint_every=2"),
                    console=False).setup()
-    real_step = tr.train_step
+    real_step = tr.parts.step
 
-    def crashing_step(k):
+    def crashing_step(k, rows, stop_request):
         if k == 5:
             raise KeyboardInterrupt  # a hard interrupt in the middle of a batch
-        return real_step(k)
+        return real_step(k, rows, stop_request)
 
-    tr.train_step = crashing_step
+    tr.parts.step = crashing_step
     res = tr.fit()
     assert res.status == "interrupted" and "resume_checkpoint" in res.message
     st = ckpt_io.resume_state_of(ckpt_io.load(out / "checkpoint/resume_checkpoint"), "x")
@@ -96,15 +96,15 @@ def test_resume_from_a_periodic_checkpoint_after_a_crash(synth_dir, tmp_path):
 def test_resume_with_an_explicit_path_and_request_stop(synth_dir, tmp_path):
     out = tmp_path / "c"
     tr = Trainer(make_cfg(synth_dir, out), console=False).setup()
-    real_step = tr.train_step
+    real_step = tr.parts.step
 
-    def step_then_stop(k):
-        r = real_step(k)
+    def step_then_stop(k, rows, stop_request):
+        r = real_step(k, rows, stop_request)
         if k == 0:
             tr.request_stop()  # what Ctrl-C does: finish this batch, save, exit
         return r
 
-    tr.train_step = step_then_stop
+    tr.parts.step = step_then_stop
     res = tr.fit()
     assert res.status == "interrupted" and res.last_batch == 0
     path = out / "checkpoint" / ckpt_io.RESUME_NAME

@@ -1,7 +1,12 @@
-"""TrialStore: packed layout, one-gather batches equal to reading and padding each trial."""
+"""TrialStore: packed layout, one copy of each field, one-gather batches equal to reading and
+padding each trial (and the official batch dict of fastbci.compat)."""
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
+from fastbci.compat.dataset import official_batch
 from fastbci.config import load_config
 from fastbci.data import TrialStore, read_session_file, session_paths
 from fastbci.synth import write_release
@@ -43,7 +48,7 @@ def test_packed_layout(release, split):
     for i, (day, t) in enumerate(exp):
         _assert_equal(store.trial(i), torch.from_numpy(t.input_features), f"trial {i} features")
         assert store.day[i] == day and store.lengths[i] == t.n_time_steps
-        assert store.block_num[i] == t.block_num and store.trial_num[i] == t.trial_num
+        assert store.block_num_np[i] == t.block_num and store.trial_num_np[i] == t.trial_num
         assert store.session[i] == t.session
         if split != "test":
             _assert_equal(store.seq_class_ids[i], torch.from_numpy(t.seq_class_ids), "ids")
@@ -55,12 +60,32 @@ def test_packed_layout(release, split):
         assert len(store.trials_by_day[2]) == 0 and store.files[2] is None
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_one_copy_of_each_field_and_an_immutable_split(release, split):
+    """On the CPU the device tensors are the split's own and the host arrays views of them:
+    no field is held twice; the loaded split cannot be changed."""
+    store = TrialStore.from_config(release, split, progress=False)
+    d = store.data
+    assert store.features.data_ptr() == d.packed.data_ptr()
+    for name in ("offsets", "lengths", "day", "seq_class_ids", "seq_len"):
+        t = getattr(store, name)
+        if t is None:
+            assert split == "test" and getattr(d, name) is None
+            continue
+        assert t is getattr(d, name), f"{name} is a copy"
+        assert np.shares_memory(getattr(store, f"{name}_np"), t.numpy()), f"{name}_np is a copy"
+    for name in ("block_num", "trial_num", "n_time_steps"):
+        assert np.shares_memory(getattr(store, f"{name}_np"), getattr(d, name).numpy()), name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.offsets = d.offsets + 1
+
+
 @pytest.mark.parametrize("rows", [[0], [3, 3, 0], [7, 1, 2, 9, 4], list(range(10))[::-1]])
 @pytest.mark.parametrize("pad_to", [None, 1700])
 def test_batch_matches_naive_padding(release, rows, pad_to):
     store = TrialStore.from_config(release, "train", progress=False)
     exp = _expected(release, "train")
-    b = store.batch(rows, pad_to=pad_to)
+    b = official_batch(store, rows, pad_to=pad_to)
     assert list(b) == ["input_features", "seq_class_ids", "n_time_steps", "phone_seq_lens",
                        "day_indicies", "transcriptions", "block_nums", "trial_nums"]
     feats = [torch.from_numpy(exp[r][1].input_features) for r in rows]
@@ -74,34 +99,36 @@ def test_batch_matches_naive_padding(release, rows, pad_to):
     _assert_equal(b["phone_seq_lens"], torch.tensor([exp[r][1].seq_len for r in rows]), "phone_seq_lens")
     _assert_equal(b["day_indicies"], torch.tensor([exp[r][0] for r in rows]), "day_indicies")
     _assert_equal(b["trial_nums"], torch.tensor([exp[r][1].trial_num for r in rows]), "trial_nums")
-    # also from a tensor of rows
-    _assert_equal(store.batch(torch.tensor(rows), pad_to=pad_to)["input_features"], ref, "tensor rows")
+    # the padded features alone, also from a tensor of rows
+    _assert_equal(store.gather(rows, pad_to=pad_to), ref, "gather")
+    _assert_equal(store.gather(torch.tensor(rows), pad_to=pad_to), ref, "tensor rows")
 
 
 def test_batch_errors_and_test_split(release):
     store = TrialStore.from_config(release, "train", progress=False)
     with pytest.raises(IndexError, match=r"rows \[10\] out of range for a store of 10 trials"):
-        store.batch([0, 10])
+        store.gather([0, 10])
     with pytest.raises(ValueError, match="pad_to = 3 is shorter"):
-        store.batch([0], pad_to=3)
+        store.gather([0], pad_to=3)
     test = TrialStore.from_config(release, "test", progress=False)
-    assert set(test.batch([0, 1])) == {"input_features", "n_time_steps", "day_indicies",
-                                       "block_nums", "trial_nums"}
-    assert test.sentence_label == [""] * test.n_trials
+    assert set(official_batch(test, [0, 1])) == {"input_features", "n_time_steps", "day_indicies",
+                                                 "block_nums", "trial_nums"}
+    assert test.sentence_label == ("",) * test.n_trials
 
 
 def test_to_and_shared_memory(release):
     store = TrialStore.from_config(release, "val", progress=False)
-    ref = store.batch([1, 0])
+    ref = official_batch(store, [1, 0])
     moved = store.to("cpu")
     assert moved.features.data_ptr() == store.features.data_ptr()
     store.share_memory_()
     assert store.features.is_shared() and store.offsets.is_shared()
-    for k, v in store.batch([1, 0]).items():
+    assert moved.features.is_shared() and moved.seq_class_ids.is_shared()  # the same split
+    for k, v in official_batch(store, [1, 0]).items():
         _assert_equal(v, ref[k], k)
     if torch.cuda.is_available():
         g = store.to("cuda")
-        for k, v in g.batch([1, 0]).items():
+        for k, v in official_batch(g, [1, 0]).items():
             _assert_equal(v.cpu(), ref[k], k)
 
 
@@ -109,11 +136,11 @@ def test_batch_into_reused_buffer(release):
     store = TrialStore.from_config(release, "train", progress=False)
     buf = torch.full((3 * 2000 * 16,), 7.0)
     for rows in ([2, 0, 1], [5], [9, 9]):
-        ref = store.batch(rows)["input_features"]
-        got = store.batch(rows, out=buf)["input_features"]
+        ref = store.gather(rows)
+        got = store.gather(rows, out=buf)
         _assert_equal(got, ref, f"out= rows {rows}")
         assert got.data_ptr() == buf.data_ptr()
     with pytest.raises(ValueError, match="out must be a contiguous float32 tensor"):
-        store.batch([0, 1, 2], out=torch.zeros(10))
+        store.gather([0, 1, 2], out=torch.zeros(10))
     with pytest.raises(ValueError, match="out must be a contiguous float32 tensor"):
-        store.batch([0], out=torch.zeros(3 * 2000 * 16, dtype=torch.float64))
+        store.gather([0], out=torch.zeros(3 * 2000 * 16, dtype=torch.float64))

@@ -28,7 +28,33 @@ from ..data.plan import BatchPlan, train_batch_plan, val_batch_plan
 from ..data.store import SessionSource, TrialStore
 from ..data.t15 import DataError, open_session_file, trial_name
 
-__all__ = ["BrainToTextDataset", "train_test_split_indicies"]
+__all__ = ["BrainToTextDataset", "train_test_split_indicies", "official_batch"]
+
+#: the batch keys of the official ``BrainToTextDataset.__getitem__``, in its order
+BATCH_KEYS = ("input_features", "seq_class_ids", "n_time_steps", "phone_seq_lens", "day_indicies",
+              "transcriptions", "block_nums", "trial_nums")
+
+
+def official_batch(store: TrialStore, rows, pad_to: int | None = None,
+                   out: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The official batch dict for store ``rows`` (in that order), on the store's device.
+
+    ``input_features`` ``(B, T_max, C)`` float32 zero-padded to the longest trial (or ``pad_to``
+    steps; gathered into ``out`` when given, see :meth:`TrialStore.gather`); ``seq_class_ids``
+    ``(B, 500)``, ``n_time_steps``, ``phone_seq_lens``, ``day_indicies`` (int64),
+    ``transcriptions`` ``(B, 500)``, ``block_nums``, ``trial_nums`` in the files' dtypes. The
+    label keys are absent for the test split."""
+    feats = store.gather(rows, pad_to=pad_to, out=out)
+    r = store.check_rows(rows)
+    host = {"seq_class_ids": store.seq_class_ids_np, "n_time_steps": store.n_time_steps_np,
+            "phone_seq_lens": store.seq_len_np, "day_indicies": store.day_np,
+            "transcriptions": store.transcriptions_np, "block_nums": store.block_num_np,
+            "trial_nums": store.trial_num_np}
+    batch = {"input_features": feats}
+    for key in BATCH_KEYS[1:]:
+        if host[key] is not None:
+            batch[key] = torch.from_numpy(np.ascontiguousarray(host[key][r])).to(store.device)
+    return batch
 
 
 def _storage_users(t: torch.Tensor) -> int | None:
@@ -188,9 +214,9 @@ class BrainToTextDataset(Dataset):
         native kernel into a reused buffer (see :class:`_FeatureBuffers`)."""
         rows = self.plan[idx]
         if not len(rows):
-            return self.store.batch(rows)
+            return official_batch(self.store, rows)
         numel = len(rows) * int(self.store.lengths_np[rows].max()) * self.store.n_features
-        return self.store.batch(rows, out=self._buffers.take(numel))
+        return official_batch(self.store, rows, out=self._buffers.take(numel))
 
     @property
     def batch_index(self) -> dict[int, dict[Any, np.ndarray | list]]:

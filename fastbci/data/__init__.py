@@ -3,9 +3,12 @@
 * :mod:`~fastbci.data.t15`: read / write / validate session files (docs/recipe.md section 1):
   :func:`session_paths`, :func:`read_session_file`, :func:`write_session_file`,
   :class:`DataError`, :class:`BadTrial`.
-* :mod:`~fastbci.data.store`: :class:`TrialStore`, a whole split packed in one
-  ``(N_total_steps, C)`` float32 tensor; ``store.batch(rows)`` gives the official batch dict
-  with one gather.
+* :mod:`~fastbci.data.load`: :func:`load_split` reads a split once into an immutable
+  :class:`PackedSplit` (one ``(N_total_steps, C)`` float32 tensor plus host metadata);
+* :mod:`~fastbci.data.store`: :class:`TrialStore`, a split where training reads it (each field
+  held once, :func:`placement` the one rule for where); ``store.gather(rows)`` the padded batch;
+* :mod:`~fastbci.data.batch`: :class:`BatchBuilder` -> :class:`Batch`, the augmented device
+  batch of the trainer and validation.
 * :mod:`~fastbci.data.plan`: the official batch plans (docs/recipe.md section 2),
   :func:`train_batch_plan` and :func:`val_batch_plan` -> :class:`BatchPlan`.
 * :mod:`~fastbci.data.phonemes`: :data:`PHONEMES` (41 classes, 0 = ``"BLANK"``, 40 = ``" | "``).
@@ -16,7 +19,7 @@ Typical use (what the trainer does)::
     plan = train_batch_plan(store.trials_by_day, cfg["num_training_batches"],
                             cfg["dataset"]["batch_size"], cfg["dataset"]["days_per_batch"],
                             cfg["dataset"]["seed"], cfg["dataset"]["must_include_days"])
-    batch = store.batch(plan[k])          # official keys, on the store's device
+    features = store.gather(plan[k])      # (B, T_max, C), zero-padded
 
     val = TrialStore.from_config(cfg, "val", device="cuda")
     vplan = val_batch_plan(val.trials_by_day, cfg["dataset"]["batch_size"],
@@ -32,16 +35,19 @@ __all__ = [
     "PHONEMES", "PHONEME_TO_ID", "N_CLASSES", "BLANK_ID", "SILENCE_ID", "SILENCE",
     "phonemes_to_ids", "ids_to_phonemes",
     "BatchPlan", "train_batch_plan", "val_batch_plan",
-    "TrialStore", "SessionSource",
+    "TrialStore", "SessionSource", "PackedSplit", "load_split", "placement",
     "DataError", "DataWarning", "BadTrial", "Trial", "TrialMeta", "PAD_LEN", "SPLITS", "SPLIT_FILES",
     "session_paths", "session_file", "read_session_file", "write_session_file", "trial_name",
 ]
 
 
 def __getattr__(name):
-    # TrialStore needs torch; importing it lazily keeps `python -m fastbci.synth` and the HDF5
-    # helpers free of the torch import time.
-    if name in ("TrialStore", "SessionSource"):
+    # TrialStore and the loader need torch; importing them lazily keeps `python -m fastbci.synth`
+    # and the HDF5 helpers free of the torch import time.
+    if name in ("TrialStore", "SessionSource", "placement"):
         from . import store
         return getattr(store, name)
+    if name in ("PackedSplit", "load_split"):
+        from . import load
+        return getattr(load, name)
     raise AttributeError(f"module 'fastbci.data' has no attribute {name!r}")

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from fastbci.devices import to_device
+from fastbci.ops import Augmentation, augment_smooth, augment_smooth_gather, patch_input_lengths, resolve
 from fastbci.ops.day_projection import present_days
-from fastbci.ops.patchify import patch_input_lengths
 
 
 @dataclasses.dataclass
@@ -86,65 +86,67 @@ class Batch:
 
 
 class BatchBuilder:
-    """Store rows -> device :class:`Batch`, through the fused or the reference augmentation.
+    """Store rows -> device :class:`Batch`, augmented (train) or smoothed (val) through the
+    augment op: ``augment_smooth_gather`` reads the trials straight from a store on the
+    builder's device; a host store beside a GPU gathers into pinned memory, uploads without
+    blocking and ``augment_smooth`` runs on the GPU. The op's dispatch decides fused or
+    reference (``impl``); ``rng="torch"`` (the official draw order) is the reference's alone.
 
-    ``impl == "fused"`` with ``rng == "philox"``: ``augment_smooth_gather`` reads the trials
-    straight from a store on the device, or ``augment_smooth`` takes the padded batch of a host
-    store. Otherwise ``store.batch(rows)`` then :func:`fastbci.reference.transform_ref` with the
-    configured random source (``philox`` streams or the official ``torch`` draw order).
+    Args:
+        aug: the transform values; seed: their Philox key (``dataset.seed``); device; impl:
+            passed to the op; rng: ``"philox"`` or ``"torch"``; patch: ``(patch_size,
+            patch_stride)`` for the CTC input lengths; amp: bf16 features from the fused kernel
+            under CUDA autocast (``use_amp``).
     """
 
-    def __init__(self, cfg: Mapping, device: torch.device, impl: str, rng: str):
+    def __init__(self, aug: Augmentation, device: torch.device, *, seed: int, impl: str = "auto",
+                 rng: str = "philox", patch: tuple[int, int] = (14, 4), amp: bool = False):
+        self.aug = aug
         self.device = torch.device(device)
         self.impl = impl
         self.rng = rng
-        self.transforms = dict(cfg["dataset"]["data_transforms"])
-        self.seed = int(cfg["dataset"]["seed"])
-        self.fused = impl == "fused" and rng == "philox"
-        self.amp = bool(cfg["use_amp"]) and self.device.type == "cuda"
+        self.seed = int(seed)
+        self.patch = (int(patch[0]), int(patch[1]))
+        self.amp = bool(amp) and self.device.type == "cuda"
+        probe = torch.empty(0, device=self.device)
+        self.fused = rng == "philox" and resolve("augment", probe, impl) == "fused"
         self.out_dtype = torch.bfloat16 if (self.fused and self.amp) else None
-        self.patch = (int(cfg["model"]["patch_size"]), int(cfg["model"]["patch_stride"]))
+
+    @classmethod
+    def from_config(cls, cfg: Mapping, device: torch.device, impl: str | None = None) -> "BatchBuilder":
+        """The builder of a configuration (``impl``: default ``fastbci.impl``)."""
+        m = cfg["model"]
+        return cls(Augmentation.from_transforms(cfg["dataset"]["data_transforms"]), device,
+                   seed=int(cfg["dataset"]["seed"]), impl=impl or cfg["fastbci"]["impl"],
+                   rng=cfg["fastbci"]["rng"], patch=(int(m["patch_size"]), int(m["patch_stride"])),
+                   amp=bool(cfg["use_amp"]))
 
     def _host_batch(self, store, rows: np.ndarray, t_max: int) -> torch.Tensor:
-        """The zero-padded features of ``rows`` of a store that is not on the device, on the
-        device: for CUDA gathered straight into a pinned buffer and copied without blocking
-        (a copy from pageable memory would wait for the device)."""
-        if self.device.type != "cuda" or store.features.device.type != "cpu":
-            return store.batch(rows)["input_features"].to(self.device, non_blocking=True)
-        n = len(rows) * t_max * int(store.features.shape[1])
+        """The zero-padded features of ``rows`` of a host store, on the device: gathered straight
+        into a pinned buffer and copied without blocking (a copy from pageable memory would wait
+        for the device)."""
+        n = len(rows) * t_max * store.n_features
         buf = torch.empty(n, dtype=torch.float32, pin_memory=True)
-        return store.batch(rows, out=buf)["input_features"].to(self.device, non_blocking=True)
-
-    def _taps(self):
-        if not self.transforms["smooth_data"]:
-            return None
-        from fastbci.ops.augment import cached_smoothing_taps
-        return cached_smoothing_taps(self.transforms, self.device, "BatchBuilder")
+        return store.gather(rows, out=buf).to(self.device, non_blocking=True)
 
     def _features(self, store, rows: np.ndarray, rows_t, lengths: np.ndarray, mode: str,
                   step: int) -> tuple[torch.Tensor, torch.Tensor]:
         t_max = int(lengths.max())
-        if self.fused:
-            from fastbci.ops import augment as aug_op
-            common = dict(mode=mode, seed=self.seed, step=step, padding="same",
-                          out_dtype=self.out_dtype, impl="fused")
-            if rows_t is not None:
-                return aug_op.augment_smooth_gather(store.features, store.offsets, store.lengths,
-                                                    rows_t, self.transforms, t_max=t_max, **common)
-            return aug_op.augment_smooth(self._host_batch(store, rows, t_max),
-                                         to_device(lengths, self.device), self.transforms, **common)
-        from fastbci.reference import transform_ref
-        raw = store.batch(rows)["input_features"] if rows_t is not None \
-            else self._host_batch(store, rows, t_max)
-        return transform_ref(raw, to_device(lengths, self.device), self.transforms, mode,
-                             rng=self.rng, seed=self.seed, step=step, taps=self._taps())
+        common = dict(mode=mode, seed=self.seed, step=step, padding="same",
+                      out_dtype=self.out_dtype, rng=self.rng,
+                      impl=self.impl if self.rng == "philox" else "reference")
+        if rows_t is not None:
+            return augment_smooth_gather(store.features, store.offsets, store.lengths, rows_t,
+                                         self.aug, t_max=t_max, **common)
+        return augment_smooth(self._host_batch(store, rows, t_max), to_device(lengths, self.device),
+                              self.aug, **common)
 
     def _labels(self, store, rows: np.ndarray, rows_t, lens: np.ndarray):
         """Labels ``(B, L)`` int64 and label lengths on the device, gathered on the device from
         a device-resident store, else uploaded from its host arrays (``lens``: the host
         label lengths of ``rows``)."""
         L = max(int(lens.max()), 1)
-        if rows_t is not None and store.seq_class_ids.device == self.device:
+        if rows_t is not None and self.device.type != "cpu":
             return (store.seq_class_ids.index_select(0, rows_t)[:, :L].to(torch.int64),
                     store.seq_len.index_select(0, rows_t).to(torch.int64))
         return (to_device(store.seq_class_ids_np[rows, :L].astype(np.int64), self.device),
@@ -162,7 +164,7 @@ class BatchBuilder:
                              f"[0, {store.n_trials - 1}], got shape {rows.shape} with values in "
                              f"[{rows.min()}, {rows.max()}]")
         lengths = store.lengths_np[rows]
-        on_device = store.features.device == self.device
+        on_device = store.device == self.device
         rows_t = to_device(rows, self.device) if on_device else None
         feats, n_out = self._features(store, rows, rows_t, lengths, mode, step)
         # the cut is the only change of length ('same' smoothing keeps T): read it off the shape

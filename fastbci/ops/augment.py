@@ -1,42 +1,42 @@
 """The transform step of the data path as one op: gather + pad, white noise, constant offset,
 random cut and Gaussian smoothing along time (docs/recipe.md section 3), as
-``fastbci.reference.transform_ref(..., rng="philox")``; ``augment_smooth`` takes a padded batch,
-``augment_smooth_gather`` the TrialStore's packed features (no padded copy). ``impl="fused"`` is
-one Triton kernel (each element read and written once, the noise made in registers),
-``"reference"`` pure PyTorch; implementations and tolerances: docs/internals.md, "The fused ops".
+``fastbci.reference.transform_ref``; ``augment_smooth`` takes a padded batch,
+``augment_smooth_gather`` the TrialStore's packed features (no padded copy). The values come as
+one :class:`~fastbci.ops.augmentation.Augmentation`. ``impl="fused"`` is one Triton kernel (each
+element read and written once, the noise made in registers), ``"reference"`` pure PyTorch;
+the choice follows :func:`fastbci.ops.dispatch.resolve`; implementations and tolerances:
+docs/internals.md, "The fused ops".
 """
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Mapping
-
-import numpy as np
 import torch
 
 from fastbci import philox
 from fastbci.kernels import int64_bits
-from fastbci.ops._triton import interpreted, load_kernels, triton_importable
+from fastbci.ops._triton import load_kernels
+from fastbci.ops.augmentation import Augmentation
+from fastbci.ops.dispatch import check_impl, resolve
+from fastbci.ops.gather import gather_padded
 from fastbci.reference import augment_ref, smooth_ref, smoothing_taps, transform_ref
 
-__all__ = ["augment_smooth", "augment_smooth_gather", "cached_smoothing_taps", "IMPLS", "MODES",
-           "PADDINGS"]
+__all__ = ["augment_smooth", "augment_smooth_gather", "cached_smoothing_taps", "Augmentation",
+           "MODES", "PADDINGS", "RNGS"]
 
-IMPLS = ("auto", "fused", "reference")
 MODES = ("train", "val", "eval", "test")
 PADDINGS = ("same", "valid")
+RNGS = ("philox", "torch")
 _OUT_DTYPES = (torch.float32, torch.bfloat16)
-_FUSED_IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _INDEX_SPACE = 1 << 32  # Philox element indices are 32-bit
 
 
 # ---------------------------------------------------------------------------------------------
 # argument checks
 # ---------------------------------------------------------------------------------------------
-def _check_common(where: str, transforms, mode: str, padding: str, out_dtype, impl: str) -> None:
-    if not isinstance(transforms, Mapping):
-        raise TypeError(f"{where}: transforms must be the dataset.data_transforms dict, got "
-                        f"{type(transforms).__name__}")
+def _check_common(where: str, aug, mode: str, padding: str, out_dtype, impl: str, rng: str) -> None:
+    if not isinstance(aug, Augmentation):
+        raise TypeError(f"{where}: aug must be a fastbci.ops.Augmentation (e.g. "
+                        f"Augmentation.from_transforms(cfg['dataset']['data_transforms'])), got "
+                        f"{type(aug).__name__}")
     if mode not in MODES:
         raise ValueError(f"{where}: mode must be one of {MODES}, got {mode!r}")
     if padding not in PADDINGS:
@@ -44,31 +44,13 @@ def _check_common(where: str, transforms, mode: str, padding: str, out_dtype, im
     if out_dtype is not None and out_dtype not in _OUT_DTYPES:
         raise ValueError(f"{where}: out_dtype must be None (float32), torch.float32 or "
                          f"torch.bfloat16, got {out_dtype!r}")
-    if impl not in IMPLS:
-        raise ValueError(f"{where}: impl must be one of {IMPLS}, got {impl!r}")
-
-
-def _std(transforms: Mapping, key: str, where: str) -> float:
-    if key not in transforms:
-        raise KeyError(f"{where}: transforms (dataset.data_transforms) lacks the key {key!r}; "
-                       f"it has {sorted(transforms)}")
-    v = transforms[key]
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) \
-            or float(v) < 0:
-        raise ValueError(f"{where}: dataset.data_transforms.{key} must be a finite number >= 0, "
-                         f"got {v!r}")
-    return float(v)
-
-
-def _smooth_flag(transforms: Mapping, where: str) -> bool:
-    if "smooth_data" not in transforms:
-        raise KeyError(f"{where}: transforms (dataset.data_transforms) lacks the key "
-                       f"'smooth_data'; it has {sorted(transforms)}")
-    v = transforms["smooth_data"]
-    if not isinstance(v, (bool, np.bool_)):
-        raise ValueError(f"{where}: dataset.data_transforms.smooth_data must be true or false, "
-                         f"got {v!r}")
-    return bool(v)
+    check_impl(impl, where)
+    if rng not in RNGS:
+        raise ValueError(f"{where}: rng must be one of {RNGS}, got {rng!r}")
+    if rng == "torch" and impl == "fused":
+        raise ValueError(f"{where}: rng='torch' (torch's global generator in the official draw "
+                         "order) runs only in the reference implementation: use impl='auto' or "
+                         "'reference', or rng='philox' for the fused kernel")
 
 
 def _check_seed_step(seed, step, where: str) -> None:
@@ -79,36 +61,33 @@ def _check_seed_step(seed, step, where: str) -> None:
                          f"got {step!r}")
 
 
+def _implementation(where: str, x: torch.Tensor, impl: str, rng: str) -> str:
+    """The dispatch rule; rng='torch' is the reference's alone (the official draw order)."""
+    if rng == "torch":
+        return "reference"
+    chosen = resolve("augment", x, impl)
+    if chosen == "fused" and x.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{where}: impl='fused' is not differentiable and its input requires "
+                         f"grad; use impl='reference' (or detach it)")
+    return chosen
+
+
 _TAPS_CACHE: dict[tuple, torch.Tensor] = {}
 _TAPS_CACHE_MAX = 32
 
 
-def cached_smoothing_taps(transforms: Mapping, device=None, where: str = "augment_smooth"
-                          ) -> torch.Tensor:
-    """``fastbci.reference.smoothing_taps(transforms, device, where)``, cached per
-    ``(smooth_kernel_std, smooth_kernel_size, device)``.
-
-    The taps are built and copied to ``device`` once; later calls return the same tensor, so a
-    training step does not pay a (synchronising, pageable) host-to-device copy for them. The
-    returned tensor is shared: treat it as read-only (clone it before modifying it). Invalid or
-    missing keys raise the errors of ``smoothing_taps`` (nothing is cached then).
-    """
+def cached_smoothing_taps(aug: Augmentation, device=None) -> torch.Tensor:
+    """The official smoothing kernel of ``aug`` on ``device`` (CPU when None), built and copied
+    once per ``(smooth_kernel_std, smooth_kernel_size, device)``: a training step pays no
+    (synchronising, pageable) host-to-device copy for it. The tensor is shared: read-only."""
     dev = torch.device("cpu") if device is None else torch.device(device)
-    std = transforms.get("smooth_kernel_std") if isinstance(transforms, Mapping) else None
-    size = transforms.get("smooth_kernel_size") if isinstance(transforms, Mapping) else None
-    # the types are part of the key: True == 1 and 2 == 2.0 hash alike but validate differently
-    key = (type(std), std, type(size), size, dev)
-    try:
-        hit = _TAPS_CACHE.get(key)
-    except TypeError:  # an unhashable value: let smoothing_taps report it
-        return smoothing_taps(transforms, dev, where)
-    if hit is not None:
-        return hit
-    taps = smoothing_taps(transforms, None, where).to(dev)
-    if len(_TAPS_CACHE) >= _TAPS_CACHE_MAX:
-        _TAPS_CACHE.clear()
-    _TAPS_CACHE[key] = taps
-    return taps
+    key = (aug.smooth_kernel_std, aug.smooth_kernel_size, dev)
+    hit = _TAPS_CACHE.get(key)
+    if hit is None:
+        if len(_TAPS_CACHE) >= _TAPS_CACHE_MAX:
+            _TAPS_CACHE.clear()
+        hit = _TAPS_CACHE[key] = smoothing_taps(aug.transforms(), None, "Augmentation").to(dev)
+    return hit
 
 
 def _kernels():
@@ -120,13 +99,14 @@ _TAP_VALUES: dict[tuple, tuple[float, ...]] = {}
 
 
 @torch.compiler.assume_constant_result
-def _tap_values(std, size, where: str) -> tuple[float, ...]:
+def _tap_values(std: float, size: int) -> tuple[float, ...]:
     """The smoothing taps for (smooth_kernel_std, smooth_kernel_size) as Python floats, computed
     once on the host: a plain constant for torch.compile (no numpy or cache tracing)."""
-    key = (type(std), std, type(size), size)
+    key = (std, size)
     hit = _TAP_VALUES.get(key)
     if hit is None:
-        taps = smoothing_taps({"smooth_kernel_std": std, "smooth_kernel_size": size}, None, where)
+        taps = smoothing_taps({"smooth_kernel_std": std, "smooth_kernel_size": size}, None,
+                              "Augmentation")
         hit = _TAP_VALUES[key] = tuple(float(v) for v in taps.numpy())
     return hit
 
@@ -167,72 +147,33 @@ def _(src, rows, offsets, lengths, taps, n_trials, t_out, t_max, cut, padding, s
     return src.new_empty((n_trials, t_out, src.shape[-1]), dtype=out_dtype)
 
 
-def _resolve_impl(impl: str, device: torch.device, dtype: torch.dtype, where: str) -> str:
-    if impl == "auto":
-        fusable = device.type == "cuda" and dtype in _FUSED_IN_DTYPES
-        return "fused" if fusable and triton_importable() else "reference"
-    if impl == "fused":
-        if device.type == "cuda":
-            return impl
-        if device.type == "cpu":
-            if not interpreted():
-                raise RuntimeError(
-                    f"{where}: impl='fused' on a CPU tensor runs only under the Triton "
-                    f"interpreter: set TRITON_INTERPRET=1 before fastbci.kernels is imported, or "
-                    f"use impl='reference' (or impl='auto')")
-            return impl
-        raise RuntimeError(f"{where}: impl='fused' supports CUDA tensors (or CPU under "
-                           f"TRITON_INTERPRET=1), got a tensor on {device}; use impl='reference'")
-    return impl
-
-
 class _Plan:
     """What the kernel must do for one call, decided on the host (no device sync)."""
 
-    def __init__(self, where, transforms, mode, seed, step, padding, t_max):
-        smooth = _smooth_flag(transforms, where)
-        self.taps = None
-        if smooth:
-            for key in ("smooth_kernel_std", "smooth_kernel_size"):
-                if key not in transforms:
-                    raise KeyError(f"{where}: transforms (dataset.data_transforms) lacks the key "
-                                   f"{key!r}; it has {sorted(transforms)}")
-            self.taps = _tap_values(transforms["smooth_kernel_std"],
-                                    transforms["smooth_kernel_size"], where)
+    def __init__(self, where, aug: Augmentation, mode, seed, step, padding, t_max):
+        self.taps = _tap_values(aug.smooth_kernel_std, aug.smooth_kernel_size) if aug.smooth else None
         self.noise_std = self.offset_std = 0.0
         self.cut = 0
         self.via_reference = False  # static gain / random walk: augment with the reference ops
         if mode == "train":
-            gain = _std(transforms, "static_gain_std", where)
-            walk = _std(transforms, "random_walk_std", where)
-            self.noise_std = _std(transforms, "white_noise_std", where)
-            self.offset_std = _std(transforms, "constant_offset_std", where)
-            if "random_cut" not in transforms:
-                raise KeyError(f"{where}: transforms (dataset.data_transforms) lacks the key "
-                               f"'random_cut'; it has {sorted(transforms)}")
-            cut_max = transforms["random_cut"]
-            if isinstance(cut_max, bool) or not isinstance(cut_max, numbers.Integral) \
-                    or cut_max < 0:
-                raise ValueError(f"{where}: dataset.data_transforms.random_cut must be an "
-                                 f"integer >= 0, got {cut_max!r}")
-            self.via_reference = gain > 0 or walk > 0
-            self.cut = philox.random_cut(int(cut_max), seed, step)
+            self.noise_std, self.offset_std = aug.white_noise_std, aug.constant_offset_std
+            self.via_reference = aug.static_gain_std > 0 or aug.random_walk_std > 0
+            self.cut = philox.random_cut(aug.random_cut, seed, step)
             if self.cut >= t_max > 0:
                 raise ValueError(
-                    f"{where}: the random cut ({self.cut}, drawn from [0, random_cut={cut_max})) "
-                    f"removes all T={t_max} time steps of the batch; lower "
-                    f"dataset.data_transforms.random_cut below the shortest padded batch")
+                    f"{where}: the random cut ({self.cut}, drawn from [0, random_cut="
+                    f"{aug.random_cut})) removes all T={t_max} time steps of the batch; lower "
+                    f"random_cut below the shortest padded batch")
         self.t_cut = max(t_max - self.cut, 0)
-        k = len(self.taps) if smooth else 1
-        self.k = k
-        if smooth and padding == "valid":
+        k = len(self.taps) if aug.smooth else 1
+        if aug.smooth and padding == "valid":
             if self.t_cut < k and t_max > 0:
                 raise ValueError(f"{where}: 'valid' smoothing needs at least K={k} time steps "
                                  f"after the cut, the batch has {self.t_cut}")
             self.t_out = self.t_cut - k + 1
         else:
             self.t_out = self.t_cut
-        self.valid_trim = k - 1 if (smooth and padding == "valid") else 0
+        self.valid_trim = k - 1 if (aug.smooth and padding == "valid") else 0
 
     def lengths_out(self, n: torch.Tensor) -> torch.Tensor:
         """Lengths after the cut (and, for 'valid', the number of full windows), >= 0."""
@@ -254,14 +195,15 @@ def _launch(where, src, plan: _Plan, *, B, C, t_max, padding, out_dtype, seed, s
                        plan.noise_std, plan.offset_std, out_dtype)
 
 
-def _fused_padded(where, x, n_time_steps, transforms, mode, seed, step, padding, out_dtype):
+def _fused_padded(where, x, n_time_steps, aug, mode, seed, step, padding, out_dtype):
     B, T, C = x.shape
-    plan = _Plan(where, transforms, mode, seed, step, padding, T)
+    plan = _Plan(where, aug, mode, seed, step, padding, T)
     if plan.via_reference:
         # static gain / random walk are not fused: augment with the reference ops (same Philox
         # streams), then let the kernel smooth the cut batch
-        xa, _, _ = augment_ref(x, n_time_steps, transforms, rng="philox", seed=seed, step=step)
-        smooth_plan = _Plan(where, transforms, "val", seed, step, padding, xa.shape[1])
+        xa, _, _ = augment_ref(x, n_time_steps, aug.transforms(), rng="philox", seed=seed,
+                               step=step)
+        smooth_plan = _Plan(where, aug, "val", seed, step, padding, xa.shape[1])
         out = _launch(where, xa, smooth_plan, B=B, C=C, t_max=xa.shape[1], padding=padding,
                       out_dtype=out_dtype, seed=seed, step=step)
         return out, plan.lengths_out(n_time_steps)
@@ -270,47 +212,43 @@ def _fused_padded(where, x, n_time_steps, transforms, mode, seed, step, padding,
     return out, plan.lengths_out(n_time_steps)
 
 
-def _reference_padded(x, n_time_steps, transforms, mode, seed, step, padding, out_dtype):
+def _reference_padded(x, n_time_steps, aug, mode, rng, seed, step, padding, out_dtype):
+    taps = cached_smoothing_taps(aug, x.device) if aug.smooth else None
     if padding == "same":
-        taps = cached_smoothing_taps(transforms, x.device, "augment_smooth") \
-            if _smooth_flag(transforms, "augment_smooth") else None
-        out, n = transform_ref(x, n_time_steps, transforms, mode, rng="philox", seed=seed,
+        out, n = transform_ref(x, n_time_steps, aug.transforms(), mode, rng=rng, seed=seed,
                                step=step, taps=taps)
+        return out.to(out_dtype), n
+    if mode == "train":
+        out, n, _ = augment_ref(x, n_time_steps, aug.transforms(), rng=rng, seed=seed, step=step)
     else:
-        where = "augment_smooth"
-        smooth = _smooth_flag(transforms, where)
-        if mode == "train":
-            out, n, _ = augment_ref(x, n_time_steps, transforms, rng="philox", seed=seed,
-                                    step=step)
-        else:
-            out, n = x.to(torch.float32), n_time_steps
-        if smooth:
-            taps = cached_smoothing_taps(transforms, x.device, where)
-            out = smooth_ref(out, taps, "valid")
-            n = torch.clamp(n - (taps.numel() - 1), min=0)
+        out, n = x.to(torch.float32), n_time_steps
+    if taps is not None:
+        out = smooth_ref(out, taps, "valid")
+        n = torch.clamp(n - (taps.numel() - 1), min=0)
     return out.to(out_dtype), n
 
 
 # ---------------------------------------------------------------------------------------------
 # public ops
 # ---------------------------------------------------------------------------------------------
-def augment_smooth(x: torch.Tensor, n_time_steps: torch.Tensor, transforms: Mapping, *,
+def augment_smooth(x: torch.Tensor, n_time_steps: torch.Tensor, aug: Augmentation, *,
                    mode: str = "train", seed: int = 0, step: int = 0, padding: str = "same",
-                   out_dtype: torch.dtype | None = None, impl: str = "auto"
+                   out_dtype: torch.dtype | None = None, rng: str = "philox", impl: str = "auto"
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment (``mode="train"``) and smooth a zero-padded batch, as ``transform_ref`` with
-    ``rng="philox"``.
+    """Augment (``mode="train"``) and smooth a zero-padded batch, as ``transform_ref``.
 
     Args:
         x: (B, T_max, C) zero-padded features (float32, bfloat16 or float16), any strides.
         n_time_steps: (B,) true lengths (any dtype, returned minus the cut).
-        transforms: the config's ``dataset.data_transforms`` dict.
-        mode: ``"train"`` (augment, then smooth if ``smooth_data``) or ``"val"``/``"eval"``/
+        aug: the :class:`Augmentation` (noise, offset, cut, smoothing values).
+        mode: ``"train"`` (augment, then smooth if ``aug.smooth``) or ``"val"``/``"eval"``/
             ``"test"`` (smooth only).
         seed, step: the Philox key (``dataset.seed``) and the 0-based training batch index.
         padding: ``"same"`` (training/validation) or ``"valid"`` (offline evaluation).
         out_dtype: ``None``/``torch.float32`` or ``torch.bfloat16``.
-        impl: ``"auto"``, ``"fused"`` or ``"reference"`` (see the module docstring).
+        rng: ``"philox"`` (counter-based streams, what the kernel draws) or ``"torch"`` (torch's
+            global generator in the official draw order: the reference implementation only).
+        impl: ``"auto"``, ``"fused"`` or ``"reference"`` (:mod:`fastbci.ops.dispatch`).
 
     Returns:
         ``(out, n_time_steps_out)``: out (B, T_out, C) contiguous, ``T_out = T_max - cut`` for
@@ -319,7 +257,7 @@ def augment_smooth(x: torch.Tensor, n_time_steps: torch.Tensor, transforms: Mapp
         outputs whose whole window lies inside the trial).
     """
     where = "augment_smooth"
-    _check_common(where, transforms, mode, padding, out_dtype, impl)
+    _check_common(where, aug, mode, padding, out_dtype, impl, rng)
     if not isinstance(x, torch.Tensor) or x.dim() != 3 or not x.is_floating_point():
         desc = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) \
             else type(x).__name__
@@ -332,18 +270,9 @@ def augment_smooth(x: torch.Tensor, n_time_steps: torch.Tensor, transforms: Mapp
                          f"got {desc}")
     _check_seed_step(seed, step, where)
     out_dtype = out_dtype or torch.float32
-    impl = _resolve_impl(impl, x.device, x.dtype, where)
-    if impl == "reference":
-        return _reference_padded(x, n_time_steps, transforms, mode, seed, step, padding,
-                                 out_dtype)
-    if x.dtype not in _FUSED_IN_DTYPES:
-        raise ValueError(f"{where}: impl='fused' reads float32, bfloat16 or float16 features, "
-                         f"got {x.dtype}; use impl='reference'")
-    if x.requires_grad and torch.is_grad_enabled():
-        raise ValueError(f"{where}: impl='fused' is not differentiable and x requires grad; "
-                         f"use impl='reference' (or detach x)")
-    return _fused_padded(where, x, n_time_steps, transforms, mode, seed, step, padding,
-                         out_dtype)
+    if _implementation(where, x, impl, rng) == "reference":
+        return _reference_padded(x, n_time_steps, aug, mode, rng, seed, step, padding, out_dtype)
+    return _fused_padded(where, x, n_time_steps, aug, mode, seed, step, padding, out_dtype)
 
 
 def _check_store(where, features, offsets, lengths, rows):
@@ -404,24 +333,12 @@ def _batch_t_max(where, lengths, rows, t_max):
     return int(lengths[r].max())
 
 
-def _gather_padded(features, offsets, lengths, rows, t_max):
-    """Zero-padded (B, t_max, C) copy of the batch's trials (the reference path's gather)."""
-    dev = features.device
-    r = rows.to(dev).long()
-    start = offsets.to(dev).long()[r]
-    n = torch.clamp(lengths.to(dev).long()[r], max=t_max)
-    t = torch.arange(t_max, device=dev)
-    present = t[None, :] < n[:, None]
-    idx = torch.where(present, start[:, None] + t[None, :], torch.zeros_like(start)[:, None])
-    x = features[idx.reshape(-1)].reshape(r.shape[0], t_max, features.shape[1])
-    return torch.where(present[:, :, None], x, torch.zeros((), dtype=x.dtype, device=dev))
-
-
 def augment_smooth_gather(features: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor,
-                          rows: torch.Tensor, transforms: Mapping, *, mode: str = "train",
+                          rows: torch.Tensor, aug: Augmentation, *, mode: str = "train",
                           seed: int = 0, step: int = 0, padding: str = "same",
-                          out_dtype: torch.dtype | None = None, impl: str = "auto",
-                          t_max: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          out_dtype: torch.dtype | None = None, rng: str = "philox",
+                          impl: str = "auto", t_max: int | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`augment_smooth` reading the trials straight from the packed TrialStore tensor.
 
     Args:
@@ -441,33 +358,25 @@ def augment_smooth_gather(features: torch.Tensor, offsets: torch.Tensor, lengths
         ``features``' device with ``lengths``' dtype.
     """
     where = "augment_smooth_gather"
-    _check_common(where, transforms, mode, padding, out_dtype, impl)
+    _check_common(where, aug, mode, padding, out_dtype, impl, rng)
     _check_store(where, features, offsets, lengths, rows)
     _check_seed_step(seed, step, where)
     out_dtype = out_dtype or torch.float32
     t_max = _batch_t_max(where, lengths, rows, t_max)
     dev = features.device
     B, C = rows.shape[0], features.shape[1]
-    impl = _resolve_impl(impl, dev, features.dtype, where)
-    if impl == "reference":
-        x = _gather_padded(features, offsets, lengths, rows, t_max)
-        n = torch.clamp(lengths.to(dev)[rows.to(dev).long()], max=t_max)
-        return _reference_padded(x, n, transforms, mode, seed, step, padding, out_dtype)
-    if features.dtype not in _FUSED_IN_DTYPES:
-        raise ValueError(f"{where}: impl='fused' reads float32, bfloat16 or float16 features, "
-                         f"got {features.dtype}; use impl='reference'")
-    if features.requires_grad and torch.is_grad_enabled():
-        raise ValueError(f"{where}: impl='fused' is not differentiable and features require "
-                         f"grad; use impl='reference' (or detach them)")
+    chosen = _implementation(where, features, impl, rng)
     rows_d = rows.to(dev, non_blocking=True)
-    offsets_d = offsets.to(dev, non_blocking=True)
     lengths_d = lengths.to(dev, non_blocking=True)
     n = torch.clamp(lengths_d[rows_d.long()], max=t_max)
-    plan = _Plan(where, transforms, mode, seed, step, padding, t_max)
-    if plan.via_reference:
-        x = _gather_padded(features, offsets_d, lengths_d, rows_d, t_max)
-        return _fused_padded(where, x, n, transforms, mode, seed, step, padding, out_dtype)
+    plan = None if chosen == "reference" else _Plan(where, aug, mode, seed, step, padding, t_max)
+    if plan is None or plan.via_reference:
+        # longer trials truncated to t_max: the gather sees the clamped lengths
+        x = gather_padded(features, offsets, torch.clamp(lengths, max=t_max), rows, t_max)
+        if plan is None:
+            return _reference_padded(x, n, aug, mode, rng, seed, step, padding, out_dtype)
+        return _fused_padded(where, x, n, aug, mode, seed, step, padding, out_dtype)
     out = _launch(where, features, plan, B=B, C=C, t_max=t_max, padding=padding,
                   out_dtype=out_dtype, seed=seed, step=step,
-                  gather=(rows_d, offsets_d, lengths_d))
+                  gather=(rows_d, offsets.to(dev, non_blocking=True), lengths_d))
     return out, plan.lengths_out(n)

@@ -13,6 +13,8 @@ import torch
 
 from fastbci import philox
 from fastbci.devices import to_device
+from fastbci.ops import _ext
+from fastbci.ops.dispatch import check_impl, resolve
 from fastbci.reference.layers import day_projection_ref
 
 __all__ = ["day_projection", "fused_available", "fused_supports", "present_day_index", "present_days",
@@ -20,45 +22,21 @@ __all__ = ["day_projection", "fused_available", "fused_supports", "present_day_i
 
 _OP_NAME = "fastbci::day_projection"
 _BWD_NAME = "fastbci::day_projection_backward"
-_IMPLS = ("auto", "fused", "reference")
-_BUILD_HINT = ("build it from the fastbci source tree with "
-               "`pip install -e . --no-build-isolation` (torch must be installed first; "
-               "a CUDA build of torch plus nvcc/CUDA_HOME gives the CUDA kernels too)")
-
-_ext_error: str | None = None
-try:  # importing the extension runs its TORCH_LIBRARY registrations
-    import fastbci._C  # noqa: F401
-except ImportError as e:  # a source checkout that was never built
-    _ext_error = f"{type(e).__name__}: {e}"
 
 
 def fused_available() -> bool:
     """True when the C++ extension ``fastbci._C`` is importable (its CPU kernels always exist)."""
-    return _ext_error is None
-
-
-# the device types the built extension registered kernels for, looked up once at import (a
-# dispatcher query inside a torch.compile region would break the graph)
-_KERNEL_DEVICES = frozenset(
-    dev for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
-    if _ext_error is None and torch._C._dispatch_has_kernel_for_dispatch_key(_OP_NAME, key))
-
-
-def _has_kernel(device_type: str) -> bool:
-    return fused_available() and device_type in _KERNEL_DEVICES
+    return _ext.available()
 
 
 def fused_supports(x: torch.Tensor) -> bool:
-    """True when the fused op has a kernel for x's device and dtype (float64: CPU only)."""
-    if not _has_kernel(x.device.type):
-        return False
-    if x.dtype == torch.float64:
-        return x.device.type == "cpu"
-    return x.dtype in (torch.float32, torch.bfloat16)
+    """True when the fused op has a kernel for x's device and dtype (float64: CPU only): what
+    ``impl="auto"`` runs."""
+    return resolve("day_projection", x, "auto") == "fused"
 
 
 # --------------------------------------------------------------------------- registrations
-if fused_available():
+if _ext.available():
 
     @torch.library.register_fake(_OP_NAME)
     def _day_projection_fake(x, day_idx, weight, bias, dropout_p, seed, step):
@@ -196,22 +174,10 @@ def day_projection(x: torch.Tensor, day_idx: torch.Tensor, weight: torch.Tensor,
     Returns:
         (B, T, C_out) in x's dtype.
     """
-    if impl not in _IMPLS:
-        _fail(f"impl must be one of {_IMPLS}, got {impl!r}")
+    check_impl(impl, "day_projection")
     _check_inputs(x, day_idx, weight, bias, dropout_p, seed, step)
-    if impl == "auto":
-        impl = "fused" if fused_supports(x) else "reference"
-    if impl == "reference":
+    if resolve("day_projection", x, impl) == "reference":
         return day_projection_ref(x, day_idx, weight, bias, float(dropout_p), int(seed), int(step))
-    if not fused_available():
-        raise RuntimeError(f"day_projection: impl='fused' needs the C++ extension fastbci._C, "
-                           f"which could not be imported ({_ext_error}); {_BUILD_HINT}")
-    if not _has_kernel(x.device.type):
-        raise RuntimeError(
-            f"day_projection: impl='fused' has no kernel for device '{x.device.type}' in this "
-            f"build of fastbci._C (CUDA kernels are compiled only when torch has CUDA and nvcc "
-            f"is found, with FASTBCI_SKIP_CUDA_BUILD unset); {_BUILD_HINT}, "
-            "or use impl='reference'")
     _check_fused_dtypes(x, weight, bias)
     return torch.ops.fastbci.day_projection(x, day_idx, weight, bias, float(dropout_p),
                                             _seed_as_int64(seed), _as_int(step))

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from fastbci.ops._triton import interpreted, load_kernels, triton_importable
+from fastbci.ops._triton import load_kernels
+from fastbci.ops.dispatch import check_impl, resolve
 from fastbci.reference import patchify_ref
 from fastbci.reference.layers import patch_input_lengths
 
-__all__ = ["patchify", "Patchify", "IMPLS", "patch_input_lengths"]
-
-IMPLS = ("auto", "fused", "reference")
-_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+__all__ = ["patchify", "Patchify", "patch_input_lengths"]
 
 
 def _kernels():
@@ -77,8 +75,7 @@ _fold_op.register_autograd(_fold_backward, setup_context=_fold_setup)
 
 def _check_args(x, size, stride, impl) -> None:
     where = "fastbci.ops.patchify"
-    if impl not in IMPLS:
-        raise ValueError(f"{where}: impl must be one of {IMPLS}, got {impl!r}")
+    check_impl(impl, where)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
     for name, v in (("size", size), ("stride", stride)):
@@ -94,24 +91,6 @@ def _check_args(x, size, stride, impl) -> None:
                          f"the patch")
 
 
-def _resolve_impl(x: torch.Tensor, impl: str) -> str:
-    if impl == "auto":
-        if x.is_cuda and x.dtype in _FUSED_DTYPES and triton_importable():
-            return "fused"
-        return "reference"
-    if impl == "fused":
-        if x.dtype not in _FUSED_DTYPES:
-            raise TypeError(f"fastbci.ops.patchify: impl='fused' supports "
-                            f"{', '.join(str(d) for d in _FUSED_DTYPES)}, got {x.dtype}; "
-                            f"use impl='reference'")
-        if not x.is_cuda and not interpreted():
-            raise RuntimeError(
-                f"fastbci.ops.patchify: impl='fused' needs a CUDA tensor, got one on {x.device} "
-                "(set TRITON_INTERPRET=1 before importing the kernels to run them on the CPU "
-                "through the Triton interpreter, or use impl='reference')")
-    return impl
-
-
 def patchify(x: torch.Tensor, size: int = 14, stride: int = 4, impl: str = "auto") -> torch.Tensor:
     """Sliding time windows: ``x`` (B, T, C) -> (B, P, size * C), ``P = (T - size) // stride + 1``.
 
@@ -124,7 +103,7 @@ def patchify(x: torch.Tensor, size: int = 14, stride: int = 4, impl: str = "auto
     without the Triton interpreter.
     """
     _check_args(x, size, stride, impl)
-    if _resolve_impl(x, impl) == "reference":
+    if resolve("patchify", x, impl) == "reference":
         y = patchify_ref(x, size, stride)
         # inside torch.compile a view with overlapping windows must not leave the graph: when
         # it is a graph output (e.g. before the eager GRU), AOTAutograd (torch 2.13) lays the
@@ -138,8 +117,7 @@ class Patchify(torch.nn.Module):
 
     def __init__(self, size: int = 14, stride: int = 4, impl: str = "auto"):
         super().__init__()
-        if impl not in IMPLS:
-            raise ValueError(f"Patchify: impl must be one of {IMPLS}, got {impl!r}")
+        check_impl(impl, "Patchify")
         for name, v in (("size", size), ("stride", stride)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"Patchify: {name} must be a positive int, got {v!r}")

@@ -1,9 +1,9 @@
-"""What a run tells its user: the logger (``train.log`` and the console), ``metrics.jsonl``,
-the progress bar, honest step timing, torch.compile's recompile count and the training curves."""
+"""What a run tells its user: the logger (``train.log`` and the console), the progress bar,
+honest step timing, torch.compile's recompile count and the training curves (the metrics
+files: :mod:`fastbci.training.metrics_log`)."""
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
 import sys
@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastbci import fileio
 
 LOGGER_NAME = "fastbci.train"
 
@@ -97,45 +96,6 @@ class EarlyLog:
         for level, msg in self.lines:
             log.log(level, msg)
         self.lines.clear()
-
-
-class MetricsFile:
-    """``metrics.jsonl``: one JSON object per train log and per validation. ``enabled=False``
-    (processes other than the main one) writes nothing."""
-
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path = Path(path)
-        self.enabled = enabled
-
-    def append(self, record: dict) -> None:
-        """One record (standard JSON: a non-finite number is written as null)."""
-        if self.enabled:
-            fileio.append_line(self.path, fileio.dumps(record))
-
-    def truncate(self, next_batch: int) -> None:
-        """Drop the records past a resume point (the resumed run writes them again,
-        identically), atomically: a kill during the rewrite leaves the old file whole."""
-        if not (self.enabled and self.path.is_file()):
-            return
-        keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line)["batch"] < next_batch:
-                    keep.append(line)
-            except (ValueError, KeyError, TypeError):
-                continue
-        fileio.atomic_write_text(self.path, "".join(k + "\n" for k in keep))
-
-    def records(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
 
 
 class LineProgress:
@@ -253,10 +213,12 @@ class CompileWatch:
         return f" recompiles: {self.recompiles()}" if self.enabled else ""
 
 
-def plot_curves(records: list[dict], png_path: Path, train_losses: np.ndarray | None = None,
-                title: str | None = None) -> Path | None:
-    """Loss (train, val), validation PER, and the learning rate with the blank fraction
-    against the batch (matplotlib, Agg); ``title``: the run's name."""
+def curves_figure(records: list[dict], train_losses: np.ndarray | None = None,
+                  title: str | None = None):
+    """The training curves as a matplotlib Figure (Agg), or None when there is nothing to draw:
+    loss (train, val), validation PER, and the learning rate with the blank fraction, against
+    the batch; ``title``: the run's name. Its lines carry labels (``learning rate``, ``blank
+    fraction (train)``, ...)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -270,7 +232,8 @@ def plot_curves(records: list[dict], png_path: Path, train_losses: np.ndarray | 
     _plot_losses(ax1, train, val, train_losses if have_losses else None)
     if val:
         ax2.plot([r["batch"] for r in val], [100 * r["per"] if r["per"] is not None else np.nan
-                                             for r in val], "o-", color="tab:red", ms=3)
+                                             for r in val], "o-", color="tab:red", ms=3,
+                 label="validation PER")
         pers = [100 * r["per"] for r in val if r["per"] is not None]
         if pers and max(pers) > 100:  # the first validations can exceed 100%: keep the scale readable
             ax2.set_ylim(0, 100)
@@ -282,6 +245,17 @@ def plot_curves(records: list[dict], png_path: Path, train_losses: np.ndarray | 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(records: list[dict], png_path: Path, train_losses: np.ndarray | None = None,
+                title: str | None = None) -> Path | None:
+    """:func:`curves_figure` saved as a PNG at ``png_path`` (None when there is nothing to
+    draw)."""
+    import matplotlib.pyplot as plt
+    fig = curves_figure(records, train_losses, title)
+    if fig is None:
+        return None
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return Path(png_path)

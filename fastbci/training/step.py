@@ -1,6 +1,7 @@
 """One optimisation step of the official recipe: forward under autocast, CTC per trial, the
-loss over the global batch, backward, the strategy's gradient reduction, clipping, the
-non-finite check, AdamW and the schedule. The same step serves one process and many."""
+loss over the global batch, backward (with DistributedDataParallel, the gradient all-reduce
+overlaps it), clipping, the non-finite check, AdamW and the schedule. The same step serves one
+process and many."""
 from __future__ import annotations
 
 import dataclasses
@@ -56,36 +57,40 @@ class TrainStep:
     """``step(k, rows, stop_request)`` runs one optimisation step on the store ``rows`` of
     training batch ``k`` and returns a :class:`StepResult`.
 
-    The strategy supplies what differs between one process and many: this process's share of
-    the batch, its part of the global mean loss, the gradient sum over processes (which also
-    carries the loss and the stop vote) and the dropout key. The only host read is the joint
-    non-finite check and stop vote, one read per step."""
+    ``net`` is the module the forward runs through (the model, or DistributedDataParallel /
+    torch.compile around it); ``parallel`` supplies this process's share of the batch, its part
+    of the global mean loss, the sum of the loss and of the stop vote over processes and the
+    dropout key of this process (from ``dropout_seed``, the Philox key of the day-layer
+    dropout). The only host read is the joint non-finite check and stop vote, one per step."""
 
-    def __init__(self, model, optimizer, scheduler, strategy, builder: BatchBuilder, store,
-                 clip: float):
-        self.model = model
+    def __init__(self, net, optimizer, scheduler, parallel, builder: BatchBuilder, store,
+                 clip: float, dropout_seed: int, params: list[torch.nn.Parameter]):
+        self.net = net
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.strategy = strategy
+        self.parallel = parallel
         self.builder = builder
         self.store = store
         self.clip = float(clip)
-        self.params = list(model.parameters())
+        self.dropout_seed = int(dropout_seed)
+        self.params = list(params)
 
     def __call__(self, k: int, rows: np.ndarray, stop_request: bool) -> StepResult:
-        model, strategy = self.model, self.strategy
-        model.train()
+        parallel = self.parallel
+        self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         full = self.builder.batch(self.store, rows, mode="train", step=k)
-        batch = strategy.shard(full, min_time=max(1, model.patch_size))
+        batch = parallel.shard(full, min_time=max(1, self.builder.patch[0]))
         with autocast(self.builder.device, self.builder.amp):
-            logits, lens = forward_logits(model, batch, seed=strategy.dropout_seed(self.builder.seed),
-                                          step=k)
+            logits, lens = forward_logits(self.net, batch, step=k,
+                                          seed=parallel.dropout_seed(self.dropout_seed))
             per_trial = ctc_per_trial(logits, lens, batch)
-            local = strategy.local_loss(per_trial, len(full.rows))
+            local = parallel.local_loss(per_trial, len(full.rows))
+        vote = torch.full((), float(stop_request), device=local.device)
+        # the loss and the stop vote summed over the processes while the backward runs
+        pending = parallel.all_sum(torch.stack([local.detach().float(), vote]), async_op=True)
         local.backward()
-        vote = torch.ones((), device=local.device) if stop_request else torch.zeros((), device=local.device)
-        summed = strategy.reduce_gradients(full.days_present, torch.stack([local.detach().float(), vote]))
+        summed = pending.wait()
         loss = summed[0]
         grad_norm = clip_gradients(self.params, self.clip)
         # one host read for the non-finite check and the stop vote together

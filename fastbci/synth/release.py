@@ -1,0 +1,285 @@
+"""Writing a synthetic release: the sessions, their trial counts, the HDF5 files, the config
+fragment, the train corpus, and the command line ``python -m fastbci.synth``."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..data.t15 import Trial, session_file, write_session_file
+
+from .simulate import session_drift, session_trials, World
+
+OFFICIAL_SESSIONS: tuple[str, ...] = tuple(
+    ["t15.2023." + d for d in (
+        "08.11 08.13 08.18 08.20 08.25 08.27 09.01 09.03 09.24 09.29 10.01 10.06 10.08 10.13 10.15 "
+        "10.20 10.22 11.03 11.04 11.17 11.19 11.26 12.03 12.08 12.10 12.17 12.29").split()]
+    + ["t15.2024." + d
+       for d in "02.25 03.03 03.08 03.15 03.17 04.25 04.28 05.10 06.14 07.19 07.21 07.28".split()]
+    + ["t15.2025." + d for d in "01.10 01.12 03.14 03.16 03.30 04.13".split()])
+TRAIN_ONLY_SESSIONS: tuple[str, ...] = ("t15.2023.08.11", "t15.2024.03.03", "t15.2024.04.25",
+                                        "t15.2024.04.28")
+assert len(OFFICIAL_SESSIONS) == 45
+
+PRESETS: dict[str, dict] = {
+    # tiny and fast, for tests: 3 sessions (the last one train-only), short sentences
+    "small": dict(sessions=("t15.2023.08.13", "t15.2023.08.18", "t15.2024.03.03"), n_train=6, n_val=2,
+                  n_test=2, neural_dim=32, min_words=1, max_words=3),
+    # a small CPU training demo: strong templates, moderate noise, short sentences
+    "demo": dict(sessions=("t15.2023.08.13", "t15.2023.08.18", "t15.2023.08.20", "t15.2023.08.25"),
+                 n_train=200, n_val=40, n_test=0, neural_dim=512, min_words=1, max_words=4,
+                 signal=2.0, noise=0.6),
+    # the release's sizes (8,072 / 1,426 / 1,450 trials, ~13.5 GB at 512 features)
+    "release": dict(sessions=OFFICIAL_SESSIONS, n_train="release", n_val="release", n_test="release",
+                    neural_dim=512),
+}
+
+
+def _release_counts(sessions: Sequence[str], train_only: set[str], rng: np.random.Generator
+                    ) -> dict[str, tuple[int, int, int]]:
+    """Per-session (train, val, test) counts in the release's ranges and totals."""
+    n = len(sessions)
+    tr = np.clip(rng.lognormal(math.log(170), 0.45, size=n), 59, 364)
+    tr = np.maximum(59, np.round(tr * 8072 / tr.sum() if n == 45 else tr)).astype(int)
+    out = {}
+    for s, t in zip(sessions, tr):
+        if s in train_only:
+            out[s] = (int(t), 0, 0)
+        else:
+            out[s] = (int(t), int(rng.integers(9, 51)), int(rng.integers(9, 51)))
+    return out
+
+
+def _as_counts(value, sessions: Sequence[str], what: str) -> dict[str, int] | None:
+    if isinstance(value, str):
+        if value != "release":
+            raise ValueError(f"{what} must be an integer, a per-session list/dict, or 'release'")
+        return None
+    if isinstance(value, Mapping):
+        missing = [s for s in sessions if s not in value]
+        if missing:
+            raise ValueError(f"{what}: no count for session(s) {missing[:3]}")
+        out = {s: int(value[s]) for s in sessions}
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        if len(value) != len(sessions):
+            raise ValueError(f"{what} has {len(value)} entries for {len(sessions)} sessions")
+        out = {s: int(v) for s, v in zip(sessions, value)}
+    else:
+        out = {s: int(value) for s in sessions}
+    bad = {s: v for s, v in out.items() if v < 0}
+    if bad:
+        raise ValueError(f"{what} must be >= 0, got {bad}")
+    return out
+
+
+def _session_list(sessions: Sequence[str] | int | None) -> list[str]:
+    """The session names of :func:`write_release`'s ``sessions`` argument, checked."""
+    if sessions is None:
+        sessions = list(OFFICIAL_SESSIONS)
+    elif isinstance(sessions, (int, np.integer)):
+        if not 1 <= sessions <= len(OFFICIAL_SESSIONS):
+            raise ValueError(f"sessions = {sessions}: give 1..45 or a list of names")
+        sessions = list(OFFICIAL_SESSIONS[:sessions])
+    else:
+        sessions = [str(s) for s in sessions]
+    if not sessions:
+        raise ValueError("no sessions to write")
+    if len(set(sessions)) != len(sessions):
+        raise ValueError("sessions holds duplicate names")
+    return sessions
+
+
+def _length_stats(all_T: list[int], all_L: list[int]) -> dict:
+    T, L = np.asarray(all_T), np.asarray(all_L)
+    return {"n_time_steps": {"mean": float(T.mean()), "median": float(np.median(T)),
+                             "min": int(T.min()), "max": int(T.max())},
+            "seq_len": {"mean": float(L.mean()), "max": int(L.max())}}
+
+
+def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=20, n_val=5, n_test=5,
+                  neural_dim: int = 512, seed: int = 0, *, train_only: Sequence[str] | None = None,
+                  min_words: int = 2, max_words: int = 6, signal: float = 1.0, noise: float = 1.0,
+                  drift: float = 1.0, block_size: tuple[int, int] = (20, 50), progress: bool = False,
+                  write_config: bool = True) -> dict:
+    """Write a synthetic t15 release under ``out_dir``; returns a summary dict.
+
+    ``sessions``: names (default the 45 official ones) or a count (the first N official names).
+    ``n_train`` / ``n_val`` / ``n_test``: trials per session (an int, a per-session list or dict,
+    or ``"release"`` for counts in the release's ranges). ``train_only``: sessions with only a
+    train file (default: the official four that are among ``sessions``). ``signal`` / ``noise``
+    scale the phoneme templates and the latent noise; ``drift`` the per-session mixing and offset.
+    Every trial satisfies the release's invariants (``n_time_steps`` = array length, ids padded
+    to 500, ``seq_len`` = non-zero ids, contiguous groups ordered by block then trial).
+    """
+    t0 = time.perf_counter()
+    sessions = _session_list(sessions)
+    if not 1 <= min_words <= max_words:
+        raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
+    train_only_set = set(TRAIN_ONLY_SESSIONS if train_only is None else train_only) & set(sessions)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    root = np.random.default_rng(seed)
+    world = World(neural_dim, np.random.default_rng(root.integers(2 ** 63)), signal)
+    count_rng = np.random.default_rng(root.integers(2 ** 63))
+    release = _release_counts(sessions, train_only_set, count_rng)
+    counts = {}
+    for j, (what, value) in enumerate((("n_train", n_train), ("n_val", n_val), ("n_test", n_test))):
+        c = _as_counts(value, sessions, what)
+        counts[what] = c if c is not None else {s: release[s][j] for s in sessions}
+    session_seeds = root.integers(2 ** 63, size=len(sessions))
+
+    summary = {"out_dir": str(out_dir), "sessions": list(sessions), "train_only": sorted(train_only_set),
+               "neural_dim": neural_dim, "seed": seed, "files": {},
+               "n_trials": {"train": 0, "val": 0, "test": 0},
+               "bytes": 0}
+    all_T, all_L = [], []
+    train_sentences: list[str] = []
+    E = world.E
+    for si, s in enumerate(sessions):
+        rng = np.random.default_rng(session_seeds[si])
+        sess_drift = session_drift(E, drift, rng)
+        n = {"train": counts["n_train"][s], "val": 0 if s in train_only_set else counts["n_val"][s],
+             "test": 0 if s in train_only_set else counts["n_test"][s]}
+        if n["train"] < 1:
+            raise ValueError(f"session {s}: n_train must be >= 1 (every session has a train file)")
+        labels = np.array(["train"] * n["train"] + ["val"] * n["val"] + ["test"] * n["test"])
+        rng.shuffle(labels)                 # splits interleave in time, as in the release
+        per_split: dict[str, list[Trial]] = {"train": [], "val": [], "test": []}
+        for split, trial, _ in session_trials(world, s, labels, rng, sess_drift, noise, min_words,
+                                                 max_words, block_size):
+            per_split[split].append(trial)
+            if split == "train":
+                train_sentences.append(trial.sentence_label)
+            all_T.append(trial.n_time_steps)
+            all_L.append(trial.seq_len)
+        summary["files"][s] = {}
+        for split in ("train", "val", "test"):
+            if not per_split[split]:
+                continue
+            p = write_session_file(session_file(out_dir, s, split), per_split[split], split)
+            summary["files"][s][split] = len(per_split[split])
+            summary["n_trials"][split] += len(per_split[split])
+            summary["bytes"] += p.stat().st_size
+        if progress:
+            print(f"  {s}: " + ", ".join(f"{k} {v}" for k, v in summary["files"][s].items()),
+                  file=sys.stderr, flush=True)
+    summary.update(_length_stats(all_T, all_L))
+    summary["corpus"] = str(write_corpus(out_dir / CORPUS_FILE, train_sentences))
+    if write_config:
+        cfg_path = out_dir / "synth_config.yaml"
+        _write_config(cfg_path, out_dir, sessions, train_only_set, neural_dim)
+        summary["config"] = str(cfg_path)
+    summary["seconds"] = time.perf_counter() - t0
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# the text corpus of the train sentences (for an n-gram model: python -m fastbci.lm build)
+# ---------------------------------------------------------------------------------------------
+CORPUS_FILE = "corpus_train.txt"
+
+
+def write_corpus(path: str | Path, sentences: Sequence[str]) -> Path:
+    """Write ``sentences`` normalised as the official evaluation normalises them, one a line."""
+    from ..lm.text import normalize
+    path = Path(path)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(t + "\n" for t in (normalize(x) for x in sentences) if t)
+    return path
+
+
+def _write_config(path: Path, out_dir: Path, sessions: Sequence[str], train_only: set[str],
+                  neural_dim: int) -> None:
+    import yaml
+    frag = {
+        "model": {"n_input_features": neural_dim,
+                  "input_network": {"input_layer_sizes": [neural_dim]}},
+        "dataset": {
+            "dataset_dir": str(out_dir.resolve()),
+            "neural_dim": neural_dim,
+            "sessions": list(sessions),
+            "dataset_probability_val": [0 if s in train_only else 1 for s in sessions],
+            "days_per_batch": min(4, len(sessions)),
+        },
+    }
+    with open(path, "w") as f:
+        f.write("# written by python -m fastbci.synth: load with fastbci.config.load_config(this file)\n")
+        yaml.safe_dump(frag, f, sort_keys=False, default_flow_style=None)
+
+
+def _format_summary(summ: dict) -> str:
+    n = summ["n_trials"]
+    T, L = summ["n_time_steps"], summ["seq_len"]
+    lines = [f"wrote a synthetic t15 release to {summ['out_dir']} in {summ['seconds']:.1f} s",
+             f"  {len(summ['sessions'])} sessions ({len(summ['train_only'])} train-only), "
+             f"neural_dim {summ['neural_dim']}, seed {summ['seed']}",
+             f"  trials: train {n['train']}, val {n['val']}, test {n['test']}; "
+             f"{summ['bytes'] / 2**20:.1f} MiB on disk",
+             f"  n_time_steps mean {T['mean']:.0f} (median {T['median']:.0f}, "
+             f"min {T['min']}, max {T['max']}); "
+             f"seq_len mean {L['mean']:.1f}, max {L['max']}"]
+    if "config" in summ:
+        lines.append(f"  config fragment: {summ['config']}")
+    lines.append(f"  train corpus: {summ['corpus']}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m fastbci.synth",
+        description="Write a synthetic Brain-to-Text '25 (t15) release: the official folder "
+                    "layout and HDF5 format, phoneme-driven features, and a synth_config.yaml "
+                    "that trains on it. Without a preset: the 45 official sessions with 20 "
+                    "train, 5 val and 5 test trials each (the four official train-only sessions "
+                    "get train trials only), 512 features. A preset sets sessions and counts; "
+                    "the options below override single values of it.")
+    ap.add_argument("--out", required=True, help="output folder (created)")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--small", action="store_const", const="small", dest="preset",
+                   help="3 sessions (one train-only) x 6 train / 2 val / 2 test trials, "
+                        "neural_dim 32 (for tests)")
+    g.add_argument("--demo", action="store_const", const="demo", dest="preset",
+                   help="4 sessions x 200 train / 40 val trials, strong signal (CPU training demo)")
+    g.add_argument("--release", action="store_const", const="release", dest="preset",
+                   help="the release's 45 sessions and per-session trial counts (8,072 / 1,426 / "
+                        "1,450 trials, ~13.5 GB at 512 features)")
+    ap.add_argument("--sessions", help="a number N (the first N official sessions) or comma-separated names")
+    ap.add_argument("--n-train", type=int, help="train trials per session")
+    ap.add_argument("--n-val", type=int, help="val trials per session (none for train-only sessions)")
+    ap.add_argument("--n-test", type=int, help="test trials per session (none for train-only sessions)")
+    ap.add_argument("--neural-dim", type=int, help="features per time step (default 512)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ap.add_argument("--min-words", type=int, help="fewest words per sentence (default 2)")
+    ap.add_argument("--max-words", type=int, help="most words per sentence (default 6)")
+    ap.add_argument("--signal", type=float, help="template strength (default 1, demo 2)")
+    ap.add_argument("--noise", type=float, help="latent noise std (default 1, demo 0.6)")
+    ap.add_argument("--drift", type=float, help="per-session drift scale (default 1)")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    a = ap.parse_args(argv)
+    kw = dict(PRESETS[a.preset]) if a.preset else {}
+    if a.sessions:
+        kw["sessions"] = (int(a.sessions) if a.sessions.isdigit()
+                          else [s.strip() for s in a.sessions.split(",") if s.strip()])
+    for name in ("n_train", "n_val", "n_test", "neural_dim", "min_words", "max_words", "signal",
+                 "noise", "drift"):
+        v = getattr(a, name)
+        if v is not None:
+            kw[name] = v
+    try:
+        summ = write_release(a.out, seed=a.seed, progress=not a.json, **kw)
+    except ValueError as e:
+        print(f"fastbci.synth: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summ, indent=1) if a.json else _format_summary(summ))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
