@@ -123,6 +123,23 @@ def test_bad_models_are_named(lms, tmp_path, monkeypatch):
         LLMScorer(lms["opt"], batch_size=0)
 
 
+def test_a_hub_id_in_the_local_cache_loads_offline(lms, tmp_path, monkeypatch):
+    """A hub id found in the Hugging Face cache (its layout made here) loads without network."""
+    import shutil
+
+    import huggingface_hub.constants
+    repo = tmp_path / "hub" / "models--tiny--opt"
+    shutil.copytree(lms["opt"], repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    scorer = LLMScorer("tiny/opt")
+    assert scorer.source == "tiny/opt"
+    np.testing.assert_array_equal(scorer.score(REFS), LLMScorer(lms["opt"]).score(REFS))
+
+
 def _crafted(tmp_path):
     """The crafted n-best file (decoder scores make a wrong sentence top-1 in 4 of 5 trials)
     and a val npz with the references."""

@@ -79,7 +79,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _looks_like_path(model: str) -> bool:
-    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or os.sep + os.sep in model
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or (os.sep != "/" and os.sep in model)
 
 
 def resolve_model(model: str | os.PathLike) -> tuple[str, bool]:
@@ -163,9 +163,9 @@ class LLMScorer:
             "cuda" if torch.cuda.is_available() else "cpu")
         dtype = _torch_dtype(dtype, device)
         source, is_folder = resolve_model(model)
-        if not is_folder:
-            source = self._hub_source(tf, source)
-        tokenizer, lm = self._load(tf, source, device, dtype)
+        # a folder or a cached hub id loads without network; any other hub id is downloaded
+        local = True if is_folder else self._hub_cached(tf, source)
+        tokenizer, lm = self._load(tf, source, device, dtype, local)
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         if bos is None:
             raise LLMError(f"the tokenizer of {source} has neither a bos nor an eos token: "
@@ -193,43 +193,44 @@ class LLMScorer:
         return self
 
     @staticmethod
-    def _hub_source(tf, model_id: str) -> str:
-        """A hub id: the local cache's copy, else a download; offline, an error that says how
+    def _hub_cached(tf, model_id: str) -> bool:
+        """Whether the hub id is in the local cache; if not, and offline, an error that says how
         to point at a folder."""
         try:
             tf.AutoConfig.from_pretrained(model_id, local_files_only=True)
-            return model_id  # cached: from_pretrained finds it without network
+            return True
         except (OSError, ValueError):
             pass
         if not _hub_reachable():
             raise LLMError(f"cannot download {model_id}: no network; download it elsewhere and pass "
-                           "the folder: --llm /path/to/folder") from None
-        return model_id
+                           f"the folder: --llm /path/to/folder (there is no folder {model_id} here)")
+        return False
 
-    def _load(self, tf, source: str, device, dtype):
+    def _load(self, tf, source: str, device, dtype, local: bool):
         bars = tf.utils.logging.is_progress_bar_enabled()
         tf.utils.logging.disable_progress_bar()  # no "Loading weights" bars in a command's output
         try:
-            return self._load_quiet(tf, source, device, dtype)
+            return self._load_quiet(tf, source, device, dtype, local)
         finally:
             if bars:
                 tf.utils.logging.enable_progress_bar()
 
-    def _load_quiet(self, tf, source: str, device, dtype):
+    def _load_quiet(self, tf, source: str, device, dtype, local: bool):
         where = f"the model {source}"
         try:
-            config = tf.AutoConfig.from_pretrained(source)
+            config = tf.AutoConfig.from_pretrained(source, local_files_only=local)
         except (OSError, ValueError, KeyError) as e:
             raise LLMError(f"{where}: cannot read its configuration ({' '.join(str(e).split())})") from None
         _check_causal(tf, config, where)
         try:
-            tokenizer = tf.AutoTokenizer.from_pretrained(source)
+            tokenizer = tf.AutoTokenizer.from_pretrained(source, local_files_only=local)
         except (OSError, ValueError, TypeError, KeyError) as e:
             raise LLMError(f"{where}: cannot load its tokenizer ({' '.join(str(e).split())})") from None
         if len(tokenizer) < 2:
             raise LLMError(f"{where}: its tokenizer is empty (no vocabulary file was found)")
         try:
-            model = tf.AutoModelForCausalLM.from_pretrained(source, **{dtype_kwarg(tf): dtype})
+            model = tf.AutoModelForCausalLM.from_pretrained(source, local_files_only=local,
+                                                            **{dtype_kwarg(tf): dtype})
         except (OSError, ValueError) as e:
             raise LLMError(f"{where}: cannot load it as a causal LM ({' '.join(str(e).split())})") from None
         return tokenizer, model.to(device).eval()

@@ -20,7 +20,7 @@ import numpy as np
 
 from fastbci.data.phonemes import N_CLASSES
 
-from .params import DecoderParams, RescoreParams
+from .params import DEFAULT_LLM_NBEST, DecoderParams, RescoreParams
 from .text import wer_report
 
 __all__ = ["check_ready", "load_logits", "decode_file", "format_wer", "rescore_file", "write_csv",
@@ -144,21 +144,24 @@ def _rescore(hyps: list, scorer, rescore: RescoreParams, say) -> tuple[list[str]
 
 def decode_file(logits: str | os.PathLike, lm: str | os.PathLike, *, out: str | os.PathLike | None = None,
                 params: DecoderParams | None = None, lexicon=None, cmudict=None, use_cmudict: bool = True,
-                workers: int | None = None, nbest: int = 1, nbest_out: str | os.PathLike | None = None,
-                llm=None, rescore: RescoreParams | None = None, llm_options: dict | None = None,
-                rescored_out: str | os.PathLike | None = None,
+                workers: int | None = None, nbest: int | None = None,
+                nbest_out: str | os.PathLike | None = None, llm=None, rescore: RescoreParams | None = None,
+                llm_options: dict | None = None, rescored_out: str | os.PathLike | None = None,
                 say: Callable[[str], None] | None = None) -> dict:
     """Decode an evaluation npz to sentences; WER when it has labels; write the CSV (``out``,
     default ``words_SPLIT.csv`` beside the npz) and the n-best file (``nbest_out``). With
     ``llm`` (an :class:`~fastbci.lm.LLMScorer`, or a model folder / hub id loaded with
     ``llm_options``), the ``nbest`` hypotheses of each trial are rescored by ``rescore``'s
-    formula and the best becomes the sentence (``rescored_out``: the rescored lists)."""
+    formula and the best becomes the sentence (``rescored_out``: the rescored lists). ``nbest``
+    defaults to 1, and to 100 with ``llm``."""
     from .decoder import WordDecoder, split_packed
     from .rescore import scorer_of, write_rescored
 
     say = say or (lambda s: print(s, file=sys.stderr))
     logits = Path(logits)
     data = load_logits(logits)
+    if nbest is None:
+        nbest = DEFAULT_LLM_NBEST if llm is not None else 1
     params = (params or DecoderParams()).replace(nbest=max(1, int(nbest)))
     rescore = rescore or RescoreParams()
     scorer = scorer_of(llm, llm_options) if llm is not None else None  # before the long decode
