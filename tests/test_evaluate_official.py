@@ -159,8 +159,8 @@ def test_lm_and_llm_words_in_one_command(trained, tmp_path, capsys):
     assert E.main(["--checkpoint", str(_ckpt(trained)), "--quiet", "--out", str(out),
                    "--lm", str(tmp_path / "lm.arpa"), "--lm-lexicon", str(tmp_path / "lex.txt"),
                    "--lm-no-cmudict", "--lm-workers", "1", "--beam-size", "20",
-                   "--llm", str(tmp_path / "llm"), "--lm-nbest", "4", "--llm-alpha", "0.3",
-                   "--lm-nbest-out", str(tmp_path / "nb.csv")]) == 0
+                   "--llm", str(tmp_path / "llm"), "--llm-device", "cpu", "--lm-nbest", "4",
+                   "--llm-alpha", "0.3", "--lm-nbest-out", str(tmp_path / "nb.csv")]) == 0
     assert "val WER: " in capsys.readouterr().out
     saved = json.load(open(out / "per_val.json"))
     assert saved["llm"] == str(tmp_path / "llm") and saved["rescore"]["llm_alpha"] == 0.3

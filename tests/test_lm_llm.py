@@ -46,6 +46,11 @@ def lms(tmp_path_factory):
     return out
 
 
+def _llm(folder) -> list[str]:
+    """The command-line options of an LLM on the CPU (a GPU machine would take CUDA + bfloat16)."""
+    return ["--llm", str(folder), "--llm-device", "cpu"]
+
+
 def _vocab(folder) -> dict:
     with open(f"{folder}/tokenizer.json") as f:
         return json.load(f)["model"]["vocab"]
@@ -68,7 +73,7 @@ def _step_by_step(folder, text: str, bos: int) -> float:
 
 @pytest.mark.parametrize("which", ["trained", "opt", "llama"])
 def test_scores_equal_a_step_by_step_computation(lms, which):
-    scorer = LLMScorer(lms[which], batch_size=4)
+    scorer = LLMScorer(lms[which], device="cpu", batch_size=4)
     assert scorer.device.type == "cpu" and scorer.dtype == torch.float32 and scorer.bos_id == 1
     texts = REFS[:3] + ["wear is the doctor", "two"]
     got = scorer.score(texts)
@@ -80,18 +85,18 @@ def test_scores_equal_a_step_by_step_computation(lms, which):
 
 def test_padding_and_batch_composition_do_not_change_a_score(lms):
     for which in ("trained", "opt", "llama"):
-        alone = LLMScorer(lms[which], batch_size=1).score(MIXED)
+        alone = LLMScorer(lms[which], device="cpu", batch_size=1).score(MIXED)
         for bs in (2, 3, 7):
-            together = LLMScorer(lms[which], batch_size=bs).score(MIXED)
+            together = LLMScorer(lms[which], device="cpu", batch_size=bs).score(MIXED)
             np.testing.assert_allclose(together, alone, atol=1e-4, rtol=0)
         order = [6, 0, 3, 1, 5, 2, 4]
-        np.testing.assert_allclose(LLMScorer(lms[which], batch_size=3).score([MIXED[i] for i in order]),
-                                   alone[order], atol=1e-4, rtol=0)
+        shuffled = LLMScorer(lms[which], device="cpu", batch_size=3).score([MIXED[i] for i in order])
+        np.testing.assert_allclose(shuffled, alone[order], atol=1e-4, rtol=0)
         assert alone[2] == 0.0 and alone[0] == alone[5]  # no token: 0; a duplicate: the same
 
 
 def test_bos_falls_back_to_eos_and_scores_stay_exact(lms):
-    scorer = LLMScorer(lms["nobos"])
+    scorer = LLMScorer(lms["nobos"], device="cpu")
     assert scorer.tokenizer.bos_token_id is None and scorer.bos_id == scorer.tokenizer.eos_token_id == 2
     assert scorer.encode(["where is the doctor"])[0][0] == 2
     np.testing.assert_allclose(scorer.score(["where is the doctor"]),
@@ -119,6 +124,14 @@ def test_bad_models_are_named(lms, tmp_path, monkeypatch):
     with pytest.raises(LLMError, match="cannot download facebook/opt-6.7b: no network; download it "
                                        "elsewhere and pass the folder: --llm /path/to/folder"):
         LLMScorer("facebook/opt-6.7b")
+    from types import SimpleNamespace
+
+    from fastbci.lm.llm import DEFAULT_DTYPES, _torch_dtype
+    # the defaults: bfloat16 on the GPU, float32 on the CPU (and on any other device)
+    assert sorted(DEFAULT_DTYPES.values()) == ["bfloat16", "float32"] and DEFAULT_DTYPES["cpu"] == "float32"
+    for kind, name in [*DEFAULT_DTYPES.items(), ("mps", "float32")]:
+        assert _torch_dtype(None, SimpleNamespace(type=kind)) == getattr(torch, name)
+    assert _torch_dtype("fp16", torch.device("cpu")) == torch.float16
     with pytest.raises(LLMError, match="batch size"):
         LLMScorer(lms["opt"], batch_size=0)
 
@@ -135,9 +148,9 @@ def test_a_hub_id_in_the_local_cache_loads_offline(lms, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
-    scorer = LLMScorer("tiny/opt")
+    scorer = LLMScorer("tiny/opt", device="cpu")
     assert scorer.source == "tiny/opt"
-    np.testing.assert_array_equal(scorer.score(REFS), LLMScorer(lms["opt"]).score(REFS))
+    np.testing.assert_array_equal(scorer.score(REFS), LLMScorer(lms["opt"], device="cpu").score(REFS))
 
 
 def _crafted(tmp_path):
@@ -159,7 +172,7 @@ def _crafted(tmp_path):
 def test_a_trained_lm_turns_wrong_top1_into_the_right_sentences(lms, tmp_path, capsys):
     nbest, npz = _crafted(tmp_path)
     out, ranked = tmp_path / "words.csv", tmp_path / "ranked.csv"
-    assert main(["rescore", "--nbest", str(nbest), "--llm", lms["trained"], "--logits", str(npz),
+    assert main(["rescore", "--nbest", str(nbest), *_llm(lms["trained"]), "--logits", str(npz),
                  "--llm-alpha", "1", "--out", str(out), "--rescored-out", str(ranked)]) == 0
     stdout, err = capsys.readouterr()
     # 4 wrong top-1 sentences (5 word errors) over 24 reference words; none after rescoring
@@ -172,7 +185,7 @@ def test_a_trained_lm_turns_wrong_top1_into_the_right_sentences(lms, tmp_path, c
     t = top[0]
     assert float(t["total"]) == pytest.approx(float(t["score"]) + float(t["llm_score"]), abs=2e-6)
     # llm_alpha 0: the decoder's own ranking
-    assert main(["rescore", "--nbest", str(nbest), "--llm", lms["trained"], "--logits", str(npz),
+    assert main(["rescore", "--nbest", str(nbest), *_llm(lms["trained"]), "--logits", str(npz),
                  "--llm-alpha", "0", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == "WER: 20.83%"
     assert [r[1] for r in list(csv.reader(open(out)))[1:]] == [c[0] for c in NBESTS]
@@ -207,7 +220,7 @@ def test_nbest_file_errors(lms, tmp_path, capsys):
              (bad_number, "number.csv, line 4: column score holds"),
              (gap, "gap.csv: id 2 has no hypotheses")]
     for path, msg in cases:
-        assert main(["rescore", "--nbest", str(path), "--llm", lms["opt"]]) == 2
+        assert main(["rescore", "--nbest", str(path), *_llm(lms["opt"])]) == 2
         err = capsys.readouterr().err
         assert err.startswith("fastbci.lm rescore: error: ") and msg in err, err
     with pytest.raises(ValueError, match="id 5 has no hypotheses"):
@@ -222,7 +235,7 @@ def test_a_folder_without_tokenizer_exits_2_and_missing_transformers_exits_5(lms
     assert main(["rescore", "--nbest", str(nbest), "--llm", str(tmp_path)]) == 2
     assert f"the model folder {tmp_path} has no config.json" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
-    assert main(["rescore", "--nbest", str(nbest), "--llm", lms["opt"]]) == 5
+    assert main(["rescore", "--nbest", str(nbest), *_llm(lms["opt"])]) == 5
     err = capsys.readouterr().err
     assert "missing component" in err and "pip install 'fastbci[llm]'" in err and "Traceback" not in err
 
@@ -253,13 +266,13 @@ def test_decode_rescore_and_tune_with_an_llm(lms, tmp_path, capsys):
         return [row[1] for row in list(csv.reader(open(f"{r}/{name}")))[1:]]
 
     assert main(["decode", *common, "--nbest", "8", "--nbest-out", f"{r}/nb.csv", "--out", f"{r}/w.csv"]) == 0
-    assert main(["decode", *common, "--llm", lms["trained"], "--llm-alpha", "0", "--nbest", "8",
+    assert main(["decode", *common, *_llm(lms["trained"]), "--llm-alpha", "0", "--nbest", "8",
                  "--out", f"{r}/w0.csv"]) == 0
-    assert main(["rescore", "--nbest", f"{r}/nb.csv", "--llm", lms["trained"], "--llm-alpha", "0",
+    assert main(["rescore", "--nbest", f"{r}/nb.csv", *_llm(lms["trained"]), "--llm-alpha", "0",
                  "--out", f"{r}/r0.csv"]) == 0
     assert words("w0.csv") == words("w.csv") == words("r0.csv")
     capsys.readouterr()
-    assert main(["tune", *common, "--llm", lms["trained"], "--lm-weights", "1", "--word-scores", "0",
+    assert main(["tune", *common, *_llm(lms["trained"]), "--lm-weights", "1", "--word-scores", "0",
                  "--rounds", "0", "--nbest", "8", "--llm-alphas", "0,0.5,1", "--out", f"{r}/p.yaml"]) == 0
     assert "llm_alpha" in capsys.readouterr().out
     saved = RescoreParams.from_yaml(tmp_path / "p.yaml")
@@ -267,7 +280,7 @@ def test_decode_rescore_and_tune_with_an_llm(lms, tmp_path, capsys):
     import yaml
     tuned = yaml.safe_load(open(tmp_path / "p.yaml"))["tuned"]["llm"]
     assert [a for a, _ in tuned["searched"]] == [0.0, 0.5, 1.0] and tuned["wer"] <= tuned["wer_decoder_top1"]
-    assert main(["decode", *common, "--params", f"{r}/p.yaml", "--llm", lms["trained"], "--json",
+    assert main(["decode", *common, "--params", f"{r}/p.yaml", *_llm(lms["trained"]), "--json",
                  "--nbest", "8", "--out", f"{r}/w1.csv"]) == 0
     s = json.loads(capsys.readouterr().out)  # the n-best lists of the search: its WER
     assert s["rescore"]["llm_alpha"] == saved.llm_alpha and s["params"]["nbest"] == 8

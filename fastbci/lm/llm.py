@@ -103,7 +103,7 @@ def resolve_model(model: str | os.PathLike) -> tuple[str, bool]:
     return text, False
 
 
-def _causal_class_names(tf) -> set[str]:
+def _causal_class_names() -> set[str]:
     from transformers.models.auto import modeling_auto
     names: set[str] = set()
     for v in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
@@ -115,7 +115,7 @@ def _check_causal(tf, config, where: str) -> None:
     """An :class:`LLMError` unless ``config`` describes a causal LM (by its ``architectures``
     when it lists them, else by its model type)."""
     archs = list(getattr(config, "architectures", None) or [])
-    causal = _causal_class_names(tf)
+    causal = _causal_class_names()
     if archs and not any(a in causal for a in archs):
         raise LLMError(f"{where} holds a {', '.join(archs)} ({config.model_type}), not a causal "
                        "language model: rescoring needs one (e.g. OPT, Llama, Qwen, GPT-2)")
@@ -124,10 +124,14 @@ def _check_causal(tf, config, where: str) -> None:
                        "causal language model: rescoring needs one (e.g. OPT, Llama, Qwen, GPT-2)")
 
 
+#: the dtype a scorer takes by default, by device type (float32 elsewhere)
+DEFAULT_DTYPES = {"cuda": "bfloat16", "cpu": "float32"}
+
+
 def _torch_dtype(dtype, device):
     import torch
     if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return getattr(torch, DEFAULT_DTYPES.get(device.type, "float32"))
     if isinstance(dtype, torch.dtype):
         return dtype
     name = _DTYPES.get(str(dtype).lower().replace("torch.", ""))
