@@ -238,7 +238,8 @@ def add_llm_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
                    help=f"weight of the LLM's natural-log probability (default {d.llm_alpha})")
     g.add_argument("--llm-formula", dest="formula", choices=FORMULAS, default=None,
                    help="additive: decoder score + llm_alpha * llm; convex: acoustic_scale * "
-                        "acoustic + (1 - llm_alpha) * ngram + llm_alpha * llm (the official form) "
+                        "acoustic + (1 - llm_alpha) * ln(10) * ngram + llm_alpha * llm (the official "
+                        "form; ngram is the n-gram's log10 score) "
                         f"(default {d.formula})")
     g.add_argument("--acoustic-scale", dest="acoustic_scale", type=float, default=None,
                    help=f"the convex form's acoustic weight (default {d.acoustic_scale})")

@@ -55,17 +55,18 @@ def _train(model, tokenizer, sentences: Sequence[str], steps: int, lr: float, se
     """``steps`` full-batch Adam steps of next-token cross-entropy on ``<s> sentence </s>``."""
     import torch
     torch.manual_seed(seed)
-    ids = [[1, *tokenizer(s, add_special_tokens=False)["input_ids"], 2] for s in sentences]
+    bos, eos, pad = tokenizer.convert_tokens_to_ids(["<s>", "</s>", "<pad>"])
+    ids = [[bos, *tokenizer(s, add_special_tokens=False)["input_ids"], eos] for s in sentences]
     width = max(len(s) for s in ids)
-    x = torch.full((len(ids), width), 3, dtype=torch.long)
+    x = torch.full((len(ids), width), pad, dtype=torch.long)
     for i, s in enumerate(ids):
         x[i, :len(s)] = torch.as_tensor(s)
-    labels = torch.where(x == 3, torch.full_like(x, -100), x)
+    labels = torch.where(x == pad, torch.full_like(x, -100), x)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     losses = []
     for _ in range(steps):
-        loss = model(input_ids=x, attention_mask=(x != 3).long(), labels=labels).loss
+        loss = model(input_ids=x, attention_mask=(x != pad).long(), labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
