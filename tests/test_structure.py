@@ -143,7 +143,7 @@ LAYERS = [
     {"fastbci.ops"},
     {"fastbci.data", "fastbci.metrics"},
     {"fastbci.model", "fastbci.lm", "fastbci.synth", "fastbci.doctor"},
-    {"fastbci.validation"},
+    {"fastbci.validation", "fastbci.ensemble", "fastbci.official_eval"},
     {"fastbci.training"},
     {"fastbci.cli", "fastbci.train", "fastbci.evaluate", "fastbci.demo", "fastbci.calibrate",
      "fastbci.compat"},

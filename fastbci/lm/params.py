@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Mapping
 
 
-__all__ = ["PARAM_HELP", "DecoderParams", "add_decoder_args", "decoder_kwargs", "params_from_args"]
+__all__ = ["FORMULAS", "LLM_TEXT", "PARAM_HELP", "DecoderParams", "RescoreParams", "add_decoder_args",
+           "add_llm_args", "decoder_kwargs", "llm_options", "params_from_args", "rescore_from_args"]
 
 
 #: what each parameter does (also the command-line help)
@@ -151,3 +152,118 @@ def params_from_args(a: argparse.Namespace) -> DecoderParams:
     names = ("beam_size", "beam_size_token", "beam_threshold", "lm_weight", "word_score",
              "sil_score", "unk_score", "blank_penalty", "log_add")
     return base.replace(**{n: getattr(a, n, None) for n in names})
+
+
+# ---------------------------------------------------------------------------------------------
+# rescoring the n-best with a large language model (fastbci.lm.rescore)
+# ---------------------------------------------------------------------------------------------
+#: the rescoring formulas: ``additive`` (the lab's flashlight + KenLM decoder), ``convex`` (the
+#: official OPT rescoring); docs/words.md states both
+FORMULAS = ("additive", "convex")
+#: what the LLM reads: the sentence as decoded (lower case, no punctuation), or with its first
+#: letter and the pronoun "i" upper-cased
+LLM_TEXT = ("as-decoded", "sentence")
+#: the LLM's n-best size when none is given (the official pipeline's and the lab's)
+DEFAULT_LLM_NBEST = 100
+
+
+@dataclass
+class RescoreParams:
+    """How an n-best hypothesis is scored once the LLM has read it (natural-log ``llm``):
+
+    * ``additive``: ``score + llm_alpha * llm``, where ``score`` is the decoder's own total
+      ``acoustic + lm_weight * ngram + word_score * n_words (+ sil_score * silence frames)``;
+    * ``convex``: ``acoustic_scale * acoustic + (1 - llm_alpha) * ln(10) * ngram + llm_alpha * llm``.
+
+    ``acoustic`` is the natural-log sum over the path's frames, ``ngram`` the n-gram's log10
+    probability (KenLM's unit, converted to natural log by the convex form)."""
+
+    llm_alpha: float = 0.55
+    formula: str = "additive"
+    acoustic_scale: float = 0.325
+    llm_text: str = "as-decoded"
+
+    def __post_init__(self):
+        for name in ("llm_alpha", "acoustic_scale"):
+            try:
+                v = float(getattr(self, name))
+            except (TypeError, ValueError):
+                raise ValueError(f"rescoring parameter {name} must be a number, got "
+                                 f"{getattr(self, name)!r}") from None
+            if not math.isfinite(v):
+                raise ValueError(f"rescoring parameter {name} must be finite, got {v}")
+            setattr(self, name, v)
+        if self.formula not in FORMULAS:
+            raise ValueError(f"rescoring formula must be one of {FORMULAS}, got {self.formula!r}")
+        if self.llm_text not in LLM_TEXT:
+            raise ValueError(f"llm_text must be one of {LLM_TEXT}, got {self.llm_text!r}")
+
+    def replace(self, **changes) -> "RescoreParams":
+        """A copy with ``changes`` (None values are ignored)."""
+        d = asdict(self)
+        d.update({k: v for k, v in changes.items() if v is not None})
+        return RescoreParams(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "RescoreParams":
+        """The ``rescore:`` section of a parameter file (the one ``tune --llm`` writes); the
+        defaults when the file has none."""
+        from fastbci.config import read_yaml
+        data = read_yaml(path, "decoder parameter file")
+        section = data.get("rescore") if isinstance(data, Mapping) else None
+        if section is None:
+            return cls()
+        names = {f.name for f in fields(cls)}
+        if not isinstance(section, Mapping) or set(section) - names:
+            raise ValueError(f"{path}: 'rescore' must map some of {sorted(names)} to values, got "
+                             f"{section!r}")
+        try:
+            return cls(**section)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+
+def add_llm_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    """The LLM rescoring options (shared by ``fastbci.lm decode | tune | rescore`` and
+    ``fastbci.evaluate``)."""
+    d = RescoreParams()
+    g = p.add_argument_group("LLM rescoring of the n-best (fastbci.lm.rescore)")
+    g.add_argument("--llm", required=required, default=None,
+                   help="a Hugging Face causal LM: a local folder (or a hub id when online); "
+                        "rescores the n-best")
+    g.add_argument("--llm-alpha", dest="llm_alpha", type=float, default=None,
+                   help=f"weight of the LLM's natural-log probability (default {d.llm_alpha})")
+    g.add_argument("--llm-formula", dest="formula", choices=FORMULAS, default=None,
+                   help="additive: decoder score + llm_alpha * llm; convex: acoustic_scale * "
+                        "acoustic + (1 - llm_alpha) * ln(10) * ngram + llm_alpha * llm (the official "
+                        "form; ngram is the n-gram's log10 score) "
+                        f"(default {d.formula})")
+    g.add_argument("--acoustic-scale", dest="acoustic_scale", type=float, default=None,
+                   help=f"the convex form's acoustic weight (default {d.acoustic_scale})")
+    g.add_argument("--llm-text", dest="llm_text", choices=LLM_TEXT, default=None,
+                   help="what the LLM reads: the sentence as decoded (lower case, no punctuation) "
+                        "or with its first letter and the pronoun I upper-cased "
+                        f"(default {d.llm_text})")
+    g.add_argument("--llm-batch-size", dest="llm_batch_size", type=int, default=100,
+                   help="hypotheses per LLM forward pass (default 100)")
+    g.add_argument("--llm-device", dest="llm_device", default=None,
+                   help="device of the LLM (default: cuda when available, else cpu)")
+    g.add_argument("--llm-dtype", dest="llm_dtype", default=None,
+                   choices=("bfloat16", "float16", "float32"),
+                   help="the LLM's dtype (default bfloat16 on CUDA, float32 on the CPU)")
+
+
+def rescore_from_args(a: argparse.Namespace) -> RescoreParams:
+    """The :class:`RescoreParams` of parsed :func:`add_llm_args` options over ``--params``'
+    ``rescore:`` section."""
+    base = RescoreParams.from_yaml(a.params) if getattr(a, "params", None) else RescoreParams()
+    return base.replace(**{n: getattr(a, n, None) for n in ("llm_alpha", "formula", "acoustic_scale",
+                                                             "llm_text")})
+
+
+def llm_options(a: argparse.Namespace) -> dict:
+    """Keyword arguments of :class:`fastbci.lm.LLMScorer` from :func:`add_llm_args` options."""
+    return {"device": a.llm_device, "dtype": a.llm_dtype, "batch_size": a.llm_batch_size}

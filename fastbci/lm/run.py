@@ -1,4 +1,5 @@
-"""From an evaluation's logits file to sentences, WER and the submission CSV.
+"""From an evaluation's logits file to sentences, WER and the submission CSV (and from an n-best
+file to the sentences an LLM prefers: :func:`rescore_file`).
 
 :func:`decode_file` is what ``python -m fastbci.lm decode`` and ``python -m fastbci.evaluate
 --lm`` run: read ``logits_{split}.npz`` (packed raw logits, see ``fastbci.evaluate``), decode
@@ -19,10 +20,11 @@ import numpy as np
 
 from fastbci.data.phonemes import N_CLASSES
 
-from .params import DecoderParams
+from .params import DEFAULT_LLM_NBEST, DecoderParams, RescoreParams
 from .text import wer_report
 
-__all__ = ["check_ready", "load_logits", "decode_file", "format_wer", "write_csv", "write_nbest"]
+__all__ = ["check_ready", "load_logits", "decode_file", "format_wer", "rescore_file", "write_csv",
+           "write_nbest"]
 
 
 def load_logits(path: str | os.PathLike) -> dict:
@@ -70,13 +72,17 @@ def write_csv(path: str | os.PathLike, ids: Sequence, texts: Sequence[str]) -> P
 def write_nbest(path: str | os.PathLike, ids: Sequence, nbest: Sequence, lm_weight: float) -> Path:
     """``id,rank,score,acoustic_score,lm_score,lm_weight,n_words,text`` rows: the top
     hypotheses of each trial with their summed acoustic log-probability (natural log) and LM
-    log10-probability, for rescoring with another model."""
+    log10-probability, for rescoring with another model (``python -m fastbci.lm rescore``). A
+    trial without frames gets one row, the empty sentence with zero scores, so that every id of
+    the split has a row."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "rank", "score", "acoustic_score", "lm_score", "lm_weight", "n_words", "text"])
         for i, hyps in zip(ids, nbest):
+            if not hyps:  # a trial without frames: its sentence is the empty one
+                w.writerow([int(i), 0, f"{0.0:.6f}", f"{0.0:.6f}", f"{0.0:.6f}", lm_weight, 0, ""])
             for r, h in enumerate(hyps):
                 w.writerow([int(i), r, f"{h.score:.6f}", f"{h.acoustic:.6f}", f"{h.lm:.6f}", lm_weight,
                             h.n_words, h.text])
@@ -115,51 +121,125 @@ def check_ready(lm: str | os.PathLike) -> None:
     _flashlight()
 
 
-def decode_file(logits: str | os.PathLike, lm: str | os.PathLike, *, out: str | os.PathLike | None = None,
-                params: DecoderParams | None = None, lexicon=None, cmudict=None, use_cmudict: bool = True,
-                workers: int | None = None, nbest: int = 1, nbest_out: str | os.PathLike | None = None,
-                say: Callable[[str], None] | None = None) -> dict:
-    """Decode an evaluation npz to sentences; WER when it has labels; write the CSV (``out``,
-    default ``words_SPLIT.csv`` beside the npz) and the n-best file (``nbest_out``)."""
-    from .decoder import WordDecoder, split_packed
-
-    say = say or (lambda s: print(s, file=sys.stderr))
-    logits = Path(logits)
-    data = load_logits(logits)
-    params = (params or DecoderParams()).replace(nbest=max(1, int(nbest)))
-    t0 = time.perf_counter()
-    dec = WordDecoder(lm, lexicon, cmudict=cmudict, use_cmudict=use_cmudict, params=params)
-    st = dec.stats
+def _say_decoder(say, lm, st: dict) -> None:
     say(f"Decoder: {st['words']} words of the LM {lm} with a pronunciation in {st['lexicon_source']}; "
         f"{st['homophones_dropped']} rare homophones beyond 6 per spelling dropped"
         + (f"; {st['lm_words_without_pronunciation']} LM words have no pronunciation (e.g. "
            f"{', '.join(st['lm_words_without_pronunciation_examples'][:5])})"
            if st.get("lm_words_without_pronunciation") else ""))
+
+
+def _rescore(hyps: list, scorer, rescore: RescoreParams, say) -> tuple[list[str], list, list]:
+    """The LLM's choice of sentence per trial, the n-best lists and their LLM scores."""
+    from .rescore import NBest, best_indices, score_nbest
+    nbests = [NBest.from_hypotheses(h) for h in hyps]
+    lp = score_nbest(scorer, nbests, rescore.llm_text)
+    pick = best_indices(nbests, lp, rescore)
+    st = scorer.stats
+    say(f"LLM {scorer.source}: {sum(len(n) for n in nbests)} hypotheses rescored in {st['seconds']:.1f} s "
+        f"({st['texts'] / max(st['seconds'], 1e-9):.0f} hypotheses/s, {rescore.formula}, "
+        f"llm_alpha {rescore.llm_alpha:g})")
+    return [nb.texts[k] if k >= 0 else "" for nb, k in zip(nbests, pick)], nbests, lp
+
+
+def decode_file(logits: str | os.PathLike, lm: str | os.PathLike, *, out: str | os.PathLike | None = None,
+                params: DecoderParams | None = None, lexicon=None, cmudict=None, use_cmudict: bool = True,
+                workers: int | None = None, nbest: int | None = None,
+                nbest_out: str | os.PathLike | None = None, llm=None, rescore: RescoreParams | None = None,
+                llm_options: dict | None = None, rescored_out: str | os.PathLike | None = None,
+                say: Callable[[str], None] | None = None) -> dict:
+    """Decode an evaluation npz to sentences; WER when it has labels; write the CSV (``out``,
+    default ``words_SPLIT.csv`` beside the npz) and the n-best file (``nbest_out``). With
+    ``llm`` (an :class:`~fastbci.lm.LLMScorer`, or a model folder / hub id loaded with
+    ``llm_options``), the ``nbest`` hypotheses of each trial are rescored by ``rescore``'s
+    formula and the best becomes the sentence (``rescored_out``: the rescored lists). ``nbest``
+    defaults to 1, and to 100 with ``llm``."""
+    from .decoder import WordDecoder, split_packed
+    from .rescore import scorer_of, write_rescored
+
+    say = say or (lambda s: print(s, file=sys.stderr))
+    logits = Path(logits)
+    data = load_logits(logits)
+    if nbest is None:
+        nbest = DEFAULT_LLM_NBEST if llm is not None else 1
+    params = (params or DecoderParams()).replace(nbest=max(1, int(nbest)))
+    rescore = rescore or RescoreParams()
+    scorer = scorer_of(llm, llm_options) if llm is not None else None  # before the long decode
+    t0 = time.perf_counter()
+    dec = WordDecoder(lm, lexicon, cmudict=cmudict, use_cmudict=use_cmudict, params=params)
+    _say_decoder(say, lm, dec.stats)
     arrays = split_packed(data["logits"], data["offsets"])
     empty = sum(1 for a in arrays if len(a) == 0)
     t1 = time.perf_counter()
     hyps = dec.decode_many(arrays, workers=workers)
     seconds = time.perf_counter() - t1
-    texts = [h[0].text if h else "" for h in hyps]
-    n = len(texts)
+    top1 = [h[0].text if h else "" for h in hyps]
+    n = len(top1)
     note = f"; {empty} empty trial(s) (no frames) give an empty sentence" if empty else ""
     say(f"Decoded {n} trials in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} per second, setup "
         f"{t1 - t0:.1f} s){note}")
+    texts, nbests, lp = _rescore(hyps, scorer, rescore, say) if scorer is not None else (top1, None, None)
     stem = logits.stem[len("logits_"):] if logits.stem.startswith("logits_") else logits.stem
     out = Path(out) if out is not None else logits.parent / f"words_{stem}.csv"
     files = {"csv": str(write_csv(out, data["ids"], texts))}
     if nbest_out is not None:
         files["nbest"] = str(write_nbest(nbest_out, data["ids"], hyps, params.lm_weight))
+    if rescored_out is not None and nbests is not None:
+        files["rescored"] = str(write_rescored(rescored_out, data["ids"], nbests, lp, rescore))
     summary = {"logits": str(logits), "lm": str(lm), "n_trials": n, "empty": empty,
                "seconds": seconds, "setup_seconds": t1 - t0, "params": params.to_dict(),
-               "decoder": dict(st), "texts": texts, "files": files, "wer": None}
-    labels = _labels(data)
-    if labels is not None:
-        rep = wer_report(labels, texts, _days(data))
-        summary.update(wer=rep["wer"], errors=rep["errors"], words=rep["words"], by_day=rep["by_day"])
-        for line in format_wer(rep):
-            say(line)
-    else:
-        say(f"{logits} has no sentence_label (a test split): no WER")
+               "decoder": dict(dec.stats), "texts": texts, "files": files, "wer": None}
+    if scorer is not None:
+        summary.update(llm=scorer.source, rescore=rescore.to_dict(), llm_stats=dict(scorer.stats))
+    _score_words(summary, data, logits, top1 if scorer is not None else None, say)
     say(f"Wrote {', '.join(files.values())}")
+    return summary
+
+
+def _score_words(summary: dict, data: dict, logits: Path, top1: list[str] | None, say) -> None:
+    """The WER of ``summary["texts"]`` (and of the decoder's top-1 ``top1`` before rescoring)
+    into ``summary`` when the file has labels."""
+    labels = _labels(data)
+    if labels is None:
+        say(f"{logits} has no sentence_label (a test split): no WER")
+        return
+    rep = wer_report(labels, summary["texts"], _days(data))
+    summary.update(wer=rep["wer"], errors=rep["errors"], words=rep["words"], by_day=rep["by_day"])
+    if top1 is not None:
+        summary["wer_decoder"] = wer_report(labels, top1)["wer"]
+        if summary["wer_decoder"] is not None:
+            say(f"WER of the decoder's top-1, before LLM rescoring: {100 * summary['wer_decoder']:.2f}%")
+    for line in format_wer(rep):
+        say(line)
+
+
+def rescore_file(nbest: str | os.PathLike, llm, *, params: RescoreParams | None = None,
+                 out: str | os.PathLike | None = None, rescored_out: str | os.PathLike | None = None,
+                 logits: str | os.PathLike | None = None, llm_options: dict | None = None,
+                 say: Callable[[str], None] | None = None) -> dict:
+    """Rescore an n-best file with ``llm`` (an :class:`~fastbci.lm.LLMScorer` or a model folder /
+    hub id); write ``id,text`` (``out``, default ``words_rescored.csv`` beside the n-best) and,
+    on request, the rescored lists. ``logits``: the npz the n-best came from, for its ids and,
+    on val, the WER (before and after rescoring)."""
+    from .rescore import best_indices, read_nbest, score_nbest, scorer_of, write_rescored
+
+    say = say or (lambda s: print(s, file=sys.stderr))
+    params = params or RescoreParams()
+    data = load_logits(logits) if logits is not None else None
+    ids, nbests = read_nbest(nbest, None if data is None else [int(i) for i in data["ids"]])
+    scorer = scorer_of(llm, llm_options)
+    lp = score_nbest(scorer, nbests, params.llm_text)
+    pick = best_indices(nbests, lp, params)
+    texts = [nb.texts[k] if k >= 0 else "" for nb, k in zip(nbests, pick)]
+    out = Path(out) if out is not None else Path(nbest).parent / "words_rescored.csv"
+    files = {"csv": str(write_csv(out, ids, texts))}
+    if rescored_out is not None:
+        files["rescored"] = str(write_rescored(rescored_out, ids, nbests, lp, params))
+    summary = {"nbest": str(nbest), "llm": scorer.source, "n_trials": len(ids),
+               "n_hypotheses": int(sum(len(nb) for nb in nbests)), "params": params.to_dict(),
+               "llm_stats": dict(scorer.stats), "texts": texts, "files": files, "wer": None}
+    if data is not None:
+        _score_words(summary, data, Path(logits), [nb.texts[0] if len(nb) else "" for nb in nbests], say)
+    say(f"Rescored {summary['n_hypotheses']} hypotheses of {len(ids)} trials with {scorer.source} "
+        f"in {scorer.stats['seconds']:.1f} s; wrote {', '.join(files.values())}")
     return summary
