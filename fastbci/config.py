@@ -365,13 +365,27 @@ def _check_optimiser(cfg: Mapping) -> None:
 
 def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
     """The content of a YAML file (None for an empty one), or a :class:`ConfigError` naming
-    ``what`` and the path when it is missing or not valid YAML."""
+    ``what``, the path and the problem: missing, a directory, unreadable, not UTF-8 text, not
+    valid YAML."""
+    from fastbci.fileio import path_problem
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}")
+    problem = path_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{what} {path} {problem}")
     try:
-        with open(path) as f:
-            return yaml.safe_load(f)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be read: {os.strerror(e.errno) if e.errno else e}") \
+            from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at line "
+                          f"{line}, offset {e.start}): is it a YAML file? YAML is read as UTF-8; "
+                          "save it with that encoding") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
 
