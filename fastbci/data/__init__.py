@@ -7,7 +7,8 @@
   ``(N_total_steps, C)`` float32 tensor; ``store.batch(rows)`` gives the official batch dict
   with one gather.
 * :mod:`~fastbci.data.plan`: the official batch plans (docs/recipe.md section 2),
-  :func:`train_batch_plan` and :func:`val_batch_plan` -> :class:`BatchPlan`.
+  :func:`train_batch_plan` -> :class:`TrainBatchPlan` (drawn a chunk at a time) and
+  :func:`val_batch_plan` -> :class:`BatchPlan`.
 * :mod:`~fastbci.data.phonemes`: :data:`PHONEMES` (41 classes, 0 = ``"BLANK"``, 40 = ``" | "``).
 
 Typical use (what the trainer does)::
@@ -24,14 +25,14 @@ Typical use (what the trainer does)::
 """
 from .phonemes import (BLANK_ID, N_CLASSES, PHONEME_TO_ID, PHONEMES, SILENCE, SILENCE_ID,
                        ids_to_phonemes, phonemes_to_ids)
-from .plan import BatchPlan, train_batch_plan, val_batch_plan
+from .plan import BatchPlan, TrainBatchPlan, train_batch_plan, val_batch_plan
 from .t15 import (PAD_LEN, SPLIT_FILES, SPLITS, BadTrial, DataError, DataWarning, Trial, TrialMeta,
                   read_session_file, session_file, session_paths, trial_name, write_session_file)
 
 __all__ = [
     "PHONEMES", "PHONEME_TO_ID", "N_CLASSES", "BLANK_ID", "SILENCE_ID", "SILENCE",
     "phonemes_to_ids", "ids_to_phonemes",
-    "BatchPlan", "train_batch_plan", "val_batch_plan",
+    "BatchPlan", "TrainBatchPlan", "train_batch_plan", "val_batch_plan",
     "TrialStore", "SessionSource",
     "DataError", "DataWarning", "BadTrial", "Trial", "TrialMeta", "PAD_LEN", "SPLITS", "SPLIT_FILES",
     "session_paths", "session_file", "read_session_file", "write_session_file", "trial_name",
