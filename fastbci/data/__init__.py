@@ -2,7 +2,8 @@
 
 * :mod:`~fastbci.data.t15`: read / write / validate session files (docs/recipe.md section 1):
   :func:`session_paths`, :func:`read_session_file`, :func:`write_session_file`,
-  :class:`DataError`, :class:`BadTrial`.
+  :class:`DataError`, :class:`BadTrial` (the paths and errors live in
+  :mod:`~fastbci.data.files`, the length rule of the model in :mod:`~fastbci.data.lengths`).
 * :mod:`~fastbci.data.store`: :class:`TrialStore`, a whole split packed in one
   ``(N_total_steps, C)`` float32 tensor; ``store.batch(rows)`` gives the official batch dict
   with one gather.
@@ -16,7 +17,8 @@ Typical use (what the trainer does)::
     store = TrialStore.from_config(cfg, "train", device="cuda")
     plan = train_batch_plan(store.trials_by_day, cfg["num_training_batches"],
                             cfg["dataset"]["batch_size"], cfg["dataset"]["days_per_batch"],
-                            cfg["dataset"]["seed"], cfg["dataset"]["must_include_days"])
+                            cfg["dataset"]["seed"], cfg["dataset"]["must_include_days"],
+                            day_names=session_labels(store.sessions, store.files))
     batch = store.batch(plan[k])          # official keys, on the store's device
 
     val = TrialStore.from_config(cfg, "val", device="cuda")
@@ -25,6 +27,7 @@ Typical use (what the trainer does)::
 """
 from .phonemes import (BLANK_ID, N_CLASSES, PHONEME_TO_ID, PHONEMES, SILENCE, SILENCE_ID,
                        ids_to_phonemes, phonemes_to_ids)
+from .files import session_labels
 from .plan import BatchPlan, TrainBatchPlan, train_batch_plan, val_batch_plan
 from .t15 import (PAD_LEN, SPLIT_FILES, SPLITS, BadTrial, DataError, DataWarning, Trial, TrialMeta,
                   read_session_file, session_file, session_paths, trial_name, write_session_file)
@@ -35,7 +38,8 @@ __all__ = [
     "BatchPlan", "TrainBatchPlan", "train_batch_plan", "val_batch_plan",
     "TrialStore", "SessionSource",
     "DataError", "DataWarning", "BadTrial", "Trial", "TrialMeta", "PAD_LEN", "SPLITS", "SPLIT_FILES",
-    "session_paths", "session_file", "read_session_file", "write_session_file", "trial_name",
+    "session_paths", "session_file", "session_labels", "read_session_file", "write_session_file",
+    "trial_name",
 ]
 
 
