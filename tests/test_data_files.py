@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from fastbci.config import load_config
-from fastbci.data import (DataError, Trial, TrialStore, session_labels, train_batch_plan,
-                          write_session_file)
+from fastbci.data import DataError, Trial, TrialStore, train_batch_plan, write_session_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,6 +82,7 @@ def test_the_dataset_dir_that_is_a_file_is_named(afile):
 
 # -- 10. a valid file with no trial -------------------------------------------------------------
 def test_a_session_with_an_empty_train_file_is_named_with_its_file(tmp_path):
+    from fastbci.data import session_labels
     _release(tmp_path, empty_session=SESSIONS[1])
     store = TrialStore.from_config(_cfg(tmp_path), "train", progress=False)
     assert [len(t) for t in store.trials_by_day] == [3, 0]

@@ -17,7 +17,6 @@ from fastbci import checkpoint as ckpt_io
 from fastbci import evaluate
 from fastbci.config import ConfigError, load_config
 from fastbci.doctor import main as doctor_main
-from fastbci.fileio import file_kind, path_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,6 +33,7 @@ def odd_paths(tmp_path):
 
 
 def test_path_problem_says_what_a_path_is(odd_paths, monkeypatch):
+    from fastbci.fileio import path_problem
     t = odd_paths
     assert path_problem(t / "afile") is None and path_problem(t / "adir", "dir") is None
     assert path_problem(t / "adir") == "is a directory, not a file"
@@ -58,6 +58,7 @@ def test_path_problem_says_what_a_path_is(odd_paths, monkeypatch):
 
 
 def test_file_kind_from_the_first_bytes(tmp_path):
+    from fastbci.fileio import file_kind
     cases = {"empty": b"", "text": "élan: 1\n".encode(), "zip": b"PK\x03\x04rest",
              "pickle": b"\x80\x04\x95rest", "bin": bytes(range(256)),
              "h5": b"\x89HDF\r\n\x1a\n" + bytes(8)}
