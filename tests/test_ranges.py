@@ -83,7 +83,10 @@ def _list_value(key: str, bad):
 def _bad_values(key: str) -> list:
     """Values of the right type just outside ``key``'s range (below and above where bounded)."""
     r = ranges.RANGES[key]
-    integer = r.index or config._is_int_spec(config._schema()[key])
+    spec = config._schema()[key]
+    while isinstance(spec, tuple) and spec[0] in ("list", "optional"):
+        spec = spec[1]
+    integer = r.index or spec == "int"
     out = []
     if r.values is not None:
         out.append(0.5)
