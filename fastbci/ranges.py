@@ -90,10 +90,6 @@ def _nonneg(meaning: str) -> Range:
     return Range(0, None, meaning)
 
 
-def _std(meaning: str) -> Range:
-    return Range(0, None, meaning)
-
-
 _DROPOUT = "dropout probability (1 would drop everything)"
 _STEPS = "scheduler steps (0: none)"
 
@@ -141,12 +137,12 @@ RANGES: dict[str, Range] = {
     "batches_per_save": _nonneg("official key, read by neither the official trainer nor "
                                 "fastbci (see fastbci.checkpoint_every)"),
     # augmentation
-    "dataset.data_transforms.white_noise_std": _std("white-noise standard deviation"),
-    "dataset.data_transforms.constant_offset_std": _std("constant-offset standard deviation"),
-    "dataset.data_transforms.random_walk_std": _std("random-walk standard deviation (0: off)"),
+    "dataset.data_transforms.white_noise_std": _nonneg("white-noise standard deviation"),
+    "dataset.data_transforms.constant_offset_std": _nonneg("constant-offset standard deviation"),
+    "dataset.data_transforms.random_walk_std": _nonneg("random-walk standard deviation (0: off)"),
     "dataset.data_transforms.random_walk_axis": Range(-3, 2, "axis of the (batch, time, "
                                                              "feature) batch the walk runs along"),
-    "dataset.data_transforms.static_gain_std": _std("static-gain standard deviation (0: off)"),
+    "dataset.data_transforms.static_gain_std": _nonneg("static-gain standard deviation (0: off)"),
     "dataset.data_transforms.random_cut": _nonneg("up to random_cut - 1 leading time steps cut "
                                                   "from each training batch (0, 1: no cut)"),
     "dataset.data_transforms.smooth_kernel_size": _count("support of the Gaussian smoothing "

@@ -178,49 +178,48 @@ class _Drawer:
 
     def __init__(self, days_arr: list[np.ndarray], batch_size: int, days_per_batch: int,
                  must: list[int]):
-        self.days_arr = days_arr
-        self.sizes = [a.size for a in days_arr]
+        self.n_days = len(days_arr)
+        self.sizes = np.asarray([a.size for a in days_arr], dtype=np.int64)
+        self.first = np.concatenate(([0], np.cumsum(self.sizes)[:-1])).astype(np.int64)
+        big = any(a.size and int(a.max()) >= 2 ** 31 for a in days_arr)
+        self.flat = np.concatenate(days_arr).astype(np.int64 if big else np.int32)
         self.days_per_batch = days_per_batch
         self.n_per_day = math.ceil(batch_size / days_per_batch)
         self.extra = self.n_per_day * days_per_batch - batch_size
         self.must = np.asarray(must, dtype=np.int64)
         self.others = np.asarray([d for d in range(len(days_arr)) if d not in must], dtype=np.int64)
         self.n_rest = days_per_batch - len(must)
-        big = any(a.size and int(a.max()) >= 2 ** 31 for a in days_arr)
-        self.dtype = np.int64 if big else np.int32
+
+    def _days(self, permutation) -> np.ndarray:
+        if self.must.size:
+            # np.random.choice(others, size=n_rest, replace=False) == others[permutation(len)[:n_rest]]
+            return np.concatenate((self.must, self.others[permutation(self.others.size)[:self.n_rest]]))
+        return permutation(self.n_days)[:self.days_per_batch]
 
     def draw(self, rng: np.random.RandomState, n: int) -> BatchPlan:
-        """The next ``n`` batches of ``rng``'s stream."""
+        """The next ``n`` batches of ``rng``'s stream. Per batch: the days, then one
+        ``randint`` with a row of ``n_per_day`` draws per day (the official per-day
+        ``np.random.choice(..., replace=True)`` calls, day after day, consume the generator
+        identically), then the drops; the rows are gathered once for all ``n`` batches."""
         permutation, randint = rng.permutation, rng.randint
-        days_arr, sizes, n_per_day, dpb = self.days_arr, self.sizes, self.n_per_day, self.days_per_batch
-        rows = np.empty(n * n_per_day * dpb, dtype=self.dtype)
+        npd, dpb, sizes = self.n_per_day, self.days_per_batch, self.sizes
         days_out = np.empty((n, dpb), dtype=np.int64)
-        counts_out = np.full((n, dpb), n_per_day, dtype=np.int64)
-        starts = np.zeros(n + 1, dtype=np.int64)
-        pos = 0
+        picks = np.empty((n, dpb, npd), dtype=np.int64)
+        counts = np.full((n, dpb), npd, dtype=np.int64)
         for k in range(n):
-            if self.must.size:
-                # np.random.choice(others, size=n_rest, replace=False) == others[permutation(len)[:n_rest]]
-                days = np.concatenate((self.must, self.others[permutation(self.others.size)[:self.n_rest]]))
-            else:
-                days = permutation(len(days_arr))[:dpb]
+            days = self._days(permutation)
             days_out[k] = days
-            if self.extra <= 0:
-                for d in days:
-                    rows[pos:pos + n_per_day] = days_arr[d][randint(0, sizes[d], size=n_per_day)]
-                    pos += n_per_day
-            else:
-                parts = [days_arr[d][randint(0, sizes[d], size=n_per_day)] for d in days]
-                lens = counts_out[k]
-                for _ in range(self.extra):
-                    j = randint(0, dpb)  # np.random.choice(days) picks days[j]
-                    if lens[j] > 0:
-                        lens[j] -= 1
-                for p, m in zip(parts, lens):
-                    rows[pos:pos + m] = p[:m]
-                    pos += m
-            starts[k + 1] = pos
-        return BatchPlan(rows[:pos], starts, days_out, counts_out, "train")
+            picks[k] = randint(0, sizes[days][:, None], size=(dpb, npd))
+            for _ in range(self.extra):
+                j = randint(0, dpb)  # np.random.choice(days) picks days[j]
+                if counts[k, j] > 0:
+                    counts[k, j] -= 1
+        rows = self.flat[self.first[days_out][:, :, None] + picks]
+        if self.extra > 0:  # the last trials of the days that lost some
+            rows = rows[np.arange(npd) < counts[:, :, None]]
+        starts = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts.sum(axis=1), out=starts[1:])
+        return BatchPlan(rows.reshape(-1), starts, days_out, counts, "train")
 
 
 #: batches drawn and held together by a :class:`TrainBatchPlan`
