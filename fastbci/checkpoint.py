@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from fastbci.errors import CheckpointError
-from fastbci.fileio import atomic_path
+from fastbci.fileio import atomic_path, file_kind, path_problem
 
 __all__ = ["CheckpointError", "RESUME_NAME", "BEST_NAME", "load", "atomic_save", "build_checkpoint",
            "capture_rng_state", "restore_rng_state", "resume_state_of", "find_resume_checkpoint"]
@@ -48,8 +48,6 @@ BEST_NAME = "best_checkpoint"
 FORMAT_VERSION = 1
 CHECKSUM_KEY = "fastbci_checksum"
 CHECKSUM_ALGORITHM = "blake2b-128"
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,12 +166,31 @@ def _safe_globals() -> list:
     return allowed
 
 
+def _reason(error: BaseException) -> str:
+    """torch's reason for refusing a file in a few words, without its advice to load it
+    unsafely."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        tail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        return f"the safe unpickler refuses it: {' '.join(tail.split())[:200]}"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    if not first or "Weights only load failed" in first:
+        return type(error).__name__
+    return f"{type(error).__name__}: {first.split('. ')[0][:200]}"
+
+
 def _read(path: Path, map_location, trust: bool):
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+            # torch's notes on unusual pickle protocols: the outcome is reported below
+            warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
         error = e
+    kind = file_kind(path)
+    if kind not in ("a zip archive", "a pickle"):
+        raise CheckpointError(f"{path} is not a checkpoint: it is {kind}, not a file written by "
+                              "torch.save") from None
     try:
         allowed = {f"{g.__module__}.{g.__qualname__}" for g in _safe_globals()}
         unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
@@ -181,9 +198,9 @@ def _read(path: Path, map_location, trust: bool):
     except Exception:  # noqa: BLE001 - not a readable torch file at all
         unsafe = []
     if not unsafe:
-        text = str(error).splitlines()[0] if str(error) else repr(error)
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: "
-                              f"{text[:300]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {kind} that torch.load cannot "
+                              f"read, damaged or not written by torch.save ({_reason(error)})"
+                              f"{_others_hint(path)}") from None
     held = ", ".join(unsafe[:8])
     if not trust:
         raise CheckpointError(
@@ -198,14 +215,31 @@ def _read(path: Path, map_location, trust: bool):
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
 
 
+def _others_hint(path: Path) -> str:
+    """``; other checkpoints of this run: ...`` (existing checkpoint files in ``path``'s
+    folder, ``path`` itself left out), or what to do when there is none."""
+    folder = path.parent
+    names = {RESUME_NAME, BEST_NAME}
+    try:
+        found = sorted(p for p in folder.iterdir() if p.name != path.name and p.is_file() and (
+            p.name in names or p.name.startswith(("checkpoint_batch_", "final_checkpoint_batch_"))))
+    except OSError:
+        found = []
+    if not found:
+        return f"; {folder} holds no other checkpoint"
+    return f"; other checkpoints in {folder}: {', '.join(p.name for p in found[:6])}"
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
          trust: bool = False) -> dict:
     """Read a checkpoint file (fastbci's or the official one) without running code from it
     (``trust``: allow full unpickling, with a warning), verify its checksum when it has one,
-    and give a clear error when any of that fails."""
+    and give a clear error when any of that fails: the path missing, a directory, unreadable,
+    not a torch file, damaged, or holding code."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    problem = path_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} {problem}")
     ckpt = _read(path, map_location, trust)
     if isinstance(ckpt, Mapping) and "model_state_dict" in ckpt:
         stored = ckpt.get(CHECKSUM_KEY)
@@ -213,8 +247,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
                 and stored.get("digest") != checksum(ckpt):
             raise CheckpointError(
                 f"{path} is corrupt: its contents do not match the checksum stored when it was "
-                "written (a damaged disk or an incomplete copy); use another checkpoint, e.g. "
-                f"{RESUME_NAME} or {BEST_NAME} of the same run")
+                "written (a damaged disk or an incomplete copy); use another checkpoint"
+                f"{_others_hint(path)}")
         return dict(ckpt)
     if isinstance(ckpt, Mapping) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         # a bare state dict

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import math
 import functools
 import os
 from importlib import resources
@@ -22,6 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from fastbci import ranges
 from fastbci.errors import ConfigError
 
 __all__ = ["ConfigError", "load_config", "from_mapping", "defaults", "official", "merge", "validate",
@@ -288,90 +288,71 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def validate(cfg: dict) -> dict:
-    """Cross-key checks that a single value's type cannot express."""
-    ds = cfg["dataset"]
-    n_days = len(ds["sessions"])
-    if n_days == 0:
-        raise ConfigError("dataset.sessions is empty: name at least one session folder")
-    if len(ds["dataset_probability_val"]) != n_days:
-        raise ConfigError(
-            f"dataset.dataset_probability_val has {len(ds['dataset_probability_val'])} entries but "
-            f"dataset.sessions has {n_days}: give one 0/1 per session")
-    if ds["batch_size"] <= 0:
-        raise ConfigError(f"dataset.batch_size must be positive, got {ds['batch_size']}")
-    if not 1 <= ds["days_per_batch"] <= n_days:
-        raise ConfigError(f"dataset.days_per_batch must be in [1, {n_days}] (the number of sessions), "
-                          f"got {ds['days_per_batch']}")
-    for d in ds["must_include_days"] or []:
-        if not -n_days <= d < n_days:  # negative: counted from the end, as officially
-            raise ConfigError(f"dataset.must_include_days: day {d} is not a session index "
-                              f"({-n_days}..{n_days - 1}; negative counts from the end)")
-    if len(ds["must_include_days"] or []) > ds["days_per_batch"]:
-        raise ConfigError("dataset.must_include_days names more days than dataset.days_per_batch")
-    m = cfg["model"]
-    if m["patch_size"] < 0 or m["patch_stride"] < 0 or (m["patch_size"] > 0 and m["patch_stride"] == 0):
-        raise ConfigError("model.patch_size / model.patch_stride must be >= 0, and the stride > 0 "
-                          "when patching is on")
-    if m["n_input_features"] != ds["neural_dim"]:
-        raise ConfigError(f"model.n_input_features ({m['n_input_features']}) differs from "
-                          f"dataset.neural_dim ({ds['neural_dim']})")
-    t = ds["data_transforms"]
-    for k in ("white_noise_std", "constant_offset_std", "random_walk_std", "static_gain_std",
-              "smooth_kernel_std"):
-        if t[k] < 0:
-            raise ConfigError(f"dataset.data_transforms.{k} must be >= 0, got {t[k]}")
-    if t["random_cut"] < 0:
-        raise ConfigError(f"dataset.data_transforms.random_cut must be >= 0, got {t['random_cut']}")
-    if t["smooth_data"] and t["smooth_kernel_size"] < 1:
-        raise ConfigError("dataset.data_transforms.smooth_kernel_size must be >= 1")
-    if cfg["num_training_batches"] < 1:
-        raise ConfigError("num_training_batches must be >= 1")
-    for k in ("model.rnn_dropout", "model.input_network.input_layer_dropout"):
-        if not 0.0 <= _get(cfg, k) < 1.0:
-            raise ConfigError(f"{k} must be in [0, 1), got {_get(cfg, k)}")
-    _check_optimiser(cfg)
+    """Every numeric key against its range, then the rules over several keys (both from
+    :mod:`fastbci.ranges`, the one table docs/configuration.md shows); the first violation is
+    a :class:`ConfigError` naming the key, the value and what is allowed."""
+    schema = _schema()
+    for key, rng in ranges.RANGES.items():
+        value = _get(cfg, key)
+        if rng.each:
+            for i, v in enumerate(value or []):
+                _check_range(f"{key}[{i}]", v, rng, schema[key])
+        else:
+            _check_range(key, value, rng, schema[key])
+    for rule in ranges.RULES:
+        message = rule.check(cfg)
+        if message is not None:
+            raise ConfigError(message)
     return cfg
 
 
-#: optimiser keys and the ranges AdamW and the schedule accept: (low, high, high included)
-_RANGES = {
-    "lr_max": (0.0, math.inf, False), "lr_min": (0.0, math.inf, False),
-    "lr_max_day": (0.0, math.inf, False), "lr_min_day": (0.0, math.inf, False),
-    "beta0": (0.0, 1.0, False), "beta1": (0.0, 1.0, False),
-    "epsilon": (0.0, math.inf, False), "weight_decay": (0.0, math.inf, False),
-    "weight_decay_day": (0.0, math.inf, False), "grad_norm_clip_value": (0.0, math.inf, False),
-    "lr_warmup_steps": (0, math.inf, False), "lr_warmup_steps_day": (0, math.inf, False),
-    "lr_decay_steps": (0, math.inf, False), "lr_decay_steps_day": (0, math.inf, False),
-    "fastbci.collapse_blank_fraction": (0.0, 1.0, True),
-}
+def _is_int_spec(spec) -> bool:
+    while isinstance(spec, tuple) and spec[0] in ("list", "optional"):
+        spec = spec[1]
+    return spec == "int"
 
 
-def _check_optimiser(cfg: Mapping) -> None:
-    """The values AdamW, the schedule or the watch would reject, named with their range."""
-    for key, (lo, hi, hi_in) in _RANGES.items():
-        v = _get(cfg, key)
-        if not (lo <= v and (v <= hi if hi_in else v < hi)) or v != v:
-            upper = "" if hi == math.inf else (f", {hi}]" if hi_in else f", {hi})")
-            allowed = f">= {lo}" if not upper else f"in [{lo}{upper}"
-            raise ConfigError(f"config key '{key}': {v!r} is out of range (must be {allowed})")
-    for key in ("lr_max", "lr_max_day"):
-        if cfg[key] <= 0:
-            raise ConfigError(f"config key '{key}': {cfg[key]!r} is out of range (must be > 0: "
-                              "the schedule scales from it)")
-    if cfg["lr_min"] > cfg["lr_max"] or cfg["lr_min_day"] > cfg["lr_max_day"]:
-        raise ConfigError(f"lr_min ({cfg['lr_min']}) / lr_min_day ({cfg['lr_min_day']}) must not "
-                          f"exceed lr_max ({cfg['lr_max']}) / lr_max_day ({cfg['lr_max_day']})")
+def _check_range(key: str, value: Any, rng: "ranges.Range", spec) -> None:
+    """``value`` of ``key`` inside ``rng`` (integers also within int64), or a ConfigError."""
+    if (rng.lo, rng.hi, rng.values) == (None, None, None):
+        return  # only a rule over several keys bounds it
+    if rng.index:
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}': {value!r} is not an integer index "
+                              f"(allowed: {rng.allowed()}; {rng.meaning})") from None
+    big = (rng.index or _is_int_spec(spec)) and not -ranges.INT64_MAX - 1 <= value <= ranges.INT64_MAX
+    if big or not rng.contains(value):
+        limit = (f"; integers are at most 2**63 - 1 = {ranges.INT64_MAX}"
+                 if big and rng.hi is None else "")
+        raise ConfigError(f"config key '{key}': {value!r} is out of range "
+                          f"(allowed: {rng.allowed()}; {rng.meaning}{limit})")
 
 
 def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
     """The content of a YAML file (None for an empty one), or a :class:`ConfigError` naming
-    ``what`` and the path when it is missing or not valid YAML."""
+    ``what``, the path and the problem: missing, a directory, unreadable, not UTF-8 text, not
+    valid YAML."""
+    from fastbci.fileio import path_problem
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}")
+    problem = path_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{what} {path} {problem}")
     try:
-        with open(path) as f:
-            return yaml.safe_load(f)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be read: {os.strerror(e.errno) if e.errno else e}") \
+            from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at line "
+                          f"{line}, offset {e.start}): is it a YAML file? YAML is read as UTF-8; "
+                          "save it with that encoding") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
 

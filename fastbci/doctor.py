@@ -12,7 +12,10 @@ the official value, a severity and the known impact, most severe first:
 * ``info``: bookkeeping (paths, logging, seeds, hardware) with no expected effect on accuracy.
 
 Exit status: 1 when a severe finding is present, 0 otherwise, 2 for a configuration error.
-``--keys`` lists every known key. ``assess(cfg)`` gives the findings to other tools (the trainer
+``--keys`` lists every known key. ``--env`` checks this torch instead of a configuration
+(:mod:`fastbci.envcheck`): exit 1 when ``torch.compile`` computes the official model's
+day-layer gradients wrongly, 0 when it does not, 2 when the check cannot run.
+``assess(cfg)`` gives the findings to other tools (the trainer
 uses it to explain an all-blank collapse).
 """
 from __future__ import annotations
@@ -259,16 +262,34 @@ def format_findings(findings: Sequence[Finding]) -> str:
     return "\n".join(lines)
 
 
+def _env(backend: str) -> int:
+    from fastbci import envcheck
+    result = envcheck.probe(backend=backend)
+    print("fastbci doctor --env: " + envcheck.report(result))
+    return EXIT_SEVERE if result.affected else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fastbci.doctor",
         description="Compare a configuration with the official Brain-to-Text '25 baseline recipe "
                     "and report the known risks of every difference. Exit status: 1 if a severe "
-                    "risk is found, 0 otherwise, 2 for a configuration error.")
+                    "risk is found, 0 otherwise, 2 for a configuration error. --env checks this "
+                    "torch's torch.compile instead (1: affected, 0: not).")
     parser.add_argument("config", nargs="?", help="YAML configuration file")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr_max=0.002")
     parser.add_argument("--keys", action="store_true", help="list every known key and exit")
+    parser.add_argument("--env", action="store_true",
+                        help="check this torch instead of a configuration: compile the official "
+                             "model's patching and compare its gradients with eager ones; exit "
+                             "1 if this torch computes them wrongly, 0 if not")
+    parser.add_argument("--backend", default="inductor",
+                        help="with --env: the torch.compile backend (default inductor, what "
+                             "torch.compile uses; aot_eager checks AOTAutograd alone, faster)")
     args = parser.parse_args(argv)
+
+    if args.env:
+        return run_command(lambda: _env(args.backend), prog="fastbci.doctor")
 
     if args.keys:
         off, dflt = official(), defaults()

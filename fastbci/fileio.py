@@ -1,7 +1,13 @@
 """Writing files so that nothing is lost: every file fastbci rewrites goes to a temporary file
 in the same folder, is flushed to disk (fsync), renamed over the old one and the folder is
 synced, so a kill or a full disk at any moment leaves either the old file or the new one.
-A full disk (or a quota) is a :class:`StorageError` that names the device and the file."""
+A full disk (or a quota) is a :class:`StorageError` that names the device and the file.
+
+Reading: :func:`path_problem` says what stops a path from being read as a file or a folder
+(missing, a directory, a symbolic-link loop, unreadable...) and :func:`file_kind` what a file
+holds (empty, text, HDF5, a zip archive, a pickle...), so that the configuration, the data and
+the checkpoint loaders all say what a bad path is.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +15,7 @@ import errno
 import json
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -167,3 +174,82 @@ def json_safe(obj: Any) -> Any:
 def dumps(obj: Any, **kw) -> str:
     """Standard JSON (non-finite floats written as null)."""
     return json.dumps(json_safe(obj), allow_nan=False, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a path is
+# ---------------------------------------------------------------------------------------------
+def _missing(p: Path) -> str:
+    if os.path.islink(p):
+        return f"is a broken symbolic link (to {os.readlink(p)}, which does not exist)"
+    if not p.parent.exists():
+        return f"not found (its folder {p.parent} does not exist either)"
+    return "not found"
+
+
+def path_problem(path: str | os.PathLike, want: str = "file") -> str | None:
+    """None when ``path`` can be read as ``want`` (``"file"``: a regular file, or a link to one,
+    that this process may open; ``"dir"``: a folder it may list), else what it is instead, as
+    words that follow the path in a message: ``not found``, ``is a directory, not a file``,
+    ``is a symbolic link loop``, ``cannot be read (permission denied)``..."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        return _missing(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symbolic link loop (a link that leads back to itself)"
+        if e.errno == errno.ENOTDIR:
+            return "not found (a folder of its path is a file)"
+        if e.errno == errno.EACCES:
+            return "cannot be reached (permission denied on a folder of its path)"
+        return f"cannot be examined ({os.strerror(e.errno) if e.errno else e})"
+    if want == "dir":
+        if not stat.S_ISDIR(st.st_mode):
+            return "is a file, not a folder" if stat.S_ISREG(st.st_mode) else "is not a folder"
+        try:
+            os.scandir(p).close()
+        except PermissionError:
+            return "cannot be read (permission denied)"
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a device, socket or pipe)"
+    try:
+        with open(p, "rb"):
+            pass
+    except PermissionError:
+        return "cannot be read (permission denied)"
+    except OSError as e:
+        return f"cannot be opened ({os.strerror(e.errno) if e.errno else e})"
+    return None
+
+
+_MAGIC = ((b"\x89HDF\r\n\x1a\n", "an HDF5 file"), (b"PK\x03\x04", "a zip archive"),
+          (b"\x1f\x8b", "gzip-compressed data"))
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """What a readable file holds, from its first bytes, for messages: ``empty (0 bytes)``,
+    ``an HDF5 file``, ``a zip archive`` (what ``torch.save`` writes), ``a pickle``, ``text
+    ("first line...")`` or ``binary data``."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "empty (0 bytes)"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
+        return "a pickle"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # a character cut by the 512-byte window is not a decoding error
+        text = head[:e.start].decode("utf-8") if len(head) == 512 and e.start >= 509 else None
+    if text is not None and "\x00" not in text:
+        first = text.strip().splitlines()[0][:60] if text.strip() else ""
+        return f"text ({first!r})" if first else "blank text"
+    return "binary data"

@@ -125,7 +125,7 @@ def test_unknown_key_in_file(tmp_path):
 
 
 def test_missing_and_invalid_files(tmp_path):
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match="nope.yaml not found"):
         load_config(tmp_path / "nope.yaml")
     p = tmp_path / "bad.yaml"
     p.write_text("a: [1, 2\n")
@@ -137,9 +137,9 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("dataset.dataset_probability_val=[1]", "dataset_probability_val has 1"),
+    ("dataset.dataset_probability_val=[1]", "dataset_probability_val' has 1 entries"),
     ("dataset.days_per_batch=0", "days_per_batch"),
-    ("dataset.must_include_days=[50]", "not a session index"),
+    ("dataset.must_include_days=[50]", r"'dataset.must_include_days\[0\]': 50 is out of range"),
     ("model.n_input_features=256", "differs from"),
     ("dataset.data_transforms.white_noise_std=-1", ">= 0"),
     ("model.rnn_dropout=1.5", r"\[0, 1\)"),

@@ -91,7 +91,7 @@ def test_session_paths(tmp_path):
     assert e.value.session == "t15.missing"
     with pytest.raises(DataError, match="listed twice"):
         session_paths(_cfg(tmp_path, ["t15.a", "t15.a"]), "train")
-    with pytest.raises(DataError, match="not a directory"):
+    with pytest.raises(DataError, match=r"dataset.dataset_dir .*nope. not found"):
         session_paths(_cfg(tmp_path / "nope", ["t15.a"]), "train")
     with pytest.raises(ValueError, match="split"):
         session_paths(cfg, "validation")

@@ -158,7 +158,8 @@ def test_corrupt_file_is_fatal_under_both_policies(tmp_path):
     path = tmp_path / SESSIONS[0] / "data_train.hdf5"
     path.write_bytes(b"this is not an HDF5 file" * 10)
     for policy in ("fail", "skip"):
-        with pytest.raises(DataError, match=r"cannot open .*data_train\.hdf5.*corrupt") as e:
+        with pytest.raises(DataError,
+                           match=r"cannot open .*data_train\.hdf5.*not an HDF5 file but text") as e:
             TrialStore.from_config(_cfg(tmp_path, policy), "train", progress=False)
         assert e.value.session == SESSIONS[0]
 
@@ -240,3 +241,51 @@ def test_the_random_cut_counts_for_train_only(tmp_path):
     assert TrialStore.from_config(_cfg(tmp_path), "val", progress=False).n_trials == 4
     with pytest.raises(DataError, match="after a random cut of up to 2 steps"):
         TrialStore.from_config(_cfg(tmp_path), "train", progress=False)
+
+
+# -- a trial too short only because of the random cut names the cut (fastbci.data.lengths) --------
+def _meta(T, ids=None):
+    from fastbci.data import TrialMeta
+    seq = None if ids is None else np.asarray(list(ids) + [0] * (500 - len(ids)), np.int32)
+    return TrialMeta(index=0, n_time_steps=T, width=WIDTH, block_num=1, trial_num=0, session="s",
+                     seq_class_ids=seq, seq_len=None if ids is None else len(ids))
+
+
+@pytest.mark.parametrize("patch,max_cut,T,ids,blame,largest", [
+    ((14, 4), 99_999, 80, None, "random_cut", 67),          # the issue's random_cut=100000
+    ((14, 4), 2, 23, [5, 6, 7], "random_cut", 2),           # CTC frames lost to the cut
+    ((0, 0), 4, 5, [5, 6, 7], "random_cut", 3),             # no patching
+    ((14, 4), 2, 10, None, "model.patch_size", None),       # too short even uncut
+    ((14, 4), 2, 30, [5, 6, 7, 8, 9, 10], "too short for CTC", None),
+])
+def test_the_length_rule_blames_the_key_to_change(patch, max_cut, T, ids, blame, largest):
+    from fastbci.data.lengths import trial_length_rule
+    reason = trial_length_rule(*patch, max_cut)(_meta(T, ids))
+    assert reason is not None and blame in reason, reason
+    if largest is not None:
+        assert "model.patch_size" not in reason
+        assert f"dataset.data_transforms.random_cut = {max_cut + 1}" in reason, reason
+        assert reason.endswith(f"set dataset.data_transforms.random_cut to at most {largest} to "
+                               "keep this trial"), reason
+        assert trial_length_rule(*patch, largest - 1)(_meta(T, ids)) is None  # it does keep it
+        assert trial_length_rule(*patch, largest)(_meta(T, ids)) is not None
+    else:
+        assert "random_cut" not in reason
+
+
+def test_a_huge_random_cut_is_named_at_load(tmp_path):
+    """random_cut=100000 through the loader (TrialStore.from_sources with the length rule of
+    the configuration): the error names the cut, the session, the file and the trial."""
+    from fastbci.data.lengths import length_rule_of
+    from fastbci.data.store import SessionSource
+    _write_release(tmp_path)
+    cfg = _cfg(tmp_path)
+    cfg["dataset"]["data_transforms"]["random_cut"] = 100_000
+    sources = [SessionSource(d, s, tmp_path / s / "data_train.hdf5") for d, s in enumerate(SESSIONS)]
+    with pytest.raises(DataError) as e:
+        TrialStore.from_sources(sources, "train", neural_dim=WIDTH,
+                                length_rule=length_rule_of(cfg, "train"))
+    msg = str(e.value)
+    assert SESSIONS[0] in msg and "data_train.hdf5" in msg and "trial_0000" in msg, msg
+    assert "dataset.data_transforms.random_cut = 100000" in msg and "model.patch_size" not in msg
+    assert length_rule_of(cfg, "val")(_meta(20)) is None  # validation trials are not cut

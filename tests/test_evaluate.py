@@ -116,11 +116,11 @@ def test_embedded_config_and_bad_inputs(trained, tmp_path, capsys):
     assert s["n_trials"] == 10
 
     assert E.main(["--checkpoint", str(tmp_path / "missing"), "--split", "val"]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert f"checkpoint {tmp_path / 'missing'} not found" in capsys.readouterr().err
     bad = tmp_path / "garbage"
     bad.write_bytes(b"not a checkpoint")
     assert E.main(["--checkpoint", str(bad), "--split", "val"]) == 2
-    assert "cannot read checkpoint" in capsys.readouterr().err
+    assert f"{bad} is not a checkpoint: it is text" in capsys.readouterr().err
     # a checkpoint of another model size: a clear mismatch error
     assert E.main(["--checkpoint", str(lone / "ck"), "--split", "val", "model.n_units=13"]) == 2
     err = capsys.readouterr().err

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..data.plan import BatchPlan, train_batch_plan, val_batch_plan
+from ..data.plan import BatchPlan, TrainBatchPlan, train_batch_plan, val_batch_plan
 from ..data.store import SessionSource, TrialStore
 from ..data.t15 import DataError, open_session_file, trial_name
 
@@ -187,9 +187,9 @@ class BrainToTextDataset(Dataset):
                                      f"(days: {keys[:10]}{'...' if len(keys) > 10 else ''})")
                 must_pos = [pos[d] for d in must_include_days]
             # the official draws use numpy's global generator (seeded above, or as it is when -1)
-            self.plan: BatchPlan = train_batch_plan(self.store.trials_by_day, n_batches, batch_size,
-                                                    days_per_batch, seed=None, must_include_days=must_pos,
-                                                    rng=np.random.mtrand._rand)
+            self.plan: BatchPlan | TrainBatchPlan = train_batch_plan(
+                self.store.trials_by_day, n_batches, batch_size, days_per_batch, seed=None,
+                must_include_days=must_pos, rng=np.random.mtrand._rand)
         else:
             self.plan = val_batch_plan(self.store.trials_by_day, batch_size)
             self.n_batches = len(self.plan)
@@ -200,14 +200,16 @@ class BrainToTextDataset(Dataset):
 
     def _largest_batch(self) -> int:
         """Elements of the plan's largest ``input_features`` (B * T_max * C), 0 for no batch."""
-        plan = self.plan
-        if len(plan) == 0 or len(plan.rows) == 0:
-            return 0
-        starts = np.asarray(plan.starts[:-1], dtype=np.int64)
-        sizes = np.diff(np.asarray(plan.starts, dtype=np.int64))
-        keep = sizes > 0
-        t_max = np.maximum.reduceat(self.store.lengths_np[plan.rows], starts[keep])
-        return int((sizes[keep] * t_max).max()) * self.store.n_features
+        largest = 0
+        for part in self.plan.chunks():  # the train plan is drawn a chunk at a time
+            if len(part) == 0 or len(part.rows) == 0:
+                continue
+            starts = np.asarray(part.starts[:-1], dtype=np.int64)
+            sizes = np.diff(np.asarray(part.starts, dtype=np.int64))
+            keep = sizes > 0
+            t_max = np.maximum.reduceat(self.store.lengths_np[part.rows], starts[keep])
+            largest = max(largest, int((sizes[keep] * t_max).max()))
+        return largest * self.store.n_features
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         """The batch ``idx``: the official dict of padded tensors, its features gathered by the

@@ -2,7 +2,8 @@
 
 * :mod:`~fastbci.data.t15`: read / write / validate session files (docs/recipe.md section 1):
   :func:`session_paths`, :func:`read_session_file`, :func:`write_session_file`,
-  :class:`DataError`, :class:`BadTrial`.
+  :class:`DataError`, :class:`BadTrial` (the paths and errors live in
+  :mod:`~fastbci.data.files`, the length rule of the model in :mod:`~fastbci.data.lengths`).
 * :mod:`~fastbci.data.load`: :func:`load_split` reads a split once into an immutable
   :class:`PackedSplit` (one ``(N_total_steps, C)`` float32 tensor plus host metadata);
 * :mod:`~fastbci.data.store`: :class:`TrialStore`, a split where training reads it (each field
@@ -10,7 +11,8 @@
 * :mod:`~fastbci.data.batch`: :class:`BatchBuilder` -> :class:`Batch`, the augmented device
   batch of the trainer and validation.
 * :mod:`~fastbci.data.plan`: the official batch plans (docs/recipe.md section 2),
-  :func:`train_batch_plan` and :func:`val_batch_plan` -> :class:`BatchPlan`.
+  :func:`train_batch_plan` -> :class:`TrainBatchPlan` (drawn a chunk at a time) and
+  :func:`val_batch_plan` -> :class:`BatchPlan`.
 * :mod:`~fastbci.data.phonemes`: :data:`PHONEMES` (41 classes, 0 = ``"BLANK"``, 40 = ``" | "``).
 
 Typical use (what the trainer does)::
@@ -18,7 +20,8 @@ Typical use (what the trainer does)::
     store = TrialStore.from_config(cfg, "train", device="cuda")
     plan = train_batch_plan(store.trials_by_day, cfg["num_training_batches"],
                             cfg["dataset"]["batch_size"], cfg["dataset"]["days_per_batch"],
-                            cfg["dataset"]["seed"], cfg["dataset"]["must_include_days"])
+                            cfg["dataset"]["seed"], cfg["dataset"]["must_include_days"],
+                            day_names=session_labels(store.sessions, store.files))
     features = store.gather(plan[k])      # (B, T_max, C), zero-padded
 
     val = TrialStore.from_config(cfg, "val", device="cuda")
@@ -27,17 +30,19 @@ Typical use (what the trainer does)::
 """
 from .phonemes import (BLANK_ID, N_CLASSES, PHONEME_TO_ID, PHONEMES, SILENCE, SILENCE_ID,
                        ids_to_phonemes, phonemes_to_ids)
-from .plan import BatchPlan, train_batch_plan, val_batch_plan
+from .files import session_labels
+from .plan import BatchPlan, TrainBatchPlan, train_batch_plan, val_batch_plan
 from .t15 import (PAD_LEN, SPLIT_FILES, SPLITS, BadTrial, DataError, DataWarning, Trial, TrialMeta,
                   read_session_file, session_file, session_paths, trial_name, write_session_file)
 
 __all__ = [
     "PHONEMES", "PHONEME_TO_ID", "N_CLASSES", "BLANK_ID", "SILENCE_ID", "SILENCE",
     "phonemes_to_ids", "ids_to_phonemes",
-    "BatchPlan", "train_batch_plan", "val_batch_plan",
+    "BatchPlan", "TrainBatchPlan", "train_batch_plan", "val_batch_plan",
     "TrialStore", "SessionSource", "PackedSplit", "load_split", "placement",
     "DataError", "DataWarning", "BadTrial", "Trial", "TrialMeta", "PAD_LEN", "SPLITS", "SPLIT_FILES",
-    "session_paths", "session_file", "read_session_file", "write_session_file", "trial_name",
+    "session_paths", "session_file", "session_labels", "read_session_file", "write_session_file",
+    "trial_name",
 ]
 
 

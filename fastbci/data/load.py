@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from .lengths import length_rule_of, trial_length_rule  # noqa: F401  (re-exported)
 from .t15 import (BadTrial, DataError, DataWarning, TrialMeta, _Reporter, check_policy, check_split,
                   open_session_file, read_features, scan_session_file, session_paths)
 
@@ -127,38 +128,6 @@ class PackedSplit:
     @property
     def has_labels(self) -> bool:
         return self.seq_class_ids is not None
-
-
-def trial_length_rule(patch_size: int, patch_stride: int, max_cut: int = 0):
-    """A check that a trial is long enough for the model: one patch of ``patch_size`` steps
-    after the largest random cut (``max_cut`` steps), and, with labels, as many patched frames
-    as CTC needs to emit its phonemes (one per phoneme plus one blank between repeats).
-    Returns ``check(meta) -> reason | None``."""
-    def check(m: TrialMeta) -> str | None:
-        T = int(m.n_time_steps)
-        t_min = T - max_cut
-        after = f" after a random cut of up to {max_cut} steps" if max_cut else ""
-        if t_min < max(patch_size, 1):
-            return (f"n_time_steps {T} leaves {t_min} steps{after}, shorter than one patch of "
-                    f"{max(patch_size, 1)} steps (model.patch_size)")
-        if m.seq_class_ids is None or m.seq_len is None:
-            return None
-        frames = (t_min - patch_size) // patch_stride + 1 if patch_size > 0 else t_min
-        ids = np.asarray(m.seq_class_ids)[:int(m.seq_len)]
-        need = len(ids) + int(np.count_nonzero(ids[1:] == ids[:-1]))
-        if frames < need:
-            return (f"too short for CTC: n_time_steps {T} gives {frames} output frames{after} "
-                    f"for {len(ids)} phonemes, which need {need} (a blank between repeats); "
-                    "its loss would be infinite")
-        return None
-    return check
-
-
-def length_rule_of(cfg: Mapping, split: str):
-    """:func:`trial_length_rule` for a configuration's patching and (train split) random cut."""
-    m = cfg["model"]
-    cut = int(cfg["dataset"]["data_transforms"]["random_cut"]) if split == "train" else 0
-    return trial_length_rule(int(m["patch_size"]), int(m["patch_stride"]), max(cut - 1, 0))
 
 
 def _scan_sources(sources, split: str, width: int | None, *, feature_subset, n_classes: int,

@@ -1,4 +1,4 @@
-"""The official batch plans (docs/recipe.md section 2), drawn once, up front.
+"""The official batch plans (docs/recipe.md section 2).
 
 Train: with numpy's legacy generator seeded with ``dataset.seed``, for every batch in order
 
@@ -20,7 +20,9 @@ of ``batch_size``, one day per batch; ``day_mask`` leaves out days whose
 
 A :class:`BatchPlan` holds store rows (global trial ids of a :class:`~fastbci.data.TrialStore`):
 ``plan[k]`` is the rows of batch ``k`` laid out day by day in drawn order and ``plan.days[k]``
-the days of batch ``k`` in that order.
+the days of batch ``k`` in that order. The train plan is a :class:`TrainBatchPlan` with the same
+interface, drawn :data:`CHUNK` batches at a time as it is read, so that its memory does not grow
+with the number of batches (the official 120,000 or a billion).
 """
 from __future__ import annotations
 
@@ -29,7 +31,10 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["BatchPlan", "train_batch_plan", "val_batch_plan"]
+__all__ = ["BatchPlan", "TrainBatchPlan", "train_batch_plan", "val_batch_plan"]
+
+#: the most batches a plan can index (int64)
+MAX_BATCHES = 2 ** 63 - 1
 
 
 class BatchPlan:
@@ -66,6 +71,10 @@ class BatchPlan:
         """The day of every trial of batch ``k`` (as laid out in ``plan[k]``)."""
         return np.repeat(self.days[k], self.day_counts[k])
 
+    def chunks(self):
+        """The plan as consecutive :class:`BatchPlan` pieces (here: itself, whole)."""
+        yield self
+
     def __repr__(self) -> str:
         return f"BatchPlan({self.split}, {len(self)} batches, {len(self.rows)} trials)"
 
@@ -87,16 +96,20 @@ def _global_rng() -> np.random.RandomState:
 
 
 def _check_train_plan(days_arr: list[np.ndarray], n_batches: int, batch_size: int,
-                      days_per_batch: int, must_include_days) -> list[int]:
+                      days_per_batch: int, must_include_days,
+                      day_names: Sequence[str] | None = None) -> list[int]:
     """The arguments of :func:`train_batch_plan` checked; returns ``must_include_days`` with
     negative days counted from the end."""
     n_days = len(days_arr)
-    if n_batches < 0:
-        raise ValueError(f"n_batches must be >= 0, got {n_batches}")
+    if not 0 <= n_batches <= MAX_BATCHES:
+        raise ValueError(f"n_batches (num_training_batches) must be in 0..{MAX_BATCHES} (int64), "
+                         f"got {n_batches}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if n_days == 0:
         raise ValueError("trials_by_day is empty: no days to draw from")
+    if day_names is not None and len(day_names) != n_days:
+        raise ValueError(f"day_names has {len(day_names)} entries for {n_days} days")
     if not 1 <= days_per_batch <= n_days:
         raise ValueError(f"days_per_batch = {days_per_batch} must be in 1..{n_days} (the number of days)")
     must = [int(d) + n_days if int(d) < 0 else int(d) for d in (must_include_days or [])]
@@ -106,20 +119,26 @@ def _check_train_plan(days_arr: list[np.ndarray], n_batches: int, batch_size: in
     for d in must:
         if not 0 <= d < n_days:
             raise ValueError(f"must_include_days: day {d} does not exist (days 0..{n_days - 1})")
-    # a day that can be drawn must have trials (the official np.random.choice would fail on it)
-    candidates = must + [d for d in range(n_days) if d not in must] if must else list(range(n_days))
-    empty = [d for d in candidates if days_arr[d].size == 0]
+    # a day that can be drawn must have trials (the official np.random.choice would fail on it);
+    # without must_include_days every day can be drawn, with them every day still can
+    empty = [d for d in range(n_days) if days_arr[d].size == 0]
     if empty:
-        raise ValueError(f"day(s) {empty} have no training trials but can be drawn into a batch; "
-                         "remove them from the configuration (or give them trials)")
+        if day_names is None:
+            raise ValueError(f"day(s) {empty} have no training trials but can be drawn into a "
+                             "batch; remove them from the configuration (or give them trials)")
+        listed = "; ".join(str(day_names[d]) for d in empty[:5]) + (" ..." if len(empty) > 5 else "")
+        raise ValueError(f"{len(empty)} session(s) have no training trial but can be drawn into a "
+                         f"batch: {listed}; remove them from dataset.sessions (with their "
+                         "dataset_probability_val entries) or give them trials")
     return must
 
 
 def train_batch_plan(trials_by_day: Sequence[Sequence[int]], n_batches: int, batch_size: int,
                      days_per_batch: int, seed: int | None,
                      must_include_days: Sequence[int] | None = None, *,
-                     rng: np.random.RandomState | None = None) -> BatchPlan:
-    """Draw the official train batch plan (see the module docstring).
+                     rng: np.random.RandomState | None = None,
+                     day_names: Sequence[str] | None = None) -> "TrainBatchPlan":
+    """The official train batch plan (see the module docstring), drawn on demand.
 
     ``trials_by_day[d]``: the rows of day ``d`` (the official list of trial indices of that day;
     rows are drawn from it exactly as the official draws trial indices). ``seed``: the draws use
@@ -129,57 +148,200 @@ def train_batch_plan(trials_by_day: Sequence[Sequence[int]], n_batches: int, bat
     ``random_seed=-1``). ``rng``: draw from this generator instead (the compat dataset passes the
     global one after seeding it, to leave the same global state as the official code).
     Negative ``must_include_days`` count from the end, as in the official dataset.
+    ``day_names``: what to call each day in errors (e.g. ``"session t15.2023.08.11
+    (/data/t15.2023.08.11/data_train.hdf5)"``); default ``day d``.
+
+    The batches are the official ones, but only :data:`CHUNK` of them are held at a time (see
+    :class:`TrainBatchPlan`): memory does not grow with ``n_batches``. Drawing from a shared
+    generator (``seed`` None / -1, or ``rng``) still advances it here, by the whole plan, as
+    the official code does (time proportional to ``n_batches``, memory constant).
     """
     days_arr = _as_day_arrays(trials_by_day)
-    must = _check_train_plan(days_arr, n_batches, batch_size, days_per_batch, must_include_days)
-    n_days = len(days_arr)
-    if rng is None:
-        rng = _global_rng() if seed is None or seed == -1 else np.random.RandomState(seed)
+    must = _check_train_plan(days_arr, n_batches, batch_size, days_per_batch, must_include_days,
+                             day_names)
+    shared = rng if rng is not None else (_global_rng() if seed is None or seed == -1 else None)
+    private = np.random.RandomState(0)
+    if shared is None:
+        private.seed(seed)
+    else:
+        private.set_state(shared.get_state())
+    plan = TrainBatchPlan(_Drawer(days_arr, batch_size, days_per_batch, must), int(n_batches),
+                          private)
+    if shared is not None:
+        plan.advance(shared)
+    return plan
 
-    n_per_day = math.ceil(batch_size / days_per_batch)
-    permutation = rng.permutation
-    randint = rng.randint
-    sizes = [a.size for a in days_arr]
-    use_must = len(must) > 0
-    if use_must:
-        must_arr = np.asarray(must, dtype=np.int64)
-        others = np.asarray([d for d in range(n_days) if d not in must], dtype=np.int64)
-        n_rest = days_per_batch - len(must)
 
-    width = n_per_day * days_per_batch
-    dtype = np.int32 if sum(sizes) and max(int(a.max()) for a in days_arr if a.size) < 2 ** 31 else np.int64
-    rows = np.empty(n_batches * width, dtype=dtype)
-    days_out = np.empty((n_batches, days_per_batch), dtype=np.int64)
-    counts_out = np.full((n_batches, days_per_batch), n_per_day, dtype=np.int64)
-    starts = np.zeros(n_batches + 1, dtype=np.int64)
-    extra0 = width - batch_size
-    pos = 0
-    for k in range(n_batches):
-        if use_must:
+class _Drawer:
+    """Draws consecutive train batches from a generator, consuming it exactly as the official
+    ``np.random.choice`` calls do (module docstring)."""
+
+    def __init__(self, days_arr: list[np.ndarray], batch_size: int, days_per_batch: int,
+                 must: list[int]):
+        self.n_days = len(days_arr)
+        self.sizes = np.asarray([a.size for a in days_arr], dtype=np.int64)
+        self.first = np.concatenate(([0], np.cumsum(self.sizes)[:-1])).astype(np.int64)
+        big = any(a.size and int(a.max()) >= 2 ** 31 for a in days_arr)
+        self.flat = np.concatenate(days_arr).astype(np.int64 if big else np.int32)
+        self.days_per_batch = days_per_batch
+        self.n_per_day = math.ceil(batch_size / days_per_batch)
+        self.extra = self.n_per_day * days_per_batch - batch_size
+        self.must = np.asarray(must, dtype=np.int64)
+        self.others = np.asarray([d for d in range(len(days_arr)) if d not in must], dtype=np.int64)
+        self.n_rest = days_per_batch - len(must)
+
+    def _days(self, permutation) -> np.ndarray:
+        if self.must.size:
             # np.random.choice(others, size=n_rest, replace=False) == others[permutation(len)[:n_rest]]
-            days = np.concatenate((must_arr, others[permutation(others.size)[:n_rest]]))
-        else:
-            days = permutation(n_days)[:days_per_batch]
-        days_out[k] = days
-        if extra0 <= 0:
-            for d in days:
-                rows[pos:pos + n_per_day] = days_arr[d][randint(0, sizes[d], size=n_per_day)]
-                pos += n_per_day
-        else:
-            parts = [days_arr[d][randint(0, sizes[d], size=n_per_day)] for d in days]
-            lens = counts_out[k]
-            for _ in range(extra0):
-                j = randint(0, days_per_batch)  # np.random.choice(days) picks days[j]
-                if lens[j] > 0:
-                    lens[j] -= 1
-            for p, m in zip(parts, lens):
-                rows[pos:pos + m] = p[:m]
-                pos += m
-        starts[k + 1] = pos
-    rows = rows[:pos]
-    all_days = days_out
-    all_counts = counts_out
-    return BatchPlan(rows, starts, all_days, all_counts, "train")
+            return np.concatenate((self.must, self.others[permutation(self.others.size)[:self.n_rest]]))
+        return permutation(self.n_days)[:self.days_per_batch]
+
+    def draw(self, rng: np.random.RandomState, n: int) -> BatchPlan:
+        """The next ``n`` batches of ``rng``'s stream. Per batch: the days, then one
+        ``randint`` with a row of ``n_per_day`` draws per day (the official per-day
+        ``np.random.choice(..., replace=True)`` calls, day after day, consume the generator
+        identically), then the drops; the rows are gathered once for all ``n`` batches."""
+        permutation, randint = rng.permutation, rng.randint
+        npd, dpb, sizes = self.n_per_day, self.days_per_batch, self.sizes
+        days_out = np.empty((n, dpb), dtype=np.int64)
+        picks = np.empty((n, dpb, npd), dtype=np.int64)
+        counts = np.full((n, dpb), npd, dtype=np.int64)
+        for k in range(n):
+            days = self._days(permutation)
+            days_out[k] = days
+            picks[k] = randint(0, sizes[days][:, None], size=(dpb, npd))
+            for _ in range(self.extra):
+                j = randint(0, dpb)  # np.random.choice(days) picks days[j]
+                if counts[k, j] > 0:
+                    counts[k, j] -= 1
+        rows = self.flat[self.first[days_out][:, :, None] + picks]
+        if self.extra > 0:  # the last trials of the days that lost some
+            rows = rows[np.arange(npd) < counts[:, :, None]]
+        starts = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts.sum(axis=1), out=starts[1:])
+        return BatchPlan(rows.reshape(-1), starts, days_out, counts, "train")
+
+
+#: batches drawn and held together by a :class:`TrainBatchPlan`
+CHUNK = 4096
+#: generator states a :class:`TrainBatchPlan` keeps (thinned as the plan is read further)
+MAX_STATES = 64
+
+
+class TrainBatchPlan:
+    """The official train plan, drawn :data:`CHUNK` batches at a time when first read.
+
+    ``plan[k]`` (int64 store rows), ``plan.days[k]``, ``plan.day_counts[k]``,
+    ``plan.batch_day_index(k)`` and ``len(plan)`` as for a :class:`BatchPlan`, with the same
+    batches as drawing the whole plan at once. One chunk is held at a time, plus up to
+    :data:`MAX_STATES` generator states at chunk starts, so memory does not grow with the
+    number of batches. Reading in order (the trainer) draws every batch once. Batch ``k`` of a
+    fresh plan (a resumed run) first draws the batches before it, as the official sequential
+    draws require: time proportional to ``k``, at constant memory; a later read at or after an
+    earlier position restarts from the nearest kept state.
+    """
+
+    split = "train"
+
+    def __init__(self, drawer: _Drawer, n_batches: int, rng: np.random.RandomState):
+        self._drawer = drawer
+        self._n = n_batches
+        self._rng = rng                # stands at the start of chunk self._rng_chunk
+        self._rng_chunk = 0
+        self._states = {0: rng.get_state()}
+        self._every = 1                # states are kept at chunks that are multiples of this
+        self._chunk_id = -1
+        self._chunk: BatchPlan | None = None
+        self.days = _PerBatch(self, "days")
+        self.day_counts = _PerBatch(self, "day_counts")
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _index(self, k: int) -> int:
+        n = self._n
+        if not -n <= k < n:
+            raise IndexError(f"batch {k} out of range for a plan of {n} batches")
+        return int(k) % n
+
+    def _keep_state(self) -> None:
+        c = self._rng_chunk
+        if c % self._every or c in self._states:
+            return
+        self._states[c] = self._rng.get_state()
+        if len(self._states) > MAX_STATES:
+            self._every *= 2
+            self._states = {i: s for i, s in self._states.items() if i % self._every == 0}
+
+    def _draw_next(self) -> BatchPlan:
+        c = self._rng_chunk
+        chunk = self._drawer.draw(self._rng, min(CHUNK, self._n - c * CHUNK))
+        self._rng_chunk = c + 1
+        self._keep_state()
+        return chunk
+
+    def chunk(self, c: int) -> BatchPlan:
+        """Batches ``c * CHUNK`` .. ``(c + 1) * CHUNK - 1`` as a :class:`BatchPlan`."""
+        if c == self._chunk_id:
+            return self._chunk
+        if not 0 <= c * CHUNK < self._n:
+            raise IndexError(f"chunk {c} out of range for a plan of {self._n} batches")
+        start = max(i for i in self._states if i <= c)
+        if not start <= self._rng_chunk <= c:  # restart from the nearest kept state
+            self._rng.set_state(self._states[start])
+            self._rng_chunk = start
+        while self._rng_chunk < c:
+            self._draw_next()
+        self._chunk, self._chunk_id = self._draw_next(), c
+        return self._chunk
+
+    def chunks(self):
+        """Every chunk in order (each a :class:`BatchPlan` of up to :data:`CHUNK` batches)."""
+        for c in range((self._n + CHUNK - 1) // CHUNK):
+            yield self.chunk(c)
+
+    def advance(self, rng: np.random.RandomState) -> None:
+        """Draw the whole plan from ``rng`` (which stands where this plan's generator started),
+        keeping the states at chunk starts: ``rng`` ends where drawing the plan at once would
+        leave it."""
+        own = self._rng
+        self._rng, self._rng_chunk = rng, 0
+        try:
+            for _ in range((self._n + CHUNK - 1) // CHUNK):
+                self._draw_next()
+        finally:
+            self._rng, self._rng_chunk = own, 0
+            own.set_state(self._states[0])
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        k = self._index(k)
+        return self.chunk(k // CHUNK)[k % CHUNK]
+
+    def __iter__(self):
+        for chunk in self.chunks():
+            yield from chunk
+
+    def batch_day_index(self, k: int) -> np.ndarray:
+        """The day of every trial of batch ``k`` (as laid out in ``plan[k]``)."""
+        k = self._index(k)
+        return self.chunk(k // CHUNK).batch_day_index(k % CHUNK)
+
+    def __repr__(self) -> str:
+        return f"TrainBatchPlan({self._n} batches, drawn {CHUNK} at a time)"
+
+
+class _PerBatch:
+    """``plan.days[k]`` / ``plan.day_counts[k]`` of a :class:`TrainBatchPlan`."""
+
+    def __init__(self, plan: TrainBatchPlan, name: str):
+        self._plan, self._name = plan, name
+
+    def __len__(self) -> int:
+        return len(self._plan)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        k = self._plan._index(k)
+        return getattr(self._plan.chunk(k // CHUNK), self._name)[k % CHUNK]
 
 
 def val_batch_plan(trials_by_day: Sequence[Sequence[int]], batch_size: int,

@@ -17,138 +17,22 @@ width that is not ``neural_dim``, an ``n_time_steps`` attribute that disagrees w
 or a dataset HDF5 cannot read. With ``policy="fail"`` (the default) the first one raises
 :class:`DataError`; with ``policy="skip"`` the trial is left out and recorded as a
 :class:`BadTrial` so that the caller can report the count. A file that cannot be opened at all is
-always an error.
+always an error (:mod:`fastbci.data.files`: the paths, the errors, opening a file).
 """
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
+import h5py
 import numpy as np
 
-from fastbci.errors import FastbciError
-
-try:
-    import h5py
-except ImportError as e:  # pragma: no cover - h5py is a hard dependency
-    raise ImportError("fastbci.data needs h5py (pip install h5py)") from e
-
-SPLITS = ("train", "val", "test")
-SPLIT_FILES = {"train": "data_train.hdf5", "val": "data_val.hdf5", "test": "data_test.hdf5"}
-PAD_LEN = 500  # seq_class_ids and transcription are zero-padded to this length
-POLICIES = ("fail", "skip")
-_TRIAL_RE = re.compile(r"^trial_(\d{4,})$")
-
-
-class DataError(FastbciError, ValueError):
-    """A problem with the data on disk; the message names the session, file and trial."""
-
-    def __init__(self, message: str, *, session: str | None = None, file: str | os.PathLike | None = None,
-                 trial: str | None = None, reason: str | None = None):
-        super().__init__(message)
-        self.session = session
-        self.file = None if file is None else str(file)
-        self.trial = trial
-        self.reason = reason
-
-
-class DataWarning(UserWarning):
-    """Bad trials were skipped under ``bad_trial_policy: skip`` (the message gives the count)."""
-
-
-class BadTrial(NamedTuple):
-    """A trial left out under ``bad_trial_policy: skip``: ``(session, file, trial, reason)``."""
-
-    session: str
-    file: str
-    trial: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file} (session {self.session}), {self.trial}: {self.reason}"
-
-
-def trial_name(index: int) -> str:
-    """``3 -> "trial_0003"`` (the group name of trial ``index``)."""
-    return f"trial_{int(index):04d}"
-
-
-def check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    return split
-
-
-def check_policy(policy: str) -> str:
-    if policy not in POLICIES:
-        raise ValueError(f"bad_trial_policy must be 'fail' or 'skip', got {policy!r}")
-    return policy
-
-
-# ---------------------------------------------------------------------------------------------
-# paths
-# ---------------------------------------------------------------------------------------------
-def session_file(dataset_dir: str | os.PathLike, session: str, split: str) -> Path:
-    """``<dataset_dir>/<session>/data_<split>.hdf5``."""
-    return Path(dataset_dir) / session / SPLIT_FILES[check_split(split)]
-
-
-#: what a missing-data error tells the user to do
-DATA_HINT = ("The official data is the 't15 copy task' release of the Brain-to-Text '25 benchmark "
-             "(Dryad, doi:10.5061/dryad.dncjsxm85), folder hdf5_data_final: download it and pass "
-             "dataset.dataset_dir=/path/to/hdf5_data_final. To try fastbci without it, make a "
-             "synthetic release: python -m fastbci.synth --out data/synth, then "
-             "python -m fastbci.train data/synth/synth_config.yaml (or run python -m fastbci.demo).")
-
-
-def session_paths(cfg: Mapping, split: str) -> list[Path | None]:
-    """One path per configured session (``cfg["dataset"]["sessions"]``, in day order).
-
-    ``None`` where the file is absent and that is allowed: a missing val or test file means zero
-    trials for that day, as in the official trainer. A missing *train* file is an error naming
-    the session and the path. Duplicate sessions are an error (the official trainer refuses them
-    too).
-    """
-    check_split(split)
-    try:
-        ds = cfg["dataset"]
-        dataset_dir = Path(ds["dataset_dir"])
-        sessions = list(ds["sessions"])
-    except (KeyError, TypeError) as e:
-        raise DataError(f"the configuration lacks dataset.{e.args[0] if e.args else 'dataset_dir/sessions'}; "
-                        "it needs dataset.dataset_dir and dataset.sessions") from None
-    seen = set()
-    for s in sessions:
-        if s in seen:
-            raise DataError(f"session {s!r} is listed twice in dataset.sessions", session=s)
-        seen.add(s)
-    if not dataset_dir.is_dir():
-        raise DataError(f"dataset.dataset_dir {str(dataset_dir)!r} is not a directory "
-                        f"(resolved: {dataset_dir.resolve()}). {DATA_HINT}", file=dataset_dir)
-    if split == "train" and sessions and not any(
-            session_file(dataset_dir, s, split).is_file() for s in sessions):
-        raise DataError(f"dataset.dataset_dir {str(dataset_dir)!r} holds none of the configured "
-                        f"sessions' training files (e.g. {session_file(dataset_dir, sessions[0], split)}): "
-                        f"is it the release folder? {DATA_HINT}", file=dataset_dir)
-    out: list[Path | None] = []
-    for s in sessions:
-        p = session_file(dataset_dir, s, split)
-        if p.is_file():
-            out.append(p)
-        elif split == "train":
-            where = ("the session folder is missing" if not p.parent.is_dir()
-                     else "the folder has no data_train.hdf5")
-            raise DataError(f"session {s!r}: training file {p} not found ({where}); every configured "
-                            "session needs a train file (remove the session from dataset.sessions, "
-                            "with its dataset_probability_val entry, to leave it out)",
-                            session=s, file=p, reason="missing train file")
-        else:
-            out.append(None)
-    return out
-
+# the release's files, paths and errors (re-exported: fastbci.data.t15 keeps its names)
+from .files import (DATA_HINT, PAD_LEN, POLICIES, SPLIT_FILES, SPLITS, _TRIAL_RE,  # noqa: F401
+                    BadTrial, DataError, DataWarning, check_policy, check_split, open_session_file,
+                    session_file, session_paths, trial_name)
 
 # ---------------------------------------------------------------------------------------------
 # records
@@ -276,20 +160,6 @@ class _Reporter:
         self.skipped.append(BadTrial(self.session, str(self.path), trial, reason))
 
 
-def open_session_file(path: str | os.PathLike, session: str | None = None) -> "h5py.File":
-    """Open an HDF5 file for reading, with an error naming the file when it is corrupt."""
-    path = Path(path)
-    try:
-        return h5py.File(path, "r")
-    except FileNotFoundError:
-        raise DataError(f"file not found: {path}" + (f" (session {session})" if session else ""),
-                        session=session, file=path, reason="missing file") from None
-    except OSError as e:
-        raise DataError(f"cannot open {path}" + (f" (session {session})" if session else "")
-                        + f" as HDF5: the file is corrupt or not HDF5 ({e})",
-                        session=session, file=path, reason="corrupt file") from None
-
-
 def _trial_indices(f: "h5py.File", rep: _Reporter) -> list[int]:
     """Group numbers present in file order 0..n-1; gaps and stray names are reported."""
     found: dict[int, str] = {}
@@ -380,7 +250,8 @@ def _scan_trial(g, idx: int, split: str, session: str, width_expected: int | Non
                       f"{L + int(np.argmax(tail != 0))}, after the first seq_len ids")
     if np.any((head < 0) | (head >= n_classes)):
         bad = sorted(set(head[(head < 0) | (head >= n_classes)].tolist()))[:5]
-        return None, f"seq_class_ids holds ids outside 1..{n_classes - 1}: {bad}"
+        return None, (f"seq_class_ids holds ids outside 1..{n_classes - 1}: {bad} (phoneme ids "
+                      f"are 1..dataset.n_classes - 1, and dataset.n_classes is {n_classes})")
     meta.seq_class_ids = ids
     meta.transcription = trans
     meta.seq_len = seq_len
@@ -444,28 +315,34 @@ def read_features(f: "h5py.File", meta: TrialMeta, out: np.ndarray | None = None
                   feature_subset: Sequence[int] | None = None) -> tuple[np.ndarray | None, str | None]:
     """Read one trial's features (into ``out`` when given, shape (T, C) float32, C-contiguous).
 
-    Returns ``(array, None)`` or ``(None, reason)`` when HDF5 cannot read the data or it holds
-    non-finite values.
+    Returns ``(array, None)`` or ``(None, reason)`` when HDF5 cannot read the data, it holds
+    non-finite values, or (a wider float type in the file) values beyond float32's range.
     """
+    src = None
     try:
         ds = f[meta.name]["input_features"]
         if feature_subset is None and out is not None and ds.dtype == np.float32:
             ds.read_direct(out)
             arr = out
         else:
-            arr = ds[()]
+            src = ds[()]
             if feature_subset is not None:
-                arr = arr[:, list(feature_subset)]
-            if out is not None:
-                out[...] = arr
-                arr = out
-            else:
-                arr = np.ascontiguousarray(arr, dtype=np.float32)
+                src = src[:, list(feature_subset)]
+            with np.errstate(over="ignore", invalid="ignore"):  # reported below, by position
+                if out is not None:
+                    out[...] = src
+                    arr = out
+                else:
+                    arr = np.ascontiguousarray(src, dtype=np.float32)
     except (OSError, KeyError, RuntimeError, ValueError, TypeError) as e:
         return None, f"input_features unreadable ({type(e).__name__}: {e})"
     if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        return None, f"input_features holds non-finite values (first at time {bad[0]}, feature {bad[1]})"
+        t, c = np.argwhere(~np.isfinite(arr))[0]
+        if src is not None and np.isfinite(src[t, c]):
+            return None, (f"input_features holds values beyond the float32 range (first at time "
+                          f"{t}, feature {c}: {src[t, c]:.3g} as {src.dtype}); fastbci reads "
+                          "features as float32")
+        return None, f"input_features holds non-finite values (first at time {t}, feature {c})"
     return arr, None
 
 

@@ -117,7 +117,8 @@ def _plans(cfg: Mapping, train: TrialStore, val: TrialStore, log):
     ds = cfg["dataset"]
     plan = data.train_batch_plan(train.trials_by_day, int(cfg["num_training_batches"]),
                                  ds["batch_size"], ds["days_per_batch"], ds["seed"],
-                                 must_include_days=ds["must_include_days"])
+                                 must_include_days=ds["must_include_days"],
+                                 day_names=data.session_labels(train.sessions, train.files))
     vplan = val_batches(cfg, val) if val.has_labels else []
     # the official val dataset re-seeds numpy and torch with dataset.seed after the plan
     if int(ds["seed"]) != -1:

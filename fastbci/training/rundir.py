@@ -49,8 +49,9 @@ def resume_path(cfg: Mapping) -> Path | None:
         return found
     if isinstance(resume, str):
         p = Path(resume)
-        if not p.is_file():
-            raise ConfigError(f"fastbci.resume: checkpoint file not found: {p}")
+        problem = fileio.path_problem(p)
+        if problem is not None:
+            raise ConfigError(f"fastbci.resume: checkpoint {p} {problem}")
         return p
     return None
 
