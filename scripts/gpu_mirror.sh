@@ -175,11 +175,12 @@ if [ "$rc" -eq 3 ]; then
     echo "################################################################################"
     echo "## GPU-VERSION MIRROR NOT RUN: a download from the package registry failed."
     python3 -c "import json,sys; f=json.load(open(sys.argv[1]))['download_failed']; \
-print('## could not download:', f['what']); [print('##   pip:', l) for l in f['pip_says']]" \
+print('## could not download:', f['what']); print('## registry:', f['registry']); \
+[print('##   pip:', l) for l in f['pip_says']]" \
       "$VENV_RECORD" 2>/dev/null
     echo "## Nothing was built or tested with torch $GPU_TORCH / triton $GPU_TRITON."
     echo "################################################################################"
-  } | tee -a "$LOG" >&2
+  } | tee -a "$LOG"
   [ "$MODE" = prepare ] && exit 3
   python3 "$ROOT/scripts/gpu_mirror_env.py" summary "$OUT" | tee -a "$LOG"
   if [ "${FASTBCI_MIRROR_OFFLINE_OK:-0}" = "1" ]; then

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -150,8 +151,31 @@ def _installed(venv_python: str, v: dict, do_import: bool = False) -> str | None
     return None
 
 
+# what pip prints when the network, not the request, failed
+_NETWORK = re.compile(r"ConnectionError|ConnectTimeout|ReadTimeout|Connection (?:refused|reset|"
+                      r"broken|aborted)|Max retries exceeded|Temporary failure in name resolution|"
+                      r"Name or service not known|Network is unreachable|No route to host|"
+                      r"SSLError|ProxyError|IncompleteRead|HTTP error 5\d\d|HTTPError: 5\d\d")
+
+
+def _index_probe() -> str:
+    """Whether the package index pip uses answers for torch: 'reachable (URL)' or the error."""
+    import urllib.request
+
+    url = os.environ.get("PIP_INDEX_URL") or subprocess.run(
+        [sys.executable, "-m", "pip", "config", "get", "global.index-url"], capture_output=True,
+        text=True).stdout.strip() or "https://pypi.org/simple"
+    url = url.rstrip("/") + "/torch/"
+    try:
+        with urllib.request.urlopen(url, timeout=15) as r:
+            return f"reachable ({url}: HTTP {r.status})"
+    except Exception as e:  # noqa: BLE001 - any failure is the answer
+        return f"unreachable ({url}: {type(e).__name__}: {e})"
+
+
 def _download(wheels: Path, v: dict, rec: dict, log: list[str]) -> dict | None:
-    """Download every wheel the venv needs into ``wheels``; None, or what failed."""
+    """Download every wheel the venv needs into ``wheels``; None, or what failed (with
+    ``network``: True when the registry or the connection failed, not the request)."""
     from pip._vendor.packaging.requirements import Requirement
 
     def get(args: list[str], what: str) -> dict | None:
@@ -159,7 +183,10 @@ def _download(wheels: Path, v: dict, rec: dict, log: list[str]) -> dict | None:
         if res.returncode == 0:
             return None
         tail = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("WARNING: Loc")]
-        return {"what": what, "pip_exit": res.returncode, "pip_says": tail[-6:]}
+        probe = _index_probe()
+        return {"what": what, "pip_exit": res.returncode, "pip_says": tail[-6:],
+                "registry": probe, "network": bool(_NETWORK.search(res.stderr))
+                or not probe.startswith("reachable")}
 
     t0 = time.time()
     pins = [f"torch=={v['GPU_TORCH']}", f"triton=={v['GPU_TRITON']}"]
@@ -212,7 +239,12 @@ def make_venv(venv: Path, record: Path) -> int:
     wheels.mkdir(parents=True)
     if failed := _download(wheels, v, rec, log):
         shutil.rmtree(wheels, ignore_errors=True)
-        return done(DOWNLOAD_FAILED, action="download failed", download_failed=failed)
+        if failed["network"]:
+            return done(DOWNLOAD_FAILED, action="download failed", download_failed=failed)
+        return done(1, action="download refused", download_failed=failed,
+                    error=f"the registry is {failed['registry']} but pip could not get "
+                          f"{failed['what']}: {' | '.join(failed['pip_says'][-2:])} "
+                          f"(a version in scripts/gpu_versions.env that does not exist?)")
     t1 = time.time()
     pins, cuda, other = rec.pop("install_args")
     for args in ([*other, *TEST_REQUIREMENTS], ["--no-deps", *pins, *cuda]):

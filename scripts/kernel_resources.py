@@ -64,6 +64,9 @@ TRITON_CASES = {
                               OCCUPANCY_FLOOR),
     "augment_train_per_element": ("the same with C = 510 (C % 4 != 0: per-element Philox path)",
                                   PER_ELEMENT_FLOOR),
+    "augment_train_aligned_padded": ("the training launch from a padded batch (a store on the "
+                                     "host), C = 512", OCCUPANCY_FLOOR),
+    "augment_train_per_element_padded": ("the same with C = 510", PER_ELEMENT_FLOOR),
     "augment_validation": ("smoothing only (validation: no noise, no cut), gather, bf16 out, "
                            "C = 512", OCCUPANCY_FLOOR),
     "patchify_forward": ("patchify windows 14 / 4, bf16 (64, 800, 512) -> (64, 197, 7168)",
@@ -210,22 +213,24 @@ def _augment_launch(kind: str):
 
     cfg = official()
     tf, seed = cfg["dataset"]["data_transforms"], int(cfg["dataset"]["seed"])
-    c = CHANNELS - 2 if kind == "augment_train_per_element" else CHANNELS
+    c = CHANNELS - 2 if "per_element" in kind else CHANNELS
     train = kind != "augment_validation"
     step = 5
     cut = philox.random_cut(int(tf["random_cut"]), seed, step) if train else 0
-    features = torch.empty(BATCH * T_MAX, c)
-    offsets = torch.arange(BATCH + 1, dtype=torch.int64) * T_MAX
-    lengths = torch.full((BATCH,), T_MAX, dtype=torch.int64)
     out = torch.empty(BATCH, T_MAX - cut, c, dtype=torch.bfloat16)
     kw = dict(t_max=T_MAX, cut=cut, padding="same", seed=seed,
               noise_base=philox.triton_offset_base(step, philox.NOISE),
               offset_base=philox.triton_offset_base(step, philox.OFFSET),
               noise_std=float(tf["white_noise_std"]) if train else 0.0,
-              offset_std=float(tf["constant_offset_std"]) if train else 0.0,
-              rows=torch.arange(BATCH), offsets=offsets, lengths=lengths)
+              offset_std=float(tf["constant_offset_std"]) if train else 0.0)
+    if kind.endswith("_padded"):  # augment_smooth: the padded (B, T_max, C) batch
+        src = torch.empty(BATCH, T_MAX, c)
+    else:  # augment_smooth_gather: the packed store, read through rows / offsets / lengths
+        src = torch.empty(BATCH * T_MAX, c)
+        kw.update(rows=torch.arange(BATCH), offsets=torch.arange(BATCH + 1) * T_MAX,
+                  lengths=torch.full((BATCH,), T_MAX, dtype=torch.int64))
     kernel, args, kwargs = _record(kern, "_augment_smooth_kernel", lambda: kern.augment_smooth_launch(
-        features, out, smoothing_taps(tf), **kw))
+        src, out, smoothing_taps(tf), **kw))
     kwargs["DOT_PRECISION"] = "tf32x3"  # what the launcher picks on a GPU with TF32 (sm_80+)
     return kernel, args, kwargs
 
@@ -431,24 +436,25 @@ def build_report(with_cuda: bool = True) -> dict:
 def table(report: dict) -> str:
     """The report as a fixed-width table, one kernel a line, then the violations."""
     v = report["versions"]
+    w = max([len(k) for k in report["kernels"]] + [len(k) for k in report.get("skipped", {})] + [6])
     lines = [f"sm_90 resources: triton {v.get('triton')}, torch {v.get('torch')} (CUDA "
              f"{v.get('torch_cuda')}), Python {v.get('python')}; occupancy floor "
              f"{report['occupancy_floor']:.1%} ({report['per_element_floor']:.1%} for the "
              f"per-element path)",
-             f"{'kernel':46} {'regs':>4} {'spill st/ld':>11} {'stack':>5} {'smem':>6} "
+             f"{'kernel':{w}} {'regs':>4} {'spill st/ld':>11} {'stack':>5} {'smem':>6} "
              f"{'warps':>5} {'stg':>3} {'blk/SM':>6} {'occ':>6} {'floor':>6}  limited by"]
     for name, e in report["kernels"].items():
         if e.get("error"):
-            lines.append(f"{name:46} COMPILE ERROR: {e['error'].splitlines()[0][:120]}")
+            lines.append(f"{name:{w}} COMPILE ERROR: {e['error'].splitlines()[0][:120]}")
             continue
         o = e["occupancy"]
         stages = "-" if e["num_stages"] is None else str(e["num_stages"])
-        lines.append(f"{name:46} {e['registers']:>4} {e['spill_stores']:>5}/{e['spill_loads']:<5} "
+        lines.append(f"{name:{w}} {e['registers']:>4} {e['spill_stores']:>5}/{e['spill_loads']:<5} "
                      f"{e['stack_frame']:>5} {e['shared_bytes']:>6} {e['num_warps']:>5} "
                      f"{stages:>3} {o['blocks_per_sm']:>6} {o['occupancy']:>6.1%} "
                      f"{e['floor']:>6.1%}  {', '.join(o['limited_by'])}")
     for name, why in report.get("skipped", {}).items():
-        lines.append(f"{name:46} SKIPPED: {why}")
+        lines.append(f"{name:{w}} SKIPPED: {why}")
     bad = report.get("violations") or {}
     lines.append("violations: none" if not bad else "violations:")
     lines += [f"  {name}: {why}" for name, reasons in bad.items() for why in reasons]
