@@ -172,7 +172,7 @@ def _augment_smooth_kernel(
             val = val + noise_std * _normals_aligned(seed, noise_base, q)
         if ADD_OFFSET:
             off = _normals_aligned(seed, offset_base, b * c4 + quads)
-            val = val + tl.unsqueeze(offset_std * off, 0)
+            val = val + (offset_std * off)[None, :]
     else:
         if ADD_NOISE:
             idx = (b * T_max + t)[:, None] * C + cols64[None, :]
