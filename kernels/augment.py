@@ -48,13 +48,17 @@ def gpu_tile(C: int, K: int, smooth: bool) -> Tile:
     timings, so every process (and every rank) rounds the banded dot the same way.
 
     64 x 64 at 4 warps for the official C = 512, K = 9 (32 elements per thread: ~110 hot
-    instructions per element, against ~137 at 8 warps); channel tiles no wider than C needs for
-    small C; a tall narrow tile when the halo K - 1 exceeds half of 64 rows.
+    instructions per element, against ~137 at 8 warps); 64 x 32 at 4 warps for the per-element
+    Philox path (C % 4 != 0: one Philox call per element; at 64 x 64 it takes 246 registers,
+    and under Triton 3.6 255 with 92 bytes of spills; at 64 x 32, 154-166 and none); channel
+    tiles no wider than C needs for small C; a tall narrow tile when the halo K - 1 exceeds half
+    of 64 rows. The rows (64) and so the grouping of the smoothing sum are the same in all three.
     """
     halo = K - 1 if smooth else 0
     if 2 * halo > 64:
         return Tile(triton.next_power_of_2(2 * halo + 1), 16, 8)
-    return Tile(64, 64 if C >= 64 else max(16, triton.next_power_of_2(C)), 4)
+    bc = 64 if C >= 64 else max(16, triton.next_power_of_2(C))
+    return Tile(64, min(bc, 32) if C % 4 else bc, 4)
 
 
 @contextlib.contextmanager

@@ -111,6 +111,14 @@ cap_log() {  # keep log.txt under 15 MB (the tail)
   fi
 }
 
+# the versions CI's GPU-version mirror (scripts/gpu_mirror.sh) builds and tests with: one line each
+VERSIONS_FILE="$ROOT/scripts/gpu_versions.env"
+if [ -f "$VERSIONS_FILE" ]; then
+  say "versions CI mirrors (scripts/gpu_versions.env): $(grep -E '^[A-Z_]+=' "$VERSIONS_FILE" | tr '\n' ' ')"
+else
+  say "scripts/gpu_versions.env is missing: the versions CI's mirror builds with are unknown"
+fi
+
 # ---------------------------------------------------------------------------- the machine
 if ! command -v "$PY" > /dev/null 2>&1; then
   say "cannot run: no Python interpreter '$PY' (set PYTHON=...)"
@@ -153,6 +161,21 @@ print("present: " + ", ".join(have))
 print("MISSING: " + (" ".join(missing) if missing else "none"))
 EOF
 } >> "$SUMMARY" 2>&1
+"$PY" - "$VERSIONS_FILE" "$GPU_ARCH" >> "$SUMMARY" 2>&1 <<'EOF'
+import platform, re, sys
+import torch, triton
+try:
+    want = dict(re.findall(r"^([A-Z_]+)=(\S+)", open(sys.argv[1]).read(), re.M))
+except OSError:
+    sys.exit(0)
+have = {"GPU_PYTHON": ".".join(platform.python_version().split(".")[:2]),
+        "GPU_TORCH": torch.__version__.split("+")[0], "GPU_TORCH_CUDA": torch.version.cuda,
+        "GPU_TRITON": triton.__version__, "GPU_CUDA_ARCH": sys.argv[2]}
+diff = [f"{k} {have[k]} (file: {want.get(k)})" for k in have if str(have[k]) != want.get(k)]
+print("versions: as scripts/gpu_versions.env says" if not diff else
+      "VERSIONS DIFFER from scripts/gpu_versions.env, which CI's mirror builds with: "
+      + "; ".join(diff) + ": update that file")
+EOF
 cat "$SUMMARY" | tee -a "$LOG"
 say "GPU: $GPU_NAME (sm_${GPU_ARCH/./}); plan:"
 bash "${BASH_SOURCE[0]}" --plan | sed 's/^/  /' | tee -a "$SUMMARY" "$LOG"

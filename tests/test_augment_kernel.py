@@ -375,6 +375,9 @@ def test_gpu_tile_table():
 
     assert kern.gpu_tile(512, 9, True) == kern.Tile(64, 64, 4)
     assert kern.gpu_tile(512, 9, True) in kern.CANDIDATE_TILES
+    # the per-element Philox path (C % 4 != 0): narrower, so that it does not spill (Triton 3.6)
+    assert kern.gpu_tile(510, 9, True) == kern.Tile(64, 32, 4)
+    assert kern.gpu_tile(510, 9, True) in kern.CANDIDATE_TILES
     for c, k, smooth in [(512, 9, True), (7, 9, True), (512, 21, True), (512, 1, False),
                          (64, 101, True), (3, 2, True), (36, 33, True)]:
         tile = kern.gpu_tile(c, k, smooth)
@@ -462,8 +465,9 @@ print("stable", len(base))
 for aligned in (True, False):
     s, kw = spec(gather=aligned, C=512 if aligned else 510)
     ptx = compile_like_jit(fn, s, num_warps=kw["num_warps"])
-    # Philox multiplies: one 10-round call per 4 elements (aligned) or per element
-    print("aligned" if aligned else "per-element", ptx.count("mul.hi.u32"))
+    # Philox multiplies: one 10-round call per 4 elements (aligned) or per element; the two
+    # paths have their own tiles (gpu_tile), so the counts are compared per tile element
+    print("aligned" if aligned else "per-element", ptx.count("mul.hi.u32"), kw["BT"] * kw["BC"])
     approx = sorted(set(re.findall(r"\b((?:sqrt|rsqrt|lg2|ex2|sin|cos)\.approx[.a-z0-9]*)", ptx)))
     print("approx", aligned, " ".join(approx))
 print("compiled")
@@ -476,16 +480,20 @@ def test_kernel_compiles_for_sm90_as_the_jit_would():
     * the specialisation key is the same for batches of other lengths, cuts, steps and seeds
       (item: no recompile on the hot path);
     * the aligned noise path (C % 4 == 0) emits about a quarter of the Philox multiplies of the
-      per-element path (measured: 172 vs 628 mul.hi.u32 for the 64 x 64 tile at 4 warps);
+      per-element path per tile element (measured with Triton 3.7.1 and 3.6.0: 172 mul.hi.u32 for the
+      aligned 64 x 64 tile, 324 for the per-element 64 x 32 tile, i.e. 0.042 vs 0.158 per
+      element);
     * the only approximate transcendental in the Box-Muller is ``sqrt.approx.ftz.f32``: the
       premise of ``helpers.normal_tolerance``'s CUDA bound (log, cos and sin are libdevice).
     """
     stdout = run_gpu_compile_script(_AOT_SCRIPT, "the augment kernel")
     lines = dict(line.split(" ", 1) for line in stdout.splitlines() if " " in line)
-    aligned, per_element = int(lines["aligned"]), int(lines["per-element"])
-    assert 0 < aligned * 5 < per_element * 2, (
-        f"Philox mul.hi.u32 in the PTX: aligned path {aligned}, per-element path "
-        f"{per_element}; expected about 1 : 4 (at least 1 : 2.5)")
+    (aligned, a_elems), (per_element, p_elems) = (
+        map(int, lines[k].split()) for k in ("aligned", "per-element"))
+    assert 0 < aligned * p_elems * 5 < per_element * a_elems * 2, (
+        f"Philox mul.hi.u32 in the PTX: aligned path {aligned} for a tile of {a_elems} "
+        f"elements, per-element path {per_element} for {p_elems}; expected about 1 : 4 per "
+        f"element (at least 1 : 2.5)")
     approx = {ln.split(" ", 2)[-1] for ln in stdout.splitlines() if ln.startswith("approx ")}
     assert approx == {"sqrt.approx.ftz.f32"}, (
         f"approximate instructions in the Box-Muller: {approx}; helpers.normal_tolerance "
