@@ -1,6 +1,7 @@
 """Worker of bench/test_bench_distributed.py, launched by ``torchrun --nproc_per_node=2``: one
-training step (forward, backward, gradient sum over the ranks) timed two ways on the same model
-and batches, interleaved in blocks so that machine drift hits both alike:
+training step (forward, backward, gradient sum over the ranks) timed two ways on two copies of
+one model (same weights: a model inside DDP cannot also run outside it) and the same batches,
+interleaved in blocks so that machine drift hits both alike:
 
 * ``ddp``: fastbci's DataParallel.wrap (torch DistributedDataParallel, bucketed all-reduce
   overlapped with the backward, the sum hook, find_unused_parameters);
@@ -68,8 +69,10 @@ def main(out: Path) -> None:
     dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size)
     torch.manual_seed(0)
     model = GRUDecoder(**SIZE, impl="reference")
+    plain = GRUDecoder(**SIZE, impl="reference")  # the same weights, never inside DDP
+    plain.load_state_dict(model.state_dict())
     ddp = DataParallel(env).wrap(model)
-    reducer = LegacyReducer(model)
+    reducer = LegacyReducer(plain)
     data = batches(env.rank)
     everyone = [None] * env.world_size
     dist.all_gather_object(everyone, [d.tolist() for _, d in data])
@@ -83,16 +86,16 @@ def main(out: Path) -> None:
                 if name == "ddp":
                     step(ddp, model, x, d, all_days[k])
                 else:
-                    step(model, model, x, d, all_days[k], reducer)
+                    step(plain, plain, x, d, all_days[k], reducer)
                 if b:
                     times[name].append(time.perf_counter() - t0)
     x, d = data[0]
     step(ddp, model, x, d, all_days[0])
     g_ddp = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
-    step(model, model, x, d, all_days[0], reducer)
+    step(plain, plain, x, d, all_days[0], reducer)
     same = all((g_ddp[n] is None) == (p.grad is None) and
                (p.grad is None or torch.allclose(g_ddp[n], p.grad, rtol=1e-5, atol=1e-6))
-               for n, p in model.named_parameters())
+               for n, p in plain.named_parameters())
     if env.rank == 0:
         med = {k: statistics.median(v) for k, v in times.items()}
         (out / "ddp_bench.json").write_text(json.dumps({
