@@ -51,7 +51,7 @@ class LegacyReducer:
 def batches(rank):
     g = torch.Generator().manual_seed(rank)
     out = []
-    for k in range(STEPS):
+    for _ in range(STEPS):
         days = torch.randint(0, SIZE["n_days"], (B_RANK,), generator=g)
         out.append((torch.randn(B_RANK, T, SIZE["neural_dim"], generator=g), days))
     return out
