@@ -55,7 +55,8 @@ except ImportError:  # plain `pytest` puts bench/ itself, not the repository roo
     from conftest import DEVICE, ON_GPU, median_seconds, peak_memory_bytes, run_bench
 from fastbci import synth
 from fastbci.data.batch import Batch
-from fastbci.training import Trainer, run_validation
+from fastbci.training import Trainer
+from fastbci.validation import run_validation
 from fastbci.config import load_config
 from fastbci.ops.day_projection import day_projection
 from fastbci.ops.patchify import patchify
