@@ -136,19 +136,21 @@ def checksum(ckpt: Mapping) -> str:
     return h.hexdigest()
 
 
-def build_checkpoint(model_state: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+def build_checkpoint(model_state: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer | None,
                      scheduler, val_per: float | None, val_loss: float | None,
                      resume_state: Mapping[str, Any] | None) -> dict:
     """The official checkpoint dict, plus ``"fastbci"`` (``resume_state``) when given, and its
     checksum. Tensors are moved to the host once here, for the checksum and for ``torch.save``
-    alike (loading maps them to the run's device)."""
-    ckpt = {
-        "model_state_dict": dict(model_state),
-        "optimizer_state_dict": optimizer.state_dict(),
-        "scheduler_state_dict": scheduler.state_dict(),
-        "val_PER": float("inf") if val_per is None else float(val_per),
-        "val_loss": float("inf") if val_loss is None else float(val_loss),
-    }
+    alike (loading maps them to the run's device). ``optimizer`` / ``scheduler`` None: a
+    weights-only checkpoint (e.g. a calibrated model: ``init_from_checkpoint`` then starts a
+    fresh optimiser and schedule)."""
+    ckpt: dict[str, Any] = {"model_state_dict": dict(model_state)}
+    if optimizer is not None:
+        ckpt["optimizer_state_dict"] = optimizer.state_dict()
+    if scheduler is not None:
+        ckpt["scheduler_state_dict"] = scheduler.state_dict()
+    ckpt["val_PER"] = float("inf") if val_per is None else float(val_per)
+    ckpt["val_loss"] = float("inf") if val_loss is None else float(val_loss)
     if resume_state is not None:
         ckpt["fastbci"] = {"format": FORMAT_VERSION, **resume_state}
     ckpt = _to_host(ckpt)

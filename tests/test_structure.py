@@ -145,7 +145,7 @@ LAYERS = [
     {"fastbci.data", "fastbci.metrics"},
     {"fastbci.model", "fastbci.lm", "fastbci.synth", "fastbci.doctor"},
     {"fastbci.validation", "fastbci.ensemble", "fastbci.official_eval"},
-    {"fastbci.training"},
+    {"fastbci.training", "fastbci.calibration"},
     {"fastbci.cli", "fastbci.train", "fastbci.evaluate", "fastbci.demo", "fastbci.calibrate",
      "fastbci.compat"},
 ]
@@ -194,6 +194,8 @@ TRAINER = {"fastbci.train", "fastbci.cli", "fastbci.training.loop", "fastbci.tra
 
 def test_evaluation_does_not_depend_on_the_trainer():
     assert not reach("fastbci.evaluate") & TRAINER, reach("fastbci.evaluate") & TRAINER
+    # calibration reuses the checkpoint and validation parts, never the trainer
+    assert not reach("fastbci.calibrate") & TRAINER, reach("fastbci.calibrate") & TRAINER
     assert {"fastbci.data.batch", "fastbci.validation"} <= GRAPH["fastbci.evaluate"]
 
 

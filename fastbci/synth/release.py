@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..data.t15 import Trial, session_file, write_session_file
+from ..errors import run_command
 
 from .simulate import session_drift, session_trials, World
 
@@ -106,7 +107,7 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
                   neural_dim: int = 512, seed: int = 0, *, train_only: Sequence[str] | None = None,
                   min_words: int = 2, max_words: int = 6, signal: float = 1.0, noise: float = 1.0,
                   drift: float = 1.0, block_size: tuple[int, int] = (20, 50), progress: bool = False,
-                  write_config: bool = True) -> dict:
+                  write_config: bool = True, holdout: int = 0) -> dict:
     """Write a synthetic t15 release under ``out_dir``; returns a summary dict.
 
     ``sessions``: names (default the 45 official ones) or a count (the first N official names).
@@ -116,12 +117,19 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
     scale the phoneme templates and the latent noise; ``drift`` the per-session mixing and offset.
     Every trial satisfies the release's invariants (``n_time_steps`` = array length, ids padded
     to 500, ``seq_len`` = non-zero ids, contiguous groups ordered by block then trial).
+    ``holdout``: the last ``holdout`` sessions are written like the others (the same participant,
+    a drift of the same scale) but left out of ``synth_config.yaml`` and of the train corpus:
+    new recording days for ``python -m fastbci.calibrate`` (``summary["holdout"]``).
     """
     t0 = time.perf_counter()
     sessions = _session_list(sessions)
     if not 1 <= min_words <= max_words:
         raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
     train_only_set = set(TRAIN_ONLY_SESSIONS if train_only is None else train_only) & set(sessions)
+    if isinstance(holdout, bool) or not isinstance(holdout, int) or not 0 <= holdout < len(sessions):
+        raise ValueError(f"holdout must be an integer in [0, {len(sessions) - 1}] (at least one "
+                         f"session stays for training), got {holdout!r}")
+    held = set(sessions[len(sessions) - holdout:]) if holdout else set()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -136,6 +144,7 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
     session_seeds = root.integers(2 ** 63, size=len(sessions))
 
     summary = {"out_dir": str(out_dir), "sessions": list(sessions), "train_only": sorted(train_only_set),
+               "holdout": [x for x in sessions if x in held],
                "neural_dim": neural_dim, "seed": seed, "files": {},
                "n_trials": {"train": 0, "val": 0, "test": 0},
                "bytes": 0}
@@ -155,7 +164,7 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
         for split, trial, _ in session_trials(world, s, labels, rng, sess_drift, noise, min_words,
                                                  max_words, block_size):
             per_split[split].append(trial)
-            if split == "train":
+            if split == "train" and s not in held:
                 train_sentences.append(trial.sentence_label)
             all_T.append(trial.n_time_steps)
             all_L.append(trial.seq_len)
@@ -174,7 +183,8 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
     summary["corpus"] = str(write_corpus(out_dir / CORPUS_FILE, train_sentences))
     if write_config:
         cfg_path = out_dir / "synth_config.yaml"
-        _write_config(cfg_path, out_dir, sessions, train_only_set, neural_dim)
+        _write_config(cfg_path, out_dir, [x for x in sessions if x not in held], train_only_set,
+                      neural_dim)
         summary["config"] = str(cfg_path)
     summary["seconds"] = time.perf_counter() - t0
     return summary
@@ -227,6 +237,8 @@ def _format_summary(summ: dict) -> str:
              f"seq_len mean {L['mean']:.1f}, max {L['max']}"]
     if "config" in summ:
         lines.append(f"  config fragment: {summ['config']}")
+    if summ.get("holdout"):
+        lines.append(f"  held out (not in the config or the corpus): {', '.join(summ['holdout'])}")
     lines.append(f"  train corpus: {summ['corpus']}")
     return "\n".join(lines)
 
@@ -261,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--signal", type=float, help="template strength (default 1, demo 2)")
     ap.add_argument("--noise", type=float, help="latent noise std (default 1, demo 0.6)")
     ap.add_argument("--drift", type=float, help="per-session drift scale (default 1)")
+    ap.add_argument("--holdout", type=int, default=0,
+                    help="the last K sessions are written but left out of synth_config.yaml and the "
+                         "train corpus: new days to try python -m fastbci.calibrate on (default 0)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     a = ap.parse_args(argv)
     kw = dict(PRESETS[a.preset]) if a.preset else {}
@@ -272,14 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         v = getattr(a, name)
         if v is not None:
             kw[name] = v
-    try:
-        summ = write_release(a.out, seed=a.seed, progress=not a.json, **kw)
-    except ValueError as e:
-        print(f"fastbci.synth: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summ, indent=1) if a.json else _format_summary(summ))
-    return 0
 
+    def run() -> int:
+        summ = write_release(a.out, seed=a.seed, progress=not a.json, holdout=a.holdout, **kw)
+        print(json.dumps(summ, indent=1) if a.json else _format_summary(summ))
+        return 0
 
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_command(run, prog="fastbci.synth")
