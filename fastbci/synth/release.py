@@ -103,6 +103,28 @@ def _length_stats(all_T: list[int], all_L: list[int]) -> dict:
             "seq_len": {"mean": float(L.mean()), "max": int(L.max())}}
 
 
+def _check_options(sessions: list[str], min_words: int, max_words: int, holdout) -> set[str]:
+    """Validate write_release's word range and ``holdout``; return the held-out session names."""
+    if not 1 <= min_words <= max_words:
+        raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
+    if isinstance(holdout, bool) or not isinstance(holdout, int) or not 0 <= holdout < len(sessions):
+        raise ValueError(f"holdout must be an integer in [0, {len(sessions) - 1}] (at least one "
+                         f"session stays for training), got {holdout!r}")
+    return set(sessions[len(sessions) - holdout:]) if holdout else set()
+
+
+def _write_splits(out_dir: Path, session: str, per_split: dict, summary: dict) -> None:
+    """Write one session's non-empty split files and count them into ``summary``."""
+    summary["files"][session] = {}
+    for split in ("train", "val", "test"):
+        if not per_split[split]:
+            continue
+        p = write_session_file(session_file(out_dir, session, split), per_split[split], split)
+        summary["files"][session][split] = len(per_split[split])
+        summary["n_trials"][split] += len(per_split[split])
+        summary["bytes"] += p.stat().st_size
+
+
 def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=20, n_val=5, n_test=5,
                   neural_dim: int = 512, seed: int = 0, *, train_only: Sequence[str] | None = None,
                   min_words: int = 2, max_words: int = 6, signal: float = 1.0, noise: float = 1.0,
@@ -123,13 +145,8 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
     """
     t0 = time.perf_counter()
     sessions = _session_list(sessions)
-    if not 1 <= min_words <= max_words:
-        raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
+    held = _check_options(sessions, min_words, max_words, holdout)
     train_only_set = set(TRAIN_ONLY_SESSIONS if train_only is None else train_only) & set(sessions)
-    if isinstance(holdout, bool) or not isinstance(holdout, int) or not 0 <= holdout < len(sessions):
-        raise ValueError(f"holdout must be an integer in [0, {len(sessions) - 1}] (at least one "
-                         f"session stays for training), got {holdout!r}")
-    held = set(sessions[len(sessions) - holdout:]) if holdout else set()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -168,14 +185,7 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
                 train_sentences.append(trial.sentence_label)
             all_T.append(trial.n_time_steps)
             all_L.append(trial.seq_len)
-        summary["files"][s] = {}
-        for split in ("train", "val", "test"):
-            if not per_split[split]:
-                continue
-            p = write_session_file(session_file(out_dir, s, split), per_split[split], split)
-            summary["files"][s][split] = len(per_split[split])
-            summary["n_trials"][split] += len(per_split[split])
-            summary["bytes"] += p.stat().st_size
+        _write_splits(out_dir, s, per_split, summary)
         if progress:
             print(f"  {s}: " + ", ".join(f"{k} {v}" for k, v in summary["files"][s].items()),
                   file=sys.stderr, flush=True)
