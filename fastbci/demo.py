@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DATA = Path("data/synth-demo")
 DEFAULT_OUT = Path("trained_models/demo")
+DATA_SEED = 0  # the demo data are the same on every machine; the config's seeds vary the run
 
 
 def demo_config_path() -> Path:
@@ -42,28 +43,44 @@ def demo_config_path() -> Path:
     raise ConfigError("configs/demo.yaml is missing from the fastbci installation")
 
 
-def ensure_data(data_dir: Path, cfg: dict, quiet: bool = False) -> bool:
-    """Write the demo release to ``data_dir`` unless a matching one is there; True if written."""
+def demo_release_params(cfg: dict) -> dict:
+    """The synth.write_release arguments of the demo release for ``cfg``."""
     from fastbci import synth
     ds = cfg["dataset"]
+    preset = dict(synth.PRESETS["demo"])
+    preset.update(sessions=tuple(ds["sessions"]), neural_dim=int(ds["neural_dim"]), seed=DATA_SEED)
+    return preset
+
+
+def ensure_data(data_dir: Path, cfg: dict, quiet: bool = False) -> bool:
+    """Write the demo release to ``data_dir`` unless a matching one is there; True if written.
+    A release there that differs (sessions, feature count, or generation parameters: one written
+    by an earlier fastbci) is a ConfigError saying so, never silently trained on."""
+    from fastbci import synth
+    preset = demo_release_params(cfg)
     marker = data_dir / "synth_config.yaml"
     if marker.is_file():
         with open(marker) as f:
             have = (yaml.safe_load(f) or {}).get("dataset", {})
-        if have.get("sessions") == list(ds["sessions"]) and have.get("neural_dim") == ds["neural_dim"]:
+        params = synth.read_params(data_dir) or {}
+        differ = [f"{k} {params.get(k)} (the demo's {v})" for k, v in preset.items()
+                  if k in ("signal", "noise", "seed") and params.get(k) != v]
+        if have.get("sessions") != list(preset["sessions"]):
+            differ.insert(0, f"sessions {have.get('sessions')}")
+        if have.get("neural_dim") != preset["neural_dim"]:
+            differ.insert(0, f"neural_dim {have.get('neural_dim')} (the demo's {preset['neural_dim']})")
+        if not differ:
             return False
         raise ConfigError(
             f"{data_dir} holds a synthetic release that does not match the demo configuration "
-            f"(sessions {have.get('sessions')}, neural_dim {have.get('neural_dim')}); delete it or "
-            "pass --data OTHER_DIR")
+            f"({'; '.join(differ)}): an earlier fastbci's demo data, or another release. Delete "
+            "it (the demo writes it again) or pass --data OTHER_DIR")
     if data_dir.exists() and any(data_dir.iterdir()):
         raise ConfigError(f"{data_dir} exists and is not a fastbci synthetic release; "
                           "pass --data OTHER_DIR")
-    preset = dict(synth.PRESETS["demo"])
-    preset.update(sessions=tuple(ds["sessions"]), neural_dim=int(ds["neural_dim"]))
     if not quiet:
         print(f"Writing the demo data to {data_dir} ...", file=sys.stderr)
-    summary = synth.write_release(data_dir, **preset, seed=0)
+    summary = synth.write_release(data_dir, **preset)
     if not quiet:
         print(f"  {summary['n_trials']} trials in {summary['seconds']:.1f} s", file=sys.stderr)
     return True
@@ -142,6 +159,36 @@ def words_wer(out: Path, data_dir: Path, quiet: bool = False) -> dict | None:
                              lm_options={"lexicon": words / "lexicon.txt", "use_cmudict": False})
 
 
+PLATEAU_PER = 0.5       # a final validation PER at or above this: still on (or just off) the plateau
+UNFINISHED_PER = 0.15   # above this: off the plateau, but the run ended while the PER still fell
+
+
+def ending_advice(hist: Sequence[dict], n_batches: int, overrides: Sequence[str] = ()) -> str | None:
+    """Plain words for a demo run of ``n_batches`` batches that ended before it learned (None
+    when its final validation PER is at most ``UNFINISHED_PER``): what happened and what to do."""
+    if not hist or hist[-1].get("per") is None or hist[-1]["per"] <= UNFINISHED_PER:
+        return None
+    per, blank = hist[-1]["per"], hist[-1].get("blank_fraction")
+    keys = {o.split("=", 1)[0] for o in overrides}
+    longer = " ".join(f"{k}={2 * n_batches}" for k in ("num_training_batches", "lr_decay_steps",
+                                             "lr_decay_steps_day"))
+    reseed = "" if {"seed", "dataset.seed"} & keys else " or with other seeds (seed=2 dataset.seed=2)"
+    blank_txt = f" and {100 * blank:.0f}% of its output frames are blank" if blank == blank else ""
+    if per >= PLATEAU_PER:
+        what = (f"This run ended on the blank plateau: its validation PER is {100 * per:.0f}%"
+                f"{blank_txt}. CTC training starts by predicting blank almost everywhere and "
+                "leaves that plateau after a number of batches that varies with the seed; this "
+                "run's batches ran out first. The model has not learned, and nothing is broken.")
+    else:
+        what = (f"This run left the blank plateau late: its validation PER is {100 * per:.0f}% and "
+                "was still falling when the batches ran out.")
+    return "\n".join([
+        what,
+        f"What to do: run it again with more batches (python -m fastbci.demo {longer}){reseed}. "
+        "For your own configurations, python -m fastbci.doctor CONFIG names the settings that "
+        "keep a run on the plateau."])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m fastbci.demo",
@@ -171,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"Validation WER (best checkpoint, PER {100 * w['per']:.1f}%): "
                           f"{100 * w['wer']:.1f}% with a 3-gram of the synthetic train sentences; "
                           f"sentences in {w['files']['words_csv']}")
+            advice = ending_advice(hist, res.last_batch + 1, a.overrides)
+            if advice:
+                print(advice)
         else:
             print(f"Training ended ({res.status}) without a validation PER")
         return exit_code_of(res.status)

@@ -303,10 +303,9 @@ def test_demo_rerun_resumes_an_interrupted_run_and_replaces_a_finished_one(tmp_p
                                                                            monkeypatch):
     from fastbci import demo
     cfg = load_config(demo.demo_config_path())
-    ds = cfg["dataset"]
     data = tmp_path / "synth-demo"
-    synth.write_release(data, sessions=tuple(ds["sessions"]), n_train=3, n_val=2, n_test=0,
-                        neural_dim=ds["neural_dim"], min_words=1, max_words=2, seed=0)
+    synth.write_release(data, **{**demo.demo_release_params(cfg), "n_train": 3, "n_val": 2,
+                                 "min_words": 1, "max_words": 2})
     args = ["--out", str(tmp_path / "run"), "--data", str(data), "num_training_batches=4",
             "batches_per_val_step=100", "fastbci.checkpoint_every=1", "model.n_units=8",
             "model.n_layers=1", "model.rnn_dropout=0.0", "dataset.batch_size=4",

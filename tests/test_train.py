@@ -234,10 +234,9 @@ def test_demo_plumbing_on_tiny_data(tmp_path, capsys):
     printed, a rerun replaces the previous demo run, and foreign data is refused."""
     from fastbci import demo
     cfg = load_config(demo.demo_config_path())
-    ds = cfg["dataset"]
     data = tmp_path / "synth-demo"
-    synth.write_release(data, sessions=tuple(ds["sessions"]), n_train=3, n_val=2, n_test=0,
-                        neural_dim=ds["neural_dim"], min_words=1, max_words=2, seed=0)
+    synth.write_release(data, **{**demo.demo_release_params(cfg), "n_train": 3, "n_val": 2,
+                                 "min_words": 1, "max_words": 2})
     args = ["--out", str(tmp_path / "run"), "--data", str(data), "num_training_batches=2",
             "batches_per_val_step=1", "model.n_units=8", "model.n_layers=1", "model.rnn_dropout=0.0",
             "dataset.batch_size=4", "fastbci.progress=false", "fastbci.plot=false"]
@@ -249,6 +248,30 @@ def test_demo_plumbing_on_tiny_data(tmp_path, capsys):
                         neural_dim=16, seed=0)
     assert demo.main(["--out", str(tmp_path / "run2"), "--data", str(other)]) == 2
     assert "does not match the demo configuration" in capsys.readouterr().err
+    older = tmp_path / "older"  # the demo's sessions and width, an earlier template strength
+    synth.write_release(older, **{**demo.demo_release_params(cfg), "n_train": 2, "n_val": 1,
+                                  "signal": 2.0})
+    assert demo.main(["--out", str(tmp_path / "run3"), "--data", str(older)]) == 2
+    err = capsys.readouterr().err
+    assert "signal 2.0 (the demo's 3.0)" in err and "Delete it" in err and "Traceback" not in err
+
+
+def test_demo_says_in_plain_words_when_a_run_ends_before_it_learned():
+    """A demo run that ends on the blank plateau (or still falling) says so and what to do; a
+    run that learned says nothing more."""
+    from fastbci import demo
+    rec = lambda per, blank=0.6: {"per": per, "blank_fraction": blank}  # noqa: E731
+    assert demo.ending_advice([rec(0.9), rec(0.05)], 400) is None
+    assert demo.ending_advice([rec(0.15)], 400) is None
+    plateau = demo.ending_advice([rec(0.1), rec(0.88, 0.87)], 400)
+    assert plateau.startswith("This run ended on the blank plateau: its validation PER is 88% "
+                              "and 87% of its output frames are blank")
+    assert "num_training_batches=800 lr_decay_steps=800 lr_decay_steps_day=800" in plateau
+    assert "seed=2 dataset.seed=2" in plateau and "fastbci.doctor" in plateau
+    late = demo.ending_advice([rec(0.3)], 800, ["seed=3", "dataset.seed=3"])
+    assert late.startswith("This run left the blank plateau late: its validation PER is 30%")
+    assert "num_training_batches=1600" in late and "seed=2" not in late
+    assert demo.ending_advice([{"per": None, "blank_fraction": float("nan")}], 400) is None
 
 
 def test_fused_data_path_matches_reference(synth_dir, tmp_path):

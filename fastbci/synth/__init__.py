@@ -32,9 +32,10 @@ How a trial is made
 All randomness comes from ``numpy.random.default_rng(seed)`` streams (one per session), so a
 release is a pure function of its arguments.
 """
-from .release import (CORPUS_FILE, OFFICIAL_SESSIONS, PRESETS, TRAIN_ONLY_SESSIONS, main,
-                      write_corpus, write_release)
+from .release import (CORPUS_FILE, OFFICIAL_SESSIONS, PARAMS_FILE, PRESETS, TRAIN_ONLY_SESSIONS,
+                      main, read_params, write_corpus, write_release)
 from .simulate import LEXICON, make_sentence, simulate_session
 
 __all__ = ["LEXICON", "OFFICIAL_SESSIONS", "TRAIN_ONLY_SESSIONS", "PRESETS", "CORPUS_FILE",
+           "PARAMS_FILE", "read_params",
            "write_release", "write_corpus", "simulate_session", "make_sentence", "main"]

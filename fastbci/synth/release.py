@@ -35,7 +35,7 @@ PRESETS: dict[str, dict] = {
     # a small CPU training demo: strong templates, moderate noise, short sentences
     "demo": dict(sessions=("t15.2023.08.13", "t15.2023.08.18", "t15.2023.08.20", "t15.2023.08.25"),
                  n_train=200, n_val=40, n_test=0, neural_dim=512, min_words=1, max_words=4,
-                 signal=2.0, noise=0.6),
+                 signal=3.0, noise=0.6),
     # the release's sizes (8,072 / 1,426 / 1,450 trials, ~13.5 GB at 512 features)
     "release": dict(sessions=OFFICIAL_SESSIONS, n_train="release", n_val="release", n_test="release",
                     neural_dim=512),
@@ -196,8 +196,28 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
         _write_config(cfg_path, out_dir, [x for x in sessions if x not in held], train_only_set,
                       neural_dim)
         summary["config"] = str(cfg_path)
+    _write_params(out_dir, dict(seed=seed, neural_dim=neural_dim, signal=signal, noise=noise,
+                                drift=drift, min_words=min_words, max_words=max_words))
     summary["seconds"] = time.perf_counter() - t0
     return summary
+
+
+PARAMS_FILE = "synth_params.json"
+
+
+def _write_params(out_dir: Path, params: dict) -> None:
+    """Record the generation parameters (``PARAMS_FILE``), so that a reader such as the demo can
+    tell a release written with other parameters from the one it expects."""
+    (out_dir / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n")
+
+
+def read_params(data_dir: str | Path) -> dict | None:
+    """The generation parameters recorded in ``data_dir`` (None for a release without them)."""
+    p = Path(data_dir) / PARAMS_FILE
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ap.add_argument("--min-words", type=int, help="fewest words per sentence (default 2)")
     ap.add_argument("--max-words", type=int, help="most words per sentence (default 6)")
-    ap.add_argument("--signal", type=float, help="template strength (default 1, demo 2)")
+    ap.add_argument("--signal", type=float, help="template strength (default 1, demo 3)")
     ap.add_argument("--noise", type=float, help="latent noise std (default 1, demo 0.6)")
     ap.add_argument("--drift", type=float, help="per-session drift scale (default 1)")
     ap.add_argument("--holdout", type=int, default=0,
