@@ -62,9 +62,10 @@ def ensure_data(data_dir: Path, cfg: dict, quiet: bool = False) -> bool:
     if marker.is_file():
         with open(marker) as f:
             have = (yaml.safe_load(f) or {}).get("dataset", {})
-        params = synth.read_params(data_dir) or {}
+        params = synth.read_params(data_dir)
         differ = [f"{k} {params.get(k)} (the demo's {v})" for k, v in preset.items()
-                  if k in ("signal", "noise", "seed") and params.get(k) != v]
+                  if k in ("signal", "noise", "seed") and params.get(k) != v] if params else \
+            [f"no record of its generation parameters ({synth.PARAMS_FILE})"]
         if have.get("sessions") != list(preset["sessions"]):
             differ.insert(0, f"sessions {have.get('sessions')}")
         if have.get("neural_dim") != preset["neural_dim"]:
@@ -219,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"{100 * w['wer']:.1f}% with a 3-gram of the synthetic train sentences; "
                           f"sentences in {w['files']['words_csv']}")
             advice = ending_advice(hist, res.last_batch + 1, a.overrides)
-            if advice:
+            if advice and res.status == "finished":  # the collapse watch has said its own words
                 print(advice)
         else:
             print(f"Training ended ({res.status}) without a validation PER")

@@ -254,6 +254,9 @@ def test_demo_plumbing_on_tiny_data(tmp_path, capsys):
     assert demo.main(["--out", str(tmp_path / "run3"), "--data", str(older)]) == 2
     err = capsys.readouterr().err
     assert "signal 2.0 (the demo's 3.0)" in err and "Delete it" in err and "Traceback" not in err
+    (older / synth.PARAMS_FILE).unlink()  # a release written before the parameters were recorded
+    assert demo.main(["--out", str(tmp_path / "run3"), "--data", str(older)]) == 2
+    assert "no record of its generation parameters" in capsys.readouterr().err
 
 
 def test_demo_says_in_plain_words_when_a_run_ends_before_it_learned():
