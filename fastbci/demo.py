@@ -63,9 +63,11 @@ def ensure_data(data_dir: Path, cfg: dict, quiet: bool = False) -> bool:
         with open(marker) as f:
             have = (yaml.safe_load(f) or {}).get("dataset", {})
         params = synth.read_params(data_dir)
-        differ = [f"{k} {params.get(k)} (the demo's {v})" for k, v in preset.items()
-                  if k in ("signal", "noise", "seed") and params.get(k) != v] if params else \
-            [f"no record of its generation parameters ({synth.PARAMS_FILE})"]
+        if params is None:
+            differ = [f"no record of its generation parameters ({synth.PARAMS_FILE})"]
+        else:
+            differ = [f"{k} {params.get(k)} (the demo's {preset[k]})" for k in ("signal", "noise", "seed")
+                      if params.get(k) != preset[k]]
         if have.get("sessions") != list(preset["sessions"]):
             differ.insert(0, f"sessions {have.get('sessions')}")
         if have.get("neural_dim") != preset["neural_dim"]:

@@ -9,8 +9,8 @@ import pytest
 
 from fastbci.config import load_config
 from fastbci.data import PHONEMES, SILENCE_ID, TrialStore
-from fastbci import synth
-from fastbci.synth import LEXICON, OFFICIAL_SESSIONS, PRESETS, TRAIN_ONLY_SESSIONS, main, write_release
+from fastbci.synth import (LEXICON, OFFICIAL_SESSIONS, PRESETS, TRAIN_ONLY_SESSIONS, main, read_params,
+                           write_release)
 
 
 @pytest.fixture(scope="module")
@@ -180,9 +180,9 @@ def test_train_corpus_is_the_normalised_train_sentences(small):
 def test_release_records_its_generation_parameters(tmp_path):
     """synth_params.json holds what the release was written with (the demo compares it), and a
     folder without it reads as None, not as an error."""
-    synth.write_release(tmp_path / "r", sessions=2, n_train=1, n_val=0, n_test=0, neural_dim=8,
-                        seed=3, signal=2.5, noise=0.7, drift=0.5)
-    p = synth.read_params(tmp_path / "r")
+    write_release(tmp_path / "r", sessions=2, n_train=1, n_val=0, n_test=0, neural_dim=8,
+                  seed=3, signal=2.5, noise=0.7, drift=0.5)
+    p = read_params(tmp_path / "r")
     assert p == {"seed": 3, "neural_dim": 8, "signal": 2.5, "noise": 0.7, "drift": 0.5,
                  "min_words": 2, "max_words": 6}
-    assert synth.read_params(tmp_path) is None
+    assert read_params(tmp_path) is None

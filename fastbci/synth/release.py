@@ -14,6 +14,7 @@ import numpy as np
 
 from ..data.t15 import Trial, session_file, write_session_file
 from ..errors import run_command
+from ..fileio import atomic_write_text, dumps
 
 from .simulate import session_drift, session_trials, World
 
@@ -208,7 +209,7 @@ PARAMS_FILE = "synth_params.json"
 def _write_params(out_dir: Path, params: dict) -> None:
     """Record the generation parameters (``PARAMS_FILE``), so that a reader such as the demo can
     tell a release written with other parameters from the one it expects."""
-    (out_dir / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n")
+    atomic_write_text(out_dir / PARAMS_FILE, dumps(params, indent=1) + "\n")
 
 
 def read_params(data_dir: str | Path) -> dict | None:
