@@ -5,6 +5,7 @@ every parameter's gradient (None kept as None) to OUT/grads_RANK.pt.
 
 Rank 0 holds days 0 and 1, rank 1 days 1 and 2: day 1 is on both ranks, days 0 and 2 on one
 rank each, day 3 on none."""
+import gc
 import sys
 from pathlib import Path
 
@@ -40,6 +41,11 @@ def main(out: Path) -> None:
         par.local_loss(logits.float().pow(2).mean((1, 2)), 6).backward()
         torch.save({n: (None if p.grad is None else p.grad.clone()) for n, p in m.named_parameters()},
                    out / f"grads_{env.rank}.pt")
+        # free DDP's reducer while the process group is still alive: when the reducer held the
+        # group's last reference (after destroy_process_group), the group's destructor joined gloo's
+        # work thread while holding the GIL that thread needed, and the rank hung (8 of 20 runs)
+        del net, logits
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
