@@ -347,18 +347,23 @@ def test_one_step_fused_matches_reference(small_release, tmp_path, monkeypatch, 
                 assert err <= CUDA_GRAD_REL_L2, (f"{where}, end to end: gradient of {name} is "
                                                  f"{err:.3g} (relative L2) from the reference")
         return
+    # the rule compares each path with a float64 run of the reference on the same inputs: the
+    # fused batch (its noise within an ulp of the reference's, checked in 1.) is the input of
+    # all three runs, so that the ulp-level input difference, which the GRU and CTC amplify, is
+    # not charged to the fused arithmetic
+    ref_fb = step_on(ref_model, fb, cfg, k)["grads"]
     oracle = step_on(build_model(cfg, "reference", torch.float64),
-                     dataclasses.replace(rb, features=rb.features.double()), cfg, k)
+                     dataclasses.replace(fb, features=fb.features.double()), cfg, k)
     for name, g64 in oracle["grads"].items():
         if g64 is None:
             assert e2e["grads"][name] is None, f"{where}: {name} got a gradient end to end"
             continue
-        err_ref = rel_l2(rg[name], g64)
+        err_ref = rel_l2(ref_fb[name], g64)
         err_fused = rel_l2(e2e["grads"][name], g64)
         assert err_fused <= 2 * err_ref + 1e-7, (
             f"{where}, end to end: gradient of {name} is {err_fused:.3g} (relative L2) from the "
             f"float64 reference, more than twice the float32 reference's {err_ref:.3g}; "
-            f"fused vs float32 reference: {rel_l2(e2e['grads'][name], rg[name]):.3g}")
+            f"fused vs float32 reference: {rel_l2(e2e['grads'][name], ref_fb[name]):.3g}")
 
 
 # ---------------------------------------------------------------------------------------------
