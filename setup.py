@@ -71,7 +71,7 @@ setup(
     packages=["fastbci", "fastbci.data", "fastbci.ops", "fastbci.reference", "fastbci.compat",
               "fastbci.training", "fastbci.lm", "fastbci.synth",
               "fastbci.kernels", "fastbci.configs"],
-    package_dir={"fastbci": "fastbci", "fastbci.kernels": "kernels", "fastbci.configs": "configs"},
+    package_dir={"fastbci": "fastbci"},
     package_data={"fastbci.configs": ["*.yaml"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -26,10 +26,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-try:
-    from bench.conftest import DEVICE, ON_GPU, median_seconds, run_bench
-except ImportError:  # bench/ run as a rootdir of its own
-    from conftest import DEVICE, ON_GPU, median_seconds, run_bench
+from bench_helpers import DEVICE, ON_GPU, median_seconds, run_bench
 from fastbci import philox
 from fastbci.ops.augment import Augmentation, augment_smooth, augment_smooth_gather
 from fastbci.reference import transform_ref

@@ -23,10 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-try:
-    from bench.conftest import DEVICE, ON_GPU, median_seconds, run_bench
-except ImportError:  # plain `pytest` puts bench/ itself on sys.path
-    from conftest import DEVICE, ON_GPU, median_seconds, run_bench
+from bench_helpers import DEVICE, ON_GPU, median_seconds, run_bench
 from fastbci import synth
 from fastbci.compat import GRUDecoder
 from fastbci.config import load_config

@@ -18,10 +18,7 @@ import time
 
 import pytest
 
-try:
-    from bench.conftest import ON_GPU, run_bench
-except ImportError:  # bench/ run as a rootdir of its own
-    from conftest import ON_GPU, run_bench
+from bench_helpers import ON_GPU, run_bench
 from fastbci import synth
 from fastbci.config import load_config
 from fastbci.training import Trainer

@@ -18,10 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-try:
-    from bench.conftest import DEVICE, ON_GPU, median_seconds, peak_memory_bytes, run_bench
-except ImportError:  # plain `pytest` puts bench/ itself, not the repository root, on sys.path
-    from conftest import DEVICE, ON_GPU, median_seconds, peak_memory_bytes, run_bench
+from bench_helpers import DEVICE, ON_GPU, median_seconds, peak_memory_bytes, run_bench
 from fastbci.ops.day_projection import day_projection, fused_available, fused_supports
 from fastbci.reference import day_layer_official, softsign
 

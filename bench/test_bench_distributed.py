@@ -15,10 +15,7 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from bench.conftest import run_bench
-except ImportError:  # bench/ run as a rootdir of its own
-    from conftest import run_bench
+from bench_helpers import run_bench
 
 TIMEOUT_S = 300
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.conftest import ON_GPU, mean_seconds, peak_memory_bytes, run_bench
+from bench_helpers import ON_GPU, mean_seconds, peak_memory_bytes, run_bench
 
 pytest.importorskip("transformers", reason="transformers (pip install 'fastbci[llm]')")
 

@@ -15,10 +15,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-try:
-    from bench.conftest import DEVICE, ON_GPU, median_seconds, run_bench
-except ImportError:  # bench/ run as a rootdir-less folder
-    from conftest import DEVICE, ON_GPU, median_seconds, run_bench
+from bench_helpers import DEVICE, ON_GPU, median_seconds, run_bench
 from fastbci.compat.dataset import official_batch as store_batch
 from fastbci.config import load_config
 from fastbci.data import TrialStore, train_batch_plan

@@ -17,10 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-try:
-    from bench.conftest import DEVICE, ON_GPU, median_seconds, peak_memory_bytes, run_bench
-except ImportError:  # plain `pytest` puts bench/ itself, not the repository root, on sys.path
-    from conftest import DEVICE, ON_GPU, median_seconds, peak_memory_bytes, run_bench
+from bench_helpers import DEVICE, ON_GPU, median_seconds, peak_memory_bytes, run_bench
 from fastbci.ops.patchify import patchify
 from fastbci.reference import n_patches
 

@@ -49,10 +49,7 @@ import numpy as np
 import pytest
 import torch
 
-try:
-    from bench.conftest import DEVICE, ON_GPU, median_seconds, peak_memory_bytes, run_bench
-except ImportError:  # plain `pytest` puts bench/ itself, not the repository root, on sys.path
-    from conftest import DEVICE, ON_GPU, median_seconds, peak_memory_bytes, run_bench
+from bench_helpers import DEVICE, ON_GPU, median_seconds, peak_memory_bytes, run_bench
 from fastbci import synth
 from fastbci.data.batch import Batch
 from fastbci.training import Trainer

@@ -22,10 +22,7 @@ import time
 
 import pytest
 
-try:
-    from bench.conftest import ON_GPU
-except ImportError:  # bench/ run as a rootdir of its own
-    from conftest import ON_GPU
+from bench_helpers import ON_GPU
 from fastbci import synth
 
 OFFICIAL_BATCHES = 120_000

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastbci.kernels import INTERPRETED, device_guard, int64_bits
+from fastbci.kernels.launch import INTERPRETED, device_guard, int64_bits
 
 __all__ = ["augment_smooth_launch", "launch_plan", "gpu_tile", "tile_override", "Tile", "CANDIDATE_TILES",
            "PER_BATCH_ARGS", "INTERPRETED"]

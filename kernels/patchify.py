@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastbci.kernels import device_guard
+from fastbci.kernels.launch import device_guard
 
 __all__ = ["patchify_forward", "patchify_backward", "n_windows_covering", "FWD_PER_BATCH_ARGS",
            "BWD_PER_BATCH_ARGS"]

@@ -409,7 +409,7 @@ def build_report(with_cuda: bool = True) -> dict:
     os.environ["TRITON_INTERPRET"] = "0"
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # a cache hit would skip ptxas and its report
     os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
-    if "fastbci.kernels" in sys.modules and sys.modules["fastbci.kernels"].INTERPRETED:
+    if "fastbci.kernels.launch" in sys.modules and sys.modules["fastbci.kernels.launch"].INTERPRETED:
         raise RuntimeError("fastbci.kernels was imported under TRITON_INTERPRET=1: run "
                            "scripts/kernel_resources.py in a fresh process")
     report = {"arch": "sm_90", "occupancy_floor": OCCUPANCY_FLOOR,

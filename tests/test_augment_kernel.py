@@ -357,8 +357,8 @@ def test_clear_errors(device, monkeypatch):
         augment_smooth_gather(f, o[:-1], L, torch.tensor([0], device=device), A(OFFICIAL),
                               impl="fused")
     if device.type == "cpu":
-        import fastbci.kernels
-        monkeypatch.setattr(fastbci.kernels, "INTERPRETED", False)  # kernels defined for a GPU
+        import fastbci.kernels.launch
+        monkeypatch.setattr(fastbci.kernels.launch, "INTERPRETED", False)  # kernels defined for a GPU
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
             augment_smooth(x, n, A(OFFICIAL), impl="fused")
         # 'auto' on a CPU tensor is the reference path

@@ -41,7 +41,7 @@ from fastbci.config import load_config
 from fastbci.reference import smoothing_taps
 
 PKG_DIRS = tuple(str(Path(m.__file__).resolve().parent) + os.sep
-                 for m in (fastbci, importlib.import_module("fastbci.kernels")))
+                 for m in (fastbci, importlib.import_module("fastbci.kernels.launch")))
 
 def _day_projection_check_args(device: str) -> tuple:
     """Arguments of ``fastbci.ops.day_projection._check_inputs`` with every tensor on ``device``."""

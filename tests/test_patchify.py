@@ -182,8 +182,8 @@ def test_bad_arguments(args, kwargs, exc, match):
 
 
 def test_fused_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
-    import fastbci.kernels
-    monkeypatch.setattr(fastbci.kernels, "INTERPRETED", False)  # kernels defined for a GPU
+    import fastbci.kernels.launch
+    monkeypatch.setattr(fastbci.kernels.launch, "INTERPRETED", False)  # kernels defined for a GPU
     with pytest.raises(RuntimeError, match="needs a CUDA tensor"):
         patchify(torch.zeros(2, 20, 4), impl="fused")
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from fastbci import kernels as _kernels_pkg  # only its __init__: no Triton import
+from fastbci.kernels import launch as _launch  # no Triton import
 
 
 def interpreted() -> bool:
     """True when the kernels are defined for the Triton interpreter (``TRITON_INTERPRET=1`` before
-    ``fastbci.kernels`` was imported, as ``triton.jit`` decides): the only way they run on a CPU."""
-    return _kernels_pkg.INTERPRETED
+    ``fastbci.kernels.launch`` was imported, as ``triton.jit`` decides): the only way they run on a CPU."""
+    return _launch.INTERPRETED
 
 
 def triton_importable() -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from fastbci import philox
-from fastbci.kernels import int64_bits
+from fastbci.kernels.launch import int64_bits
 from fastbci.ops._triton import load_kernels
 from fastbci.ops.augmentation import Augmentation
 from fastbci.ops.dispatch import check_impl, resolve

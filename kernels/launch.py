@@ -1,9 +1,13 @@
-"""Triton kernels and their launchers only (installed as ``fastbci.kernels``).
+"""What the Triton launchers of ``fastbci.kernels`` share (``kernels/launch.py``, installed as
+``fastbci.kernels.launch``).
 
-This ``__init__`` imports no Triton, so the reference paths work without it. It holds what the
-launchers share:
+This module imports no Triton, so the reference paths work without it. ``kernels/`` has no
+``__init__.py``: the folder is ``fastbci.kernels`` (a namespace package inside ``fastbci``, through
+the ``fastbci/kernels`` link), never a top-level ``kernels`` package, so that from the
+repository root it cannot shadow Hugging Face's ``kernels`` package, which transformers imports.
+It holds what the launchers share:
 
-* ``INTERPRETED``: True when ``TRITON_INTERPRET=1`` was set before this package was imported,
+* ``INTERPRETED``: True when ``TRITON_INTERPRET=1`` was set before this module was imported,
   i.e. when ``triton.jit`` defines the kernels for the Triton interpreter (CPU), not a GPU;
 * :func:`device_guard`: Triton launches on the *current* CUDA device, so every launch runs
   inside the guard of its output tensor's device;
