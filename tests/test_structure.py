@@ -147,7 +147,7 @@ LAYERS = [
     {"fastbci.validation", "fastbci.ensemble", "fastbci.official_eval"},
     {"fastbci.training", "fastbci.calibration"},
     {"fastbci.cli", "fastbci.train", "fastbci.evaluate", "fastbci.demo", "fastbci.calibrate",
-     "fastbci.compat"},
+     "fastbci.compat", "fastbci.commands"},
 ]
 
 
