@@ -1,6 +1,8 @@
 """Writing files so that nothing is lost: every file fastbci rewrites goes to a temporary file
 in the same folder, is flushed to disk (fsync), renamed over the old one and the folder is
 synced, so a kill or a full disk at any moment leaves either the old file or the new one.
+Every file written here is listed in its folder's record of fastbci's outputs
+(:mod:`fastbci.outputs`), so that no command ever replaces a file fastbci did not write.
 A full disk (or a quota) is a :class:`StorageError` that names the device and the file.
 
 Reading: :func:`path_problem` says what stops a path from being read as a file or a folder
@@ -19,10 +21,11 @@ import stat
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from fastbci import outputs
 from fastbci.errors import FastbciError
 
 _SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-TMP_MARK = ".tmp"
+TMP_MARK = outputs.TMP_MARK
 
 
 class StorageError(FastbciError, OSError):
@@ -95,6 +98,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+        outputs.record(path)
     except BaseException as e:
         err = storage_error(e, path)
         if err is not None:
@@ -123,6 +127,8 @@ def append_line(path: str | os.PathLike, line: str) -> None:
     path = Path(path)
     try:
         with open(path, "a") as f:
+            if f.tell() == 0:
+                outputs.record(path)
             f.write(line.rstrip("\n") + "\n")
             f.flush()
     except OSError as e:

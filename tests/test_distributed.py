@@ -209,8 +209,8 @@ def test_env_from_os():
 @pytest.fixture(scope="module")
 def small_cfg(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist_units")
-    synth.write_release(d, **synth.PRESETS["small"], seed=5)
-    return lambda *extra: load_config(d / "synth_config.yaml", _overrides(d / "out", *extra))
+    synth.write_release(d / "data", **synth.PRESETS["small"], seed=5)
+    return lambda *extra: load_config(d / "data" / "synth_config.yaml", _overrides(d / "out", *extra))
 
 
 @pytest.mark.parametrize("batch,world,ok", [(6, 1, True), (6, 2, True), (6, 3, True),

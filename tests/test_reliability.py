@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fastbci import checkpoint as ckpt_io
-from fastbci import cli, fileio, synth
+from fastbci import cli, fileio, outputs, synth
 from fastbci.config import ConfigError, load_config
 from fastbci.training import Trainer
 from helpers import shift_logits
@@ -90,7 +90,7 @@ def test_a_kill_during_the_metrics_rewrite_keeps_every_record(tmp_path, monkeypa
         m.truncate(5)
     monkeypatch.undo()
     assert m.path.read_text() == before, "the rewrite lost records"
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    assert [p.name for p in tmp_path.iterdir() if p.name != outputs.MARKER] == ["metrics.jsonl"]
     m.truncate(5)
     assert [r["batch"] for r in m.records()] == [0, 1, 2, 3, 4]
 
@@ -183,6 +183,8 @@ def test_a_failed_first_start_does_not_block_the_retry(release, tmp_path, capsys
     (out / "train.log").write_text("an earlier start\n")
     (out / "checkpoint").mkdir()
     (out / "checkpoint" / "args.yaml").write_text("{}\n")
+    for f in (out / "train.log", out / "checkpoint" / "args.yaml"):  # as fastbci records them
+        outputs.record(f)
     assert run_cli(release, out) == 0, capsys.readouterr().err
     assert "an earlier start" not in (out / "train.log").read_text()
     assert "Reusing" in (out / "train.log").read_text()
@@ -193,8 +195,9 @@ def test_data_is_checked_before_the_model_is_built(release, tmp_path, monkeypatc
     built = []
     monkeypatch.setattr(model.GRUDecoder, "from_config",
                         classmethod(lambda cls, *a, **k: built.append(1)))
+    (tmp_path / "data").mkdir()
     with pytest.raises(Exception, match="hdf5_data_final"):
-        Trainer(cfg_of(release, tmp_path / "x", f"dataset.dataset_dir={tmp_path}"),
+        Trainer(cfg_of(release, tmp_path / "x", f"dataset.dataset_dir={tmp_path / 'data'}"),
                 console=False).setup()
     assert not built
 

@@ -101,22 +101,21 @@ def test_gradient_clipping(synth_dir, tmp_path):
 
 
 def test_output_directory_policy(synth_dir, tmp_path, capsys):
+    from fastbci.outputs import OutputError
     out = tmp_path / "busy"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    with pytest.raises(ConfigError, match="fastbci.overwrite=true") as e:
-        Trainer(make_cfg(synth_dir, out), console=False).setup()
-    assert "already exists" in str(e.value)
-    assert (out / "keep.txt").read_text() == "user data", "never overwritten silently"
+    for extra in ((), ("fastbci.overwrite=true",)):  # a file fastbci did not write: never touched
+        with pytest.raises(OutputError, match="did not write") as e:
+            Trainer(make_cfg(synth_dir, out, *extra), console=False).setup()
+        assert "keep.txt" in str(e.value) and "--overwrite does not change this" in str(e.value)
+    assert (out / "keep.txt").read_text() == "user data", "never overwritten"
 
     with pytest.raises(ConfigError, match="no resumable checkpoint"):
-        Trainer(make_cfg(synth_dir, out, "fastbci.resume=true"), console=False).setup()
-
-    Trainer(make_cfg(synth_dir, out, "fastbci.overwrite=true"), console=False).setup()
-    assert not (out / "keep.txt").exists() and (out / "train.log").is_file()
+        Trainer(make_cfg(synth_dir, tmp_path / "none", "fastbci.resume=true"), console=False).setup()
 
     # a folder of a run that trained (it holds a checkpoint): the CLI prints the message and
-    # exits with status 2, no traceback
+    # exits with status 2, no traceback; fastbci.overwrite=true replaces the run's files only
     trained = tmp_path / "trained"
     assert Trainer(make_cfg(synth_dir, trained, "num_training_batches=2"), console=False).fit().status \
         == "finished"
@@ -125,7 +124,11 @@ def test_output_directory_policy(synth_dir, tmp_path, capsys):
     rc = cli.main([str(cfg_file), f"output_dir={trained}", f"checkpoint_dir={trained}/checkpoint",
                    "fastbci.progress=false"])
     err = capsys.readouterr().err
-    assert rc == 2 and "already exists" in err and "Traceback" not in err
+    assert rc == 2 and "already holds a run" in err and "fastbci.overwrite=true" in err, err
+    assert "Traceback" not in err
+    Trainer(make_cfg(synth_dir, trained, "fastbci.overwrite=true"), console=False).setup()
+    assert not (trained / "checkpoint" / "best_checkpoint").exists()
+    assert (trained / "train.log").is_file()
     rc = cli.main([str(cfg_file), "dataset.batch_sise=4"])
     err = capsys.readouterr().err
     assert rc == 2 and "dataset.batch_size" in err, err

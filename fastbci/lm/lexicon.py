@@ -21,6 +21,7 @@ from typing import Iterable, Mapping, Sequence
 
 from fastbci.data.phonemes import PHONEME_TO_ID, PHONEMES, SILENCE_ID
 from fastbci.errors import FastbciError
+from fastbci.fileio import atomic_path
 
 from .text import normalize
 
@@ -215,7 +216,7 @@ class Lexicon:
     def write(self, path: str | os.PathLike, words: Iterable[str] | None = None) -> Path:
         """Write ``WORD P1 P2 ...`` lines (no silence), the format :meth:`load` reads as extra."""
         path = Path(path)
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for w in (self.spellings if words is None else words):
                 for sp in self.spellings[w]:
                     f.write(w + " " + " ".join(PHONEMES[i] for i in sp[:-1]) + "\n")

@@ -35,6 +35,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from fastbci.fileio import atomic_path
+
 
 __all__ = ["BOS", "EOS", "UNK", "build_arpa", "read_corpus", "NGramCounts", "count_ngrams"]
 
@@ -239,7 +241,7 @@ def write_arpa(path: str | os.PathLike, c: NGramCounts, est: dict) -> list[int]:
     for n in range(2, N + 1):
         has_ext[n - 2][c.orders[n - 1].prefix[est["keep"][n - 1]]] = True
     counts = [int(k.sum()) for k in est["keep"]]
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("\\data\\\n" + "".join(f"ngram {n}={m}\n" for n, m in enumerate(counts, 1)))
         for n in range(1, N + 1):
             k = est["keep"][n - 1]

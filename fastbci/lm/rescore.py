@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from fastbci.errors import FastbciError
+from fastbci.fileio import atomic_path
 
 from .params import RescoreParams
 
@@ -155,8 +156,7 @@ def write_rescored(path: str | os.PathLike, ids: Sequence[int], nbests: Sequence
     """``id,rank,decoder_rank,total,llm_score,score,acoustic_score,lm_score,n_words,text``: each
     trial's hypotheses ranked by the rescoring total (``rank`` 0 is the sentence chosen)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "rank", "decoder_rank", "total", "llm_score", "score", "acoustic_score",
                     "lm_score", "n_words", "text"])

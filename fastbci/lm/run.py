@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from fastbci.data.phonemes import N_CLASSES
+from fastbci.fileio import atomic_path
 
 from .params import DEFAULT_LLM_NBEST, DecoderParams, RescoreParams
 from .text import wer_report
@@ -60,8 +61,7 @@ def load_logits(path: str | os.PathLike) -> dict:
 def write_csv(path: str | os.PathLike, ids: Sequence, texts: Sequence[str]) -> Path:
     """``id,text`` rows with a header (the official evaluation's and the submission format)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "text"])
         for i, t in zip(ids, texts):
@@ -76,8 +76,7 @@ def write_nbest(path: str | os.PathLike, ids: Sequence, nbest: Sequence, lm_weig
     trial without frames gets one row, the empty sentence with zero scores, so that every id of
     the split has a row."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "rank", "score", "acoustic_score", "lm_score", "lm_weight", "n_words", "text"])
         for i, hyps in zip(ids, nbest):

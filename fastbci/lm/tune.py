@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 import yaml
 
+from fastbci.fileio import atomic_path
+
 from .params import DecoderParams, RescoreParams
 from .run import _days, _labels, load_logits
 from .text import wer_report
@@ -70,8 +72,7 @@ def _search_llm_alpha(hyps: list, labels: list[str], days, scorer, rescore: Resc
 
 
 def _write(out: Path, record: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
+    with atomic_path(out) as tmp, open(tmp, "w") as f:
         f.write("# written by python -m fastbci.lm tune; use with: python -m fastbci.lm decode "
                 "--params THIS_FILE ...\n")
         yaml.safe_dump(record, f, sort_keys=False, default_flow_style=None)

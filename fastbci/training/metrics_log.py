@@ -9,7 +9,7 @@ import math
 import numbers
 from pathlib import Path
 
-from fastbci import fileio
+from fastbci import fileio, outputs
 
 __all__ = ["MetricsLog", "TENSORBOARD_DIR"]
 
@@ -48,6 +48,8 @@ class MetricsLog:
 
     def _open_tensorboard(self):
         self._tb = _tensorboard_writer(self._tb_dir, self._log)
+        if self._tb is not None:  # TensorBoard writes its own files: the folder is fastbci's
+            outputs.record(self._tb_dir, tree=True)
         if self._tb is None:
             self._tb_dir = None  # not installed: said once, not tried again
         return self._tb

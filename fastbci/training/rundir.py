@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from pathlib import Path
 from typing import Mapping
 
 from fastbci import checkpoint as ckpt_io
 from fastbci import config as config_mod
-from fastbci import fileio
+from fastbci import fileio, outputs
 from fastbci.errors import ConfigError
 from fastbci.training import report
 
@@ -21,13 +20,6 @@ RUN_STATUS = "run_status.json"
 # ---------------------------------------------------------------------------------------------
 def _is_nonempty_dir(p: Path) -> bool:
     return p.is_dir() and any(p.iterdir())
-
-
-def _dangerous_to_delete(p: Path) -> bool:
-    p = p.resolve()
-    cwd = Path.cwd().resolve()
-    home = Path.home().resolve()
-    return p == Path(p.anchor) or p == home or p == cwd or p in cwd.parents
 
 
 def resume_path(cfg: Mapping) -> Path | None:
@@ -60,76 +52,91 @@ def resume_path(cfg: Mapping) -> Path | None:
 _LEFTOVERS = {"train.log", "args.yaml", "metrics.jsonl", "training_curves.png", "run_status.json"}
 
 
-def _only_leftovers(folder: Path, ckdir: Path) -> bool:
-    """True when ``folder`` holds nothing but what a failed start leaves: fastbci's own log,
-    configuration and metrics files, temporaries, and no checkpoint."""
-    for p in folder.rglob("*"):
-        if p.is_dir():
+def _only_leftovers(files: list[Path], out: Path, ckdir: Path) -> bool:
+    """True when ``files`` (fastbci's own, under the run's folders) are only what a start that
+    failed before training leaves: its log, configuration and metrics, temporaries, no
+    checkpoint."""
+    for p in files:
+        if p.name.startswith(".") and fileio.TMP_MARK in p.name:
             continue
-        rel = p.relative_to(folder)
-        in_ck = p.parent.resolve() == ckdir.resolve()
-        if p.name.startswith(".") and ".tmp" in p.name:
+        if p.parent.resolve() == ckdir.resolve() and p.name == "args.yaml":
             continue
-        if in_ck and p.name == "args.yaml":
-            continue
-        if len(rel.parts) == 1 and p.name in _LEFTOVERS:
+        if p.parent.resolve() == out.resolve() and p.name in _LEFTOVERS:
             continue
         return False
     return True
+
+
+def run_inputs(cfg: Mapping) -> list[tuple[str, object]]:
+    """What a training run reads, which its output folders must never meet: the data folder
+    and the checkpoint it starts from."""
+    init = cfg["init_checkpoint_path"] if cfg["init_from_checkpoint"] else None
+    return [("data folder (dataset.dataset_dir)", cfg["dataset"]["dataset_dir"]),
+            ("checkpoint (init_checkpoint_path)", init)]
 
 
 @dataclasses.dataclass
 class OutputPlan:
     """What the output-directory policy decided, before anything is touched."""
     resume_from: Path | None
-    delete: list[Path]
+    delete: list[outputs.Plan]
     why: str = ""          # "overwrite" | "leftovers" | ""
 
 
 def plan_output_dir(cfg: Mapping) -> OutputPlan:
-    """The output-directory policy, decided without side effects (:func:`apply_output_plan`
-    carries it out once the data has loaded):
+    """The output-directory policy (:mod:`fastbci.outputs`), decided without side effects
+    (:func:`apply_output_plan` carries it out once the data has loaded):
 
+    * ``output_dir`` and ``checkpoint_dir`` never are, contain or lie inside the data folder or
+      the checkpoint the run starts from, and never hold files that fastbci did not write (or
+      that another kind of command wrote): refused, whatever the flags;
     * ``fastbci.resume`` true: the latest resumable checkpoint of ``output_dir`` (an error if
       there is none); a path: that checkpoint;
     * a folder that holds only what a start that failed before training left (its log and
       configuration, no checkpoint) is reused;
-    * otherwise an existing non-empty ``output_dir`` (or ``checkpoint_dir``) is an error that
-      says how to proceed, unless ``fastbci.overwrite=true``, which deletes it first.
+    * otherwise a folder holding an earlier run is an error that says how to proceed, unless
+      ``fastbci.overwrite=true``, which deletes that run's files (and only them) first.
     """
     out, ckdir = Path(cfg["output_dir"]), Path(cfg["checkpoint_dir"])
     for key, d in (("output_dir", out), ("checkpoint_dir", ckdir)):
         if d.exists() and not d.is_dir():
             raise ConfigError(f"{key} {d} exists and is a file, not a folder: choose another "
                               f"{key}=DIR (or move the file away)")
+        why = outputs.meeting(d, run_inputs(cfg), folder=True)
+        if why:
+            raise outputs.OutputError(f"{key} {d}: {why}; a run there could destroy it (refused "
+                                      f"even with fastbci.overwrite=true): choose another {key}")
     found = resume_path(cfg)
     if found is not None:
         return OutputPlan(found, [])
-    busy = [d for d in (out, ckdir) if _is_nonempty_dir(d)]
+    command = outputs.writer()
+    busy = [d for d in dict.fromkeys((out, ckdir)) if _is_nonempty_dir(d)]
     if not busy:
         return OutputPlan(None, [])
-    if all(_only_leftovers(d, ckdir) for d in busy) and ckpt_io.find_resume_checkpoint(ckdir) is None:
-        return OutputPlan(None, busy, "leftovers")
+    plans = []
+    for key, d in (("output_dir", out), ("checkpoint_dir", ckdir)):
+        if d in busy and not any(d != b and b in d.parents for b in busy):
+            h = outputs.holdings(d, command)
+            outputs.refuse_foreign(d, h, command, key)
+            plans.append(outputs.Plan(d, h.own))
+    files = [f for pl in plans for f in pl.clear]
+    if _only_leftovers(files, out, ckdir) and ckpt_io.find_resume_checkpoint(ckdir) is None:
+        return OutputPlan(None, plans, "leftovers")
     if not cfg["fastbci"]["overwrite"]:
         has_resume = ckpt_io.find_resume_checkpoint(ckdir) is not None
         hint = "fastbci.resume=true to continue it, " if has_resume else ""
         raise ConfigError(
-            f"output directory {busy[0]} already exists and is not empty; pass {hint}"
+            f"output directory {busy[0]} already holds a run; pass {hint}"
             "fastbci.overwrite=true to replace it, or choose another output_dir=DIR "
             "(with checkpoint_dir=DIR/checkpoint)")
-    for d in busy:
-        if _dangerous_to_delete(d):
-            raise ConfigError(f"fastbci.overwrite=true would delete {d.resolve()}, which is "
-                              "the file-system root, your home, the working directory or "
-                              "one of its parents: choose another output_dir")
-    return OutputPlan(None, busy, "overwrite")
+    return OutputPlan(None, plans, "overwrite")
 
 
 def apply_output_plan(plan: OutputPlan) -> None:
-    """Delete what the plan says (an overwritten run, or the leftovers of a failed start)."""
-    for d in plan.delete:
-        if d.exists():  # checkpoint_dir may sit inside output_dir, already removed
-            shutil.rmtree(d)
+    """Delete what the plan says (an overwritten run, or the leftovers of a failed start): the
+    files fastbci recorded, nothing else."""
+    for p in plan.delete:
+        outputs.clear(p)
 
 
 class RunDir:
@@ -157,6 +164,7 @@ class RunDir:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         log = report.make_logger(self.output_dir / "train.log", console=console)
+        outputs.record(self.output_dir / "train.log")
         for d in (self.output_dir, self.checkpoint_dir):
             for t in fileio.remove_stale_temporaries(d):
                 early.info(f"Removed {t}, left by an interrupted write")
