@@ -12,23 +12,29 @@ cd "$(dirname "$0")"
 VENV=${FASTBCI_VENV:-.venv}
 PY="$VENV/bin/python"
 
+# the extras every setup installs (pyproject.toml's [project.optional-dependencies]); a CPU
+# machine adds `cpu`, the pins of torch's CPU wheel and its triton, installed first
+EXTRAS="lm,llm,tensorboard,sweep,dev"
+
 setup() {
   if [ ! -x "$PY" ]; then
     echo "[fastbci] creating virtual environment $VENV" >&2
     python3 -m venv "$VENV"
   fi
+  local extras="$EXTRAS"
   if "$PY" -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then
     echo "[fastbci] CUDA torch found in $VENV: keeping it" >&2
-    "$PY" -m pip install -q numpy scipy h5py pyyaml tqdm matplotlib pytest pytest-benchmark ninja setuptools wheel
   else
     "$PY" -m pip install -q -r requirements-cpu.txt
+    extras="cpu,$extras"
   fi
+  "$PY" -m pip install -q "setuptools>=64" wheel ninja
   local stamp="$VENV/.fastbci-build"
   local want
-  want=$(cat setup.py pyproject.toml csrc/*.cpp csrc/*.h csrc/cuda/* 2>/dev/null | sha1sum | cut -c1-40)
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$PY" -c "import fastbci" 2>/dev/null; then
-    echo "[fastbci] building and installing fastbci (pip install -e . --no-build-isolation)" >&2
-    "$PY" -m pip install -q -e . --no-build-isolation
+  want=$( (echo "$extras"; cat setup.py pyproject.toml csrc/*.cpp csrc/*.h csrc/cuda/* 2>/dev/null) | sha1sum | cut -c1-40)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$PY" -c "import fastbci._C" 2>/dev/null; then
+    echo "[fastbci] building and installing fastbci (pip install -e '.[$extras]' --no-build-isolation)" >&2
+    "$PY" -m pip install -q -e ".[$extras]" --no-build-isolation
     echo "$want" > "$stamp"
   fi
 }

@@ -5,8 +5,9 @@ The record
 ----------
 Every file fastbci writes (through :mod:`fastbci.fileio`) is listed in a marker,
 ``.fastbci-outputs.json``, in its folder, with the command that wrote it (``train``,
-``evaluate``, ``lm``...; ``python`` for a library call outside a command). A file that is not
-listed is not fastbci's: fastbci never replaces or deletes it.
+``evaluate``, ``lm``...: the command run, or for a library call the kind of output its function
+writes, :func:`writes`; ``python`` for any other write). A file that is not listed is not
+fastbci's: fastbci never replaces or deletes it.
 
 The rule (:func:`check_dir`, :func:`check_file`)
 ------------------------------------------------
@@ -26,12 +27,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import fcntl
+import functools
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from fastbci.errors import FastbciError
 
@@ -63,6 +65,21 @@ def writing_as(command: str) -> Iterator[None]:
 
 def writer() -> str:
     return _writer.get()
+
+
+def writes(kind: str) -> Callable:
+    """Decorate a library function that writes outputs of ``kind`` (``train``, ``evaluate``...):
+    its files are recorded as ``kind``'s, unless a command already set who writes (the demo's
+    training run is the demo's)."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            if _writer.get() != _LIBRARY:
+                return fn(*args, **kwargs)
+            with writing_as(kind):
+                return fn(*args, **kwargs)
+        return wrapper
+    return decorate
 
 
 def _group(command: str) -> str:
@@ -108,12 +125,16 @@ def _write(folder: Path, files: dict[str, dict]) -> None:
             path.unlink()
         return
     tmp = folder / f".{MARKER}{TMP_MARK}{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({"what": "files written by fastbci (a command refuses to replace any other)",
-                   "files": files}, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"what": "files written by fastbci (a command refuses to replace any other)",
+                       "files": files}, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:  # a full disk leaves the old record and no temporary
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def record(path: str | os.PathLike, *, tree: bool = False) -> None:

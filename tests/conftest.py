@@ -28,3 +28,25 @@ def device(request):
             and os.environ.get("TRITON_INTERPRET") != "1"):
         pytest.skip("Triton kernels run on CPU only under TRITON_INTERPRET=1; tested on CUDA here")
     return torch.device(request.param)
+
+
+@pytest.fixture(scope="session")
+def small_release(tmp_path_factory):
+    """The small synthetic release (3 sessions, one train-only; 32 features), written once."""
+    from fastbci import synth
+    d = tmp_path_factory.mktemp("small_release")
+    synth.write_release(d, **synth.PRESETS["small"], seed=2)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(small_release, tmp_path_factory):
+    """A tiny model trained 2 batches on ``small_release``: its best checkpoint's path."""
+    from helpers import make_cfg
+
+    from fastbci.training import Trainer
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    res = Trainer(make_cfg(small_release, out, "num_training_batches=2", "batches_per_val_step=1"),
+                  console=False).fit()
+    assert res.status == "finished"
+    return out / "checkpoint" / "best_checkpoint"

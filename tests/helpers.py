@@ -177,3 +177,23 @@ def shift_logits(trainer, delta_class, amount=50.0, when=None, replace=False):
         return logits
 
     trainer.model.forward = forward
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny training runs (the fixtures small_release / tiny_checkpoint are in conftest.py)
+# ---------------------------------------------------------------------------------------------
+#: a model and a run small enough for a test: one 8-unit GRU layer, batches of 4, the reference ops
+TINY_RUN = ("model.n_units=8", "model.n_layers=1", "model.rnn_dropout=0.0", "dataset.batch_size=4",
+            "dataset.days_per_batch=2", "batches_per_train_log=1", "lr_warmup_steps=1",
+            "lr_warmup_steps_day=1", "fastbci.impl=reference", "fastbci.device=cpu",
+            "fastbci.progress=false", "fastbci.plot=false")
+
+
+def make_cfg(release, out, *extra) -> dict:
+    """The configuration of ``release``'s synth_config.yaml for a tiny run into ``out``
+    (``extra``: more ``key=value`` overrides)."""
+    from pathlib import Path
+
+    from fastbci.config import load_config
+    return load_config(Path(release) / "synth_config.yaml",
+                       [f"output_dir={out}", f"checkpoint_dir={out}/checkpoint", *TINY_RUN, *extra])

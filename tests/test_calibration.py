@@ -7,9 +7,10 @@ import pytest
 import torch
 import yaml
 
-from fastbci import calibrate as C
+from fastbci import calibration as C
 from fastbci import checkpoint as ckpt_io
-from fastbci import evaluate as E
+from fastbci import evaluation as E
+from fastbci.commands import main as fastbci
 from fastbci import synth
 from fastbci.compat import GRUDecoder as CompatGRUDecoder
 from fastbci.config import load_config
@@ -49,7 +50,7 @@ def trained(tmp_path_factory):
 def _calibrate(trained, out, *extra, session=None):
     argv = ["--checkpoint", str(trained["ckpt"]), "--session", str(session or trained["train"]),
             "--out", str(out), "--quiet", *extra]
-    return C.main(argv)
+    return fastbci(["calibrate", *argv])
 
 
 def _weights(path):

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from fastbci import checkpoint as ckpt_io
-from fastbci import cli, synth
+from fastbci import commands, synth
 from fastbci.config import ConfigError, load_config
 from fastbci.devices import select_device
 from fastbci.errors import EXIT_CONFIG
@@ -244,7 +244,7 @@ def test_cli_rejects_an_indivisible_batch_before_joining(small_cfg, tmp_path, mo
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert cli.main([str(cfg_path)]) == EXIT_CONFIG
+    assert commands.main(["train", str(cfg_path)]) == EXIT_CONFIG
     assert "not divisible by the world size 2" in capsys.readouterr().err
     assert not dist.is_initialized()
 

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from fastbci.config import _official_path, load_config
-from fastbci.doctor import SEVERE, WARNING, INFO, Finding, assess, format_findings, main
+from fastbci.commands import main as fastbci
+from fastbci.doctor import SEVERE, WARNING, INFO, Finding, assess, format_findings
 
 WEAK = {  # docs/recipe.md section 8: reported to collapse to all-blank
     "dataset.data_transforms.white_noise_std": 0.25,
@@ -29,11 +30,11 @@ def weak_yaml(tmp_path):
 
 def test_official_has_no_findings(capsys, tmp_path):
     assert assess(load_config(None)) == []
-    assert main([str(_official_path())]) == 0
+    assert fastbci(["doctor", str(_official_path())]) == 0
     assert "No difference from the official configuration" in capsys.readouterr().out
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    assert main([str(empty)]) == 0
+    assert fastbci(["doctor", str(empty)]) == 0
 
 
 def test_weak_config_is_severe(weak_yaml, capsys):
@@ -52,7 +53,7 @@ def test_weak_config_is_severe(weak_yaml, capsys):
     assert [f.key for f in findings] == [
         "dataset.data_transforms.white_noise_std", "dataset.data_transforms.constant_offset_std",
         "lr_max", "lr_warmup_steps", "dataset.batch_size"]
-    assert main([str(weak_yaml)]) == 1
+    assert fastbci(["doctor", str(weak_yaml)]) == 1
     out = capsys.readouterr().out
     for key in WEAK:
         assert key in out, f"{key} missing from the table"
@@ -87,27 +88,27 @@ def test_severity_order_and_overrides(capsys):
     cfg = load_config(None, ["seed=3", "epsilon=1e-8", "lr_warmup_steps=500"])
     sev = [f.severity for f in assess(cfg)]
     assert sev == [SEVERE, WARNING, INFO]
-    assert main([str(_official_path()), "epsilon=1e-8"]) == 1
-    assert main([str(_official_path()), "seed=3"]) == 0
+    assert fastbci(["doctor", str(_official_path()), "epsilon=1e-8"]) == 1
+    assert fastbci(["doctor", str(_official_path()), "seed=3"]) == 0
     capsys.readouterr()
 
 
 def test_unknown_key_exit_2(capsys, tmp_path):
-    assert main([str(_official_path()), "lr_maxx=0.1"]) == 2
+    assert fastbci(["doctor", str(_official_path()), "lr_maxx=0.1"]) == 2
     err = capsys.readouterr().err
     assert "lr_maxx" in err and "did you mean 'lr_max'" in err and "Traceback" not in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset:\n  batch_sise: 48\n")
-    assert main([str(bad)]) == 2
+    assert fastbci(["doctor", str(bad)]) == 2
     assert "dataset.batch_size" in capsys.readouterr().err
-    assert main([str(tmp_path / "missing.yaml")]) == 2
+    assert fastbci(["doctor", str(tmp_path / "missing.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
-    assert main([str(_official_path()), "dataset.batch_size=forty"]) == 2
+    assert fastbci(["doctor", str(_official_path()), "dataset.batch_size=forty"]) == 2
     assert "dataset.batch_size" in capsys.readouterr().err
 
 
 def test_keys_listing(capsys):
-    assert main(["--keys"]) == 0
+    assert fastbci(["doctor", "--keys"]) == 0
     out = capsys.readouterr().out
     assert "lr_max  (official: 0.005)" in out and "dataset.data_transforms.white_noise_std" in out
     assert "fastbci.rng" in out

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from fastbci import doctor, envcheck
+from fastbci import commands, envcheck
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -62,7 +62,7 @@ def test_the_exit_status_is_the_verdict(monkeypatch, capsys, affected, code):
     planted = _planted if affected else (lambda model: model)
     real = envcheck.probe
     monkeypatch.setattr(envcheck, "probe", lambda backend: real(device="cpu", compile_fn=planted))
-    assert doctor.main(["--env"]) == code
+    assert commands.main(["doctor", "--env"]) == code
     out = capsys.readouterr().out
     assert out.startswith("fastbci doctor --env: torch ")
     assert ("AFFECTED" in out) == affected
@@ -74,7 +74,7 @@ def test_a_compiler_that_cannot_run_exits_2(monkeypatch, capsys):
 
     real = envcheck.probe
     monkeypatch.setattr(envcheck, "probe", lambda backend: real(device="cpu", compile_fn=broken))
-    assert doctor.main(["--env"]) == 2
+    assert commands.main(["doctor", "--env"]) == 2
     err = capsys.readouterr().err
     assert "the probe could not run: RuntimeError: no C++ compiler found" in err
     assert "Traceback" not in err

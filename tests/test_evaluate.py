@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastbci import evaluate as E
+from fastbci import evaluation as E
+from fastbci.commands import main as fastbci
 from fastbci import synth
 from fastbci.training import Trainer
 from fastbci.config import dump, load_config
@@ -92,7 +93,7 @@ def test_test_split_and_official_checkpoint(trained, tmp_path):
     sd = {f"_orig_mod.{k}": v for k, v in src["model_state_dict"].items()}
     torch.save({"model_state_dict": sd, "val_PER": 0.5}, folder / "best_checkpoint")
     dump(trained["cfg"], folder / "args.yaml")
-    rc = E.main(["--checkpoint", str(folder / "best_checkpoint"), "--split", "test", "--quiet",
+    rc = fastbci(["evaluate", "--checkpoint", str(folder / "best_checkpoint"), "--split", "test", "--quiet",
                  "--out", str(tmp_path / "t")])
     assert rc == 0
     rows = list(csv.reader(open(tmp_path / "t" / "transcripts_test.csv")))
@@ -115,14 +116,14 @@ def test_embedded_config_and_bad_inputs(trained, tmp_path, capsys):
     s = E.evaluate(lone / "ck", "val", out_dir=tmp_path / "o", quiet=True)
     assert s["n_trials"] == 10
 
-    assert E.main(["--checkpoint", str(tmp_path / "missing"), "--split", "val"]) == 2
+    assert fastbci(["evaluate", "--checkpoint", str(tmp_path / "missing"), "--split", "val"]) == 2
     assert f"checkpoint {tmp_path / 'missing'} not found" in capsys.readouterr().err
     bad = tmp_path / "garbage"
     bad.write_bytes(b"not a checkpoint")
-    assert E.main(["--checkpoint", str(bad), "--split", "val"]) == 2
+    assert fastbci(["evaluate", "--checkpoint", str(bad), "--split", "val"]) == 2
     assert f"{bad} is not a checkpoint: it is text" in capsys.readouterr().err
     # a checkpoint of another model size: a clear mismatch error
-    assert E.main(["--checkpoint", str(lone / "ck"), "--split", "val", "model.n_units=13"]) == 2
+    assert fastbci(["evaluate", "--checkpoint", str(lone / "ck"), "--split", "val", "model.n_units=13"]) == 2
     err = capsys.readouterr().err
     assert "does not fit the model" in err and "Traceback" not in err
 
@@ -137,8 +138,8 @@ def test_lm_words_wer_and_csv(trained, tmp_path, capsys):
     Lexicon({w: [[PHONEMES.index(p) for p in ph]] for w, ph in synth.LEXICON.items()}).write(lex)
     ckpt = str(trained["out"] / "checkpoint" / "best_checkpoint")
     out = tmp_path / "ev"
-    rc = E.main(["--checkpoint", ckpt, "--split", "val", "--quiet", "--out", str(out), "--lm", str(lm),
-                 "--lm-lexicon", str(lex), "--lm-no-cmudict", "--lm-workers", "1", "--beam-size", "20"])
+    rc = fastbci(["evaluate", "--checkpoint", ckpt, "--split", "val", "--quiet", "--out", str(out), "--lm", str(lm),
+                 "--lexicon", str(lex), "--no-cmudict", "--workers", "1", "--beam-size", "20"])
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "val PER: " in stdout and "val WER: " in stdout
@@ -148,5 +149,5 @@ def test_lm_words_wer_and_csv(trained, tmp_path, capsys):
     saved = json.load(open(out / "per_val.json"))
     assert saved["wer"] is not None and saved["files"]["words_csv"] == str(out / "words_val.csv")
     # a missing LM file stops before the model runs
-    assert E.main(["--checkpoint", ckpt, "--split", "val", "--lm", str(tmp_path / "none.arpa")]) == 2
+    assert fastbci(["evaluate", "--checkpoint", ckpt, "--split", "val", "--lm", str(tmp_path / "none.arpa")]) == 2
     assert "none.arpa does not exist" in capsys.readouterr().err

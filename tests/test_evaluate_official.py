@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastbci import evaluate as E
+from fastbci import evaluation as E
+from fastbci.commands import main as fastbci
 from fastbci import synth
 from fastbci.config import dump
 from fastbci.model import GRUDecoder
@@ -101,9 +102,9 @@ def test_official_per_equals_a_plain_reimplementation(trained, tmp_path):
 
 def test_an_ensemble_of_a_checkpoint_with_itself_equals_it(trained, tmp_path, capsys):
     ck = str(_ckpt(trained))
-    assert E.main(["--checkpoint", ck, "--split", "val", "--quiet", "--out", str(tmp_path / "one")]) == 0
+    assert fastbci(["evaluate", "--checkpoint", ck, "--split", "val", "--quiet", "--out", str(tmp_path / "one")]) == 0
     one_out = capsys.readouterr().out
-    assert E.main(["--checkpoint", ck, "--checkpoint", ck, "--split", "val", "--quiet",
+    assert fastbci(["evaluate", "--checkpoint", ck, "--checkpoint", ck, "--split", "val", "--quiet",
                    "--out", str(tmp_path / "two")]) == 0
     two_out = capsys.readouterr().out
     one, two = (np.load(tmp_path / d / "logits_val.npz") for d in ("one", "two"))
@@ -134,12 +135,12 @@ def test_an_ensemble_needs_the_same_framing(trained, tmp_path, capsys):
                folder / "best_checkpoint")
     dump(cfg, folder / "args.yaml")
     ck = str(_ckpt(trained))
-    assert E.main(["--checkpoint", ck, "--checkpoint", str(folder / "best_checkpoint"), "--quiet",
+    assert fastbci(["evaluate", "--checkpoint", ck, "--checkpoint", str(folder / "best_checkpoint"), "--quiet",
                    "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert f"cannot ensemble {ck} (patch size 14, stride 4) with {folder / 'best_checkpoint'} (patch " \
            "size 14, stride 2)" in err and "Traceback" not in err
-    assert E.main(["--checkpoint", ck, "--llm", str(tmp_path)]) == 2
+    assert fastbci(["evaluate", "--checkpoint", ck, "--llm", str(tmp_path)]) == 2
     assert "--llm rescores the word decoder's n-best lists: pass --lm LM too" in capsys.readouterr().err
 
 
@@ -156,11 +157,11 @@ def test_lm_and_llm_words_in_one_command(trained, tmp_path, capsys):
     lex.write(tmp_path / "lex.txt")
     make_tiny_lm(tmp_path / "llm", [c for c in corpus if c], extra_words=list(synth.LEXICON), steps=20)
     out = tmp_path / "ev"
-    assert E.main(["--checkpoint", str(_ckpt(trained)), "--quiet", "--out", str(out),
-                   "--lm", str(tmp_path / "lm.arpa"), "--lm-lexicon", str(tmp_path / "lex.txt"),
-                   "--lm-no-cmudict", "--lm-workers", "1", "--beam-size", "20",
-                   "--llm", str(tmp_path / "llm"), "--llm-device", "cpu", "--lm-nbest", "4",
-                   "--llm-alpha", "0.3", "--lm-nbest-out", str(tmp_path / "nb.csv")]) == 0
+    assert fastbci(["evaluate", "--checkpoint", str(_ckpt(trained)), "--quiet", "--out", str(out),
+                   "--lm", str(tmp_path / "lm.arpa"), "--lexicon", str(tmp_path / "lex.txt"),
+                   "--no-cmudict", "--workers", "1", "--beam-size", "20",
+                   "--llm", str(tmp_path / "llm"), "--llm-device", "cpu", "--nbest", "4",
+                   "--llm-alpha", "0.3", "--nbest-file", str(tmp_path / "nb.csv")]) == 0
     assert "val WER: " in capsys.readouterr().out
     saved = json.load(open(out / "per_val.json"))
     assert saved["llm"] == str(tmp_path / "llm") and saved["rescore"]["llm_alpha"] == 0.3

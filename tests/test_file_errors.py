@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from fastbci import checkpoint as ckpt_io
-from fastbci import evaluate
+from fastbci.commands import main as fastbci
 from fastbci.config import ConfigError, load_config
-from fastbci.doctor import main as doctor_main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,10 +80,9 @@ def test_a_config_file_that_is_not_utf8_is_named(tmp_path, capsys, raw):
     with pytest.raises(ConfigError, match=rf"config file {p} is not UTF-8 text \(byte 0x[0-9a-f]{{2}} "
                                           r"at line 1"):
         load_config(p)
-    from fastbci import cli
     ck = _weights(tmp_path / "ck")  # evaluate reads the checkpoint, then --config
-    for run in (lambda: doctor_main([str(p)]), lambda: cli.main([str(p)]),
-                lambda: evaluate.main(["--checkpoint", str(ck), "--config", str(p)])):
+    for run in (lambda: fastbci(["doctor", str(p)]), lambda: fastbci(["train", str(p)]),
+                lambda: fastbci(["evaluate", "--checkpoint", str(ck), "--config", str(p)])):
         capsys.readouterr()
         code = run()
         err = capsys.readouterr().err
@@ -126,7 +124,7 @@ def test_a_text_file_or_an_empty_file_is_not_a_checkpoint(tmp_path):
 
 def test_evaluate_on_a_text_file_says_it_is_not_a_checkpoint(tmp_path, capsys):
     (tmp_path / "model.txt").write_text("hello\n")
-    assert evaluate.main(["--checkpoint", str(tmp_path / "model.txt"), "--split", "val"]) == 2
+    assert fastbci(["evaluate", "--checkpoint", str(tmp_path / "model.txt"), "--split", "val"]) == 2
     err = capsys.readouterr().err
     assert "is not a checkpoint" in err and "weights_only" not in err and "--trust" not in err, err
 
@@ -136,7 +134,7 @@ def test_a_path_that_is_not_a_file_is_named_as_what_it_is(odd_paths, capsys):
                         ("missing", "not found")):
         with pytest.raises(ckpt_io.CheckpointError, match=f"checkpoint {odd_paths / name} {words}"):
             ckpt_io.load(odd_paths / name)
-        assert evaluate.main(["--checkpoint", str(odd_paths / name)]) == 2
+        assert fastbci(["evaluate", "--checkpoint", str(odd_paths / name)]) == 2
         assert words in capsys.readouterr().err
 
 

@@ -88,7 +88,7 @@ def test_the_kernels_folder_is_fastbci_kernels_and_nothing_else():
 
 def test_llm_rescoring_from_the_repository_root_with_hf_kernels_installed(tmp_path):
     """transformers loads a model (which imports Hugging Face's ``kernels`` since 5.25) inside
-    ``python -m fastbci.lm rescore --llm``, started from the repository root."""
+    ``fastbci lm rescore --llm`` (as ``python -m fastbci.lm``), started from the repository root."""
     pytest.importorskip("transformers", reason="transformers (pip install 'fastbci[llm]')")
     try:
         importlib.metadata.distribution("kernels")
@@ -104,7 +104,7 @@ def test_llm_rescoring_from_the_repository_root_with_hf_kernels_installed(tmp_pa
                 [[Hypothesis(t, -1.0 - r, -1.0, -0.5, 2) for r, t in enumerate(refs)]] * 2, 1.0)
     np.savez(tmp_path / "logits.npz", logits=np.zeros((2, 41), np.float32), offsets=np.arange(3))
     assert not Path(resolved_from(ROOT, "kernels")).resolve().is_relative_to(ROOT / "kernels")
-    proc = subprocess.run([sys.executable, "-m", "fastbci.lm", "rescore", "--nbest",
+    proc = subprocess.run([sys.executable, "-m", "fastbci.lm", "rescore", "--nbest-file",
                            str(tmp_path / "nbest.csv"), "--llm", str(tmp_path / "lm"),
                            "--llm-device", "cpu", "--out", str(tmp_path / "words.csv")],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,

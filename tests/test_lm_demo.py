@@ -1,7 +1,7 @@
 """The demo's words step: a 3-gram of the synthetic train sentences and the validation WER."""
 import pytest
 
-from fastbci import demo, synth
+from fastbci import commands, demo, synth
 from fastbci.training import Trainer
 from fastbci.config import load_config
 
@@ -22,11 +22,11 @@ def test_demo_prints_the_wer(tmp_path, capsys, monkeypatch):
     res = Trainer(cfg, console=False).fit()
     # the demo's own training is tested elsewhere: here it returns this small run
     monkeypatch.setattr(demo, "run", lambda *a, **k: res)
-    assert demo.main(["--out", str(out), "--data", str(data)]) == 0
+    assert commands.main(["demo", "--out", str(out), "--data", str(data)]) == 0
     printed = capsys.readouterr().out
     assert "Final validation PER" in printed
     assert "Validation WER (best checkpoint, PER " in printed and "with a 3-gram" in printed
-    assert (data / synth.CORPUS_FILE).is_file() and (out / "words" / "lm_3gram.arpa").is_file()
+    assert (data / synth.CORPUS_FILE).is_file() and (out / "lm" / "lm_3gram.arpa").is_file()
     rows = (out / "words" / "words_val.csv").read_text().splitlines()
     assert rows[0] == "id,text" and len(rows) == 1 + 6
     assert all(w in synth.LEXICON for r in rows[1:] for w in r.split(",", 1)[1].split())

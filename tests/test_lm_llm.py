@@ -13,7 +13,7 @@ pytest.importorskip("transformers", reason="transformers (pip install 'fastbci[l
 import torch  # noqa: E402
 
 from fastbci.lm import Hypothesis, LLMError, LLMScorer, RescoreParams, read_nbest  # noqa: E402
-from fastbci.lm.cli import main  # noqa: E402
+from fastbci.commands import main as fastbci  # noqa: E402
 from fastbci.lm.rescore import NBest, llm_text, totals  # noqa: E402
 from fastbci.lm.run import write_nbest  # noqa: E402
 from fastbci.lm.tinylm import make_tiny_lm  # noqa: E402
@@ -172,7 +172,7 @@ def _crafted(tmp_path):
 def test_a_trained_lm_turns_wrong_top1_into_the_right_sentences(lms, tmp_path, capsys):
     nbest, npz = _crafted(tmp_path)
     out, ranked = tmp_path / "words.csv", tmp_path / "ranked.csv"
-    assert main(["rescore", "--nbest", str(nbest), *_llm(lms["trained"]), "--logits", str(npz),
+    assert fastbci(["lm", "rescore", "--nbest-file", str(nbest), *_llm(lms["trained"]), "--logits", str(npz),
                  "--llm-alpha", "1", "--out", str(out), "--rescored-out", str(ranked)]) == 0
     stdout, err = capsys.readouterr()
     # 4 wrong top-1 sentences (5 word errors) over 24 reference words; none after rescoring
@@ -184,9 +184,12 @@ def test_a_trained_lm_turns_wrong_top1_into_the_right_sentences(lms, tmp_path, c
     assert [r["text"] for r in top] == REFS and top[0]["decoder_rank"] == "1"
     t = top[0]
     assert float(t["total"]) == pytest.approx(float(t["score"]) + float(t["llm_score"]), abs=2e-6)
-    # llm_alpha 0: the decoder's own ranking
-    assert main(["rescore", "--nbest", str(nbest), *_llm(lms["trained"]), "--logits", str(npz),
-                 "--llm-alpha", "0", "--out", str(out)]) == 0
+    # llm_alpha 0: the decoder's own ranking (the first run's file replaced: --overwrite)
+    assert fastbci(["lm", "rescore", "--nbest-file", str(nbest), *_llm(lms["trained"]), "--logits", str(npz),
+                 "--llm-alpha", "0", "--out", str(out)]) == 2
+    assert "words.csv already exists" in capsys.readouterr().err
+    assert fastbci(["lm", "rescore", "--nbest-file", str(nbest), *_llm(lms["trained"]), "--logits", str(npz),
+                 "--llm-alpha", "0", "--out", str(out), "--overwrite"]) == 0
     assert capsys.readouterr().out.strip() == "WER: 20.83%"
     assert [r[1] for r in list(csv.reader(open(out)))[1:]] == [c[0] for c in NBESTS]
 
@@ -220,9 +223,9 @@ def test_nbest_file_errors(lms, tmp_path, capsys):
              (bad_number, "number.csv, line 4: column score holds"),
              (gap, "gap.csv: id 2 has no hypotheses")]
     for path, msg in cases:
-        assert main(["rescore", "--nbest", str(path), *_llm(lms["opt"])]) == 2
+        assert fastbci(["lm", "rescore", "--nbest-file", str(path), *_llm(lms["opt"])]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("fastbci.lm rescore: error: ") and msg in err, err
+        assert err.startswith("fastbci lm rescore: error: ") and msg in err, err
     with pytest.raises(ValueError, match="id 5 has no hypotheses"):
         read_nbest(nbest, ids=range(6))
     ids, lists = read_nbest(nbest)
@@ -232,10 +235,10 @@ def test_nbest_file_errors(lms, tmp_path, capsys):
 def test_a_folder_without_tokenizer_exits_2_and_missing_transformers_exits_5(lms, tmp_path, capsys,
                                                                              monkeypatch):
     nbest, _ = _crafted(tmp_path)
-    assert main(["rescore", "--nbest", str(nbest), "--llm", str(tmp_path)]) == 2
+    assert fastbci(["lm", "rescore", "--nbest-file", str(nbest), "--llm", str(tmp_path)]) == 2
     assert f"the model folder {tmp_path} has no config.json" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
-    assert main(["rescore", "--nbest", str(nbest), *_llm(lms["opt"])]) == 5
+    assert fastbci(["lm", "rescore", "--nbest-file", str(nbest), *_llm(lms["opt"])]) == 5
     err = capsys.readouterr().err
     assert "missing component" in err and "pip install 'fastbci[llm]'" in err and "Traceback" not in err
 
@@ -265,14 +268,14 @@ def test_decode_rescore_and_tune_with_an_llm(lms, tmp_path, capsys):
     def words(name):
         return [row[1] for row in list(csv.reader(open(f"{r}/{name}")))[1:]]
 
-    assert main(["decode", *common, "--nbest", "8", "--nbest-out", f"{r}/nb.csv", "--out", f"{r}/w.csv"]) == 0
-    assert main(["decode", *common, *_llm(lms["trained"]), "--llm-alpha", "0", "--nbest", "8",
+    assert fastbci(["lm", "decode", *common, "--nbest", "8", "--nbest-file", f"{r}/nb.csv", "--out", f"{r}/w.csv"]) == 0
+    assert fastbci(["lm", "decode", *common, *_llm(lms["trained"]), "--llm-alpha", "0", "--nbest", "8",
                  "--out", f"{r}/w0.csv"]) == 0
-    assert main(["rescore", "--nbest", f"{r}/nb.csv", *_llm(lms["trained"]), "--llm-alpha", "0",
+    assert fastbci(["lm", "rescore", "--nbest-file", f"{r}/nb.csv", *_llm(lms["trained"]), "--llm-alpha", "0",
                  "--out", f"{r}/r0.csv"]) == 0
     assert words("w0.csv") == words("w.csv") == words("r0.csv")
     capsys.readouterr()
-    assert main(["tune", *common, *_llm(lms["trained"]), "--lm-weights", "1", "--word-scores", "0",
+    assert fastbci(["lm", "tune", *common, *_llm(lms["trained"]), "--lm-weights", "1", "--word-scores", "0",
                  "--rounds", "0", "--nbest", "8", "--llm-alphas", "0,0.5,1", "--out", f"{r}/p.yaml"]) == 0
     assert "llm_alpha" in capsys.readouterr().out
     saved = RescoreParams.from_yaml(tmp_path / "p.yaml")
@@ -280,7 +283,7 @@ def test_decode_rescore_and_tune_with_an_llm(lms, tmp_path, capsys):
     import yaml
     tuned = yaml.safe_load(open(tmp_path / "p.yaml"))["tuned"]["llm"]
     assert [a for a, _ in tuned["searched"]] == [0.0, 0.5, 1.0] and tuned["wer"] <= tuned["wer_decoder_top1"]
-    assert main(["decode", *common, "--params", f"{r}/p.yaml", *_llm(lms["trained"]), "--json",
+    assert fastbci(["lm", "decode", *common, "--params", f"{r}/p.yaml", *_llm(lms["trained"]), "--json",
                  "--nbest", "8", "--out", f"{r}/w1.csv"]) == 0
     s = json.loads(capsys.readouterr().out)  # the n-best lists of the search: its WER
     assert s["rescore"]["llm_alpha"] == saved.llm_alpha and s["params"]["nbest"] == 8

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fastbci import cli, config, ranges
+from fastbci import commands, config, ranges
 from fastbci.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +131,7 @@ def test_every_out_of_range_value_exits_2_naming_the_key_before_anything_is_touc
     cases = [(key, f"{key}={_yaml(value)}") for key, value in SWEEP] + RULE_CASES
     failures = []
     for key, override in cases:
-        code = cli.main([str(OFFICIAL), *common, override])
+        code = commands.main(["train", str(OFFICIAL), *common, override])
         err = capsys.readouterr().err
         if code != 2 or f"'{key}" not in err or "Traceback" in err or "configuration error" not in err:
             failures.append(f"{override}: exit {code}, stderr {err.strip()[:300]!r}")

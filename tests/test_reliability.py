@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fastbci import checkpoint as ckpt_io
-from fastbci import cli, fileio, outputs, synth
+from fastbci import commands, fileio, outputs, synth
 from fastbci.config import ConfigError, load_config
 from fastbci.training import Trainer
 from helpers import shift_logits
@@ -44,7 +44,7 @@ def cfg_of(release, out, *extra):
 
 
 def run_cli(release, out, *extra):
-    return cli.main([str(release / "synth_config.yaml"), *overrides(out, *extra)])
+    return commands.main(["train", str(release / "synth_config.yaml"), *overrides(out, *extra)])
 
 
 class _Evil:
@@ -323,23 +323,23 @@ def test_demo_rerun_resumes_an_interrupted_run_and_replaces_a_finished_one(tmp_p
         return real_step(self, k, rows, stop_request)
 
     monkeypatch.setattr(TrainStep, "__call__", ctrl_c_at_2)
-    assert demo.main(args) == 130
+    assert commands.main(["demo", *args]) == 130
     out = capsys.readouterr()
     assert "Final validation PER" not in out.out and "run the same command again" in out.out
-    assert "python -m fastbci.demo --out" in (tmp_path / "run" / "train.log").read_text()
+    assert "fastbci demo --out" in (tmp_path / "run" / "train.log").read_text()
     monkeypatch.setattr(TrainStep, "__call__", real_step)
-    assert demo.main(args) == 0
+    assert commands.main(["demo", *args]) == 0
     out = capsys.readouterr()
     assert "Resuming the unfinished demo run" in out.err, out.err
     assert "Resumed from" in (tmp_path / "run" / "train.log").read_text()
-    assert demo.main(args) == 0
+    assert commands.main(["demo", *args]) == 0
     assert "Replacing the previous demo run" in capsys.readouterr().err
 
 
 # -- 10, 16. evaluate: the configuration it uses, its help ------------------------------------------
 def test_evaluate_prefers_the_checkpoint_configuration_over_an_empty_args_yaml(release, tmp_path,
                                                                                capsys):
-    from fastbci import evaluate as E
+    from fastbci import evaluation as E
     out = tmp_path / "ev"
     assert Trainer(cfg_of(release, out), console=False).fit().status == "finished"
     (out / "checkpoint" / "args.yaml").write_text("")
@@ -352,24 +352,21 @@ def test_evaluate_prefers_the_checkpoint_configuration_over_an_empty_args_yaml(r
     ck = ckpt_io.load(out / "checkpoint" / "best_checkpoint")
     torch.save({"model_state_dict": ck["model_state_dict"]}, off / "best_checkpoint")
     (off / "args.yaml").write_text("")
-    assert E.main(["--checkpoint", str(off / "best_checkpoint"), "--quiet"]) == 2
+    assert commands.main(["evaluate", "--checkpoint", str(off / "best_checkpoint"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "is empty" in err and "--config" in err and "Traceback" not in err
 
 
 def test_help_texts_document_every_option(capsys):
-    from fastbci import evaluate as E
-    with pytest.raises(SystemExit):
-        E.main(["--help"])
+    assert commands.main(["evaluate", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    for needle in ("--split {val,test} val: score PER", "--quiet no progress bar",
+    for needle in ("--split {val,test} val: score PER", "--quiet no progress",
                    "--trust-checkpoint", "Exit status: 0 done, 2 bad input"):
         assert needle in text, needle
 
 
 def test_synth_help_says_what_the_defaults_and_counts_are(capsys):
-    with pytest.raises(SystemExit):
-        synth.main(["--help"])
+    assert commands.main(["synth", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "Without a preset: the 45 official sessions with 20 train, 5 val and 5 test" in text
     assert "train trials per session" in text and "--preset" not in text

@@ -68,9 +68,10 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_130(release, tmp_path):
     line = [ln for ln in output.splitlines() if "Resume with: " in ln]
     assert line, output[-3000:]
     command = shlex.split(line[-1].split("Resume with: ", 1)[1])
-    assert command[:3] == ["python", "-m", "fastbci.train"] and "fastbci.resume=true" in command
+    assert command[:2] == ["fastbci", "train"] and "fastbci.resume=true" in command
     # the printed command continues from the saved batch (two more batches, then done)
-    done = subprocess.run([sys.executable, *command[1:], f"num_training_batches={saved + 2}"],
+    done = subprocess.run([sys.executable, "-m", "fastbci.train", *command[2:],
+                           f"num_training_batches={saved + 2}"],
                           env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"Resumed from {out / 'checkpoint' / ckpt_io.RESUME_NAME} at batch {saved}" in \

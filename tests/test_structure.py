@@ -97,8 +97,9 @@ def _cycle(graph: dict[str, set[str]] | None = None) -> list[str] | None:
 
 
 def unit(module: str) -> str:
-    """The package (``fastbci.data``) or top-level module (``fastbci.config``) a module belongs to."""
-    return ".".join(module.split(".")[:2])
+    """The package (``fastbci.data``) or top-level module (``fastbci.config``) a module belongs
+    to; a package's ``__main__`` (a ``python -m`` alias of a command) is a unit of its own."""
+    return module if module.endswith(".__main__") else ".".join(module.split(".")[:2])
 
 
 def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
@@ -143,15 +144,18 @@ LAYERS = [
     {"fastbci.reference"},
     {"fastbci.ops"},
     {"fastbci.data", "fastbci.metrics"},
-    {"fastbci.model", "fastbci.lm", "fastbci.synth", "fastbci.doctor"},
-    {"fastbci.validation", "fastbci.ensemble", "fastbci.official_eval"},
-    {"fastbci.training", "fastbci.calibration"},
-    {"fastbci.cli", "fastbci.train", "fastbci.evaluate", "fastbci.demo", "fastbci.calibrate",
-     "fastbci.compat", "fastbci.commands"},
+    {"fastbci.model", "fastbci.lm", "fastbci.synth", "fastbci.doctor", "fastbci.loading"},
+    {"fastbci.validation", "fastbci.ensemble", "fastbci.official_eval", "fastbci.evaluation"},
+    {"fastbci.training", "fastbci.calibration", "fastbci.demo"},
+    {"fastbci.commands", "fastbci.compat"},
+    # the python -m aliases: one call into the commands
+    {"fastbci.train", "fastbci.evaluate", "fastbci.calibrate"},
 ]
 
 
 def _layer(u: str) -> int:
+    if u.endswith(".__main__"):  # a python -m alias: with the other aliases, on top
+        return len(LAYERS) - 1
     for i, layer in enumerate(LAYERS):
         if u in layer:
             return i
@@ -172,9 +176,10 @@ def test_training_and_data_reach_the_reference_only_through_the_ops():
 
 def test_the_cycle_finder_finds_a_cycle(monkeypatch):
     """The check above can fail: a planted cycle is found."""
-    monkeypatch.setitem(GRAPH, "fastbci.config", GRAPH["fastbci.config"] | {"fastbci.cli"})
+    monkeypatch.setitem(GRAPH, "fastbci.config", GRAPH["fastbci.config"] | {"fastbci.commands"})
+    monkeypatch.setitem(GRAPH, "fastbci.commands", GRAPH["fastbci.commands"] | {"fastbci.config"})
     cycle = _cycle()
-    assert cycle is not None and "fastbci.config" in cycle and "fastbci.cli" in cycle
+    assert cycle is not None and "fastbci.config" in cycle and "fastbci.commands" in cycle
 
 
 def reach(start: str, graph: dict[str, set[str]] | None = None) -> set[str]:
@@ -189,23 +194,24 @@ def reach(start: str, graph: dict[str, set[str]] | None = None) -> set[str]:
     return seen
 
 
-TRAINER = {"fastbci.train", "fastbci.cli", "fastbci.training.loop", "fastbci.training"}
+TRAINER = {"fastbci.train", "fastbci.commands.train", "fastbci.training.loop", "fastbci.training"}
 
 
 def test_evaluation_does_not_depend_on_the_trainer():
-    assert not reach("fastbci.evaluate") & TRAINER, reach("fastbci.evaluate") & TRAINER
-    # calibration reuses the checkpoint and validation parts, never the trainer
-    assert not reach("fastbci.calibrate") & TRAINER, reach("fastbci.calibrate") & TRAINER
-    assert {"fastbci.data.batch", "fastbci.validation"} <= GRAPH["fastbci.evaluate"]
+    for name in ("fastbci.evaluation", "fastbci.commands.evaluate", "fastbci.calibration",
+                 "fastbci.commands.calibrate"):
+        # evaluation and calibration reuse the checkpoint and validation parts, never the trainer
+        assert not reach(name) & TRAINER, (name, reach(name) & TRAINER)
+    assert {"fastbci.data.batch", "fastbci.validation", "fastbci.loading"} <= GRAPH["fastbci.evaluation"]
 
 
 def test_the_trainer_check_sees_through_package_inits(monkeypatch):
     """The old defect: evaluate imported fastbci.training.validation, whose package __init__
     imports the Trainer. Such an import is found (the graph follows __init__ imports)."""
     planted = dict(GRAPH)
-    planted["fastbci.evaluate"] = GRAPH["fastbci.evaluate"] | _imports(
-        "fastbci.evaluate", _write(monkeypatch, "from fastbci.training.step import TrainStep"))
-    assert {"fastbci.training", "fastbci.training.loop"} <= reach("fastbci.evaluate", planted)
+    planted["fastbci.evaluation"] = GRAPH["fastbci.evaluation"] | _imports(
+        "fastbci.evaluation", _write(monkeypatch, "from fastbci.training.step import TrainStep"))
+    assert {"fastbci.training", "fastbci.training.loop"} <= reach("fastbci.evaluation", planted)
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

@@ -9,7 +9,9 @@ import pytest
 
 from fastbci.config import load_config
 from fastbci.data import PHONEMES, SILENCE_ID, TrialStore
-from fastbci.synth import (LEXICON, OFFICIAL_SESSIONS, PRESETS, TRAIN_ONLY_SESSIONS, main, read_params,
+from fastbci.commands import main as fastbci
+from fastbci.outputs import MARKER
+from fastbci.synth import (LEXICON, OFFICIAL_SESSIONS, PRESETS, TRAIN_ONLY_SESSIONS, read_params,
                            write_release)
 
 
@@ -27,7 +29,7 @@ def test_layout_and_invariants(small):
     assert summ["elapsed"] < 2.0, f"--small took {summ['elapsed']:.2f} s"
     sessions = PRESETS["small"]["sessions"]
     for s in sessions:
-        files = sorted(p.name for p in (root / s).iterdir())
+        files = sorted(p.name for p in (root / s).iterdir() if p.name != MARKER)
         if s in TRAIN_ONLY_SESSIONS:
             assert files == ["data_train.hdf5"], (s, files)
         else:
@@ -120,10 +122,10 @@ def test_bad_arguments(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    assert main(["--out", str(tmp_path / "r"), "--small", "--neural-dim", "8", "--seed", "2"]) == 0
+    assert fastbci(["synth", "--out", str(tmp_path / "r"), "--small", "--neural-dim", "8", "--seed", "2"]) == 0
     out = capsys.readouterr().out
     assert "3 sessions (1 train-only), neural_dim 8" in out and "train 18, val 4, test 4" in out
-    assert main(["--out", str(tmp_path / "r"), "--small", "--neural-dim", "9"]) == 2
+    assert fastbci(["synth", "--out", str(tmp_path / "r"), "--small", "--neural-dim", "9"]) == 2
     assert "neural_dim must be an even number" in capsys.readouterr().err
     r = subprocess.run([sys.executable, "-m", "fastbci.synth", "--out", str(tmp_path / "m"), "--small",
                         "--sessions", "2", "--n-train", "2"], capture_output=True, text=True, timeout=60)
@@ -184,5 +186,7 @@ def test_release_records_its_generation_parameters(tmp_path):
                   seed=3, signal=2.5, noise=0.7, drift=0.5)
     p = read_params(tmp_path / "r")
     assert p == {"seed": 3, "neural_dim": 8, "signal": 2.5, "noise": 0.7, "drift": 0.5,
-                 "min_words": 2, "max_words": 6}
+                 "min_words": 2, "max_words": 6, "sessions": list(OFFICIAL_SESSIONS[:2]),
+                 "n_train": 1, "n_val": 0, "n_test": 0, "train_only": ["t15.2023.08.11"],
+                 "block_size": [20, 50], "holdout": 0, "write_config": True}
     assert read_params(tmp_path) is None

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastbci import cli, synth
+from fastbci import commands, synth
 from fastbci.devices import select_device
 from fastbci.errors import NonFiniteError
 from fastbci.reference import patch_input_lengths
@@ -121,7 +121,7 @@ def test_output_directory_policy(synth_dir, tmp_path, capsys):
         == "finished"
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text((synth_dir / "synth_config.yaml").read_text())
-    rc = cli.main([str(cfg_file), f"output_dir={trained}", f"checkpoint_dir={trained}/checkpoint",
+    rc = commands.main(["train", str(cfg_file), f"output_dir={trained}", f"checkpoint_dir={trained}/checkpoint",
                    "fastbci.progress=false"])
     err = capsys.readouterr().err
     assert rc == 2 and "already holds a run" in err and "fastbci.overwrite=true" in err, err
@@ -129,7 +129,7 @@ def test_output_directory_policy(synth_dir, tmp_path, capsys):
     Trainer(make_cfg(synth_dir, trained, "fastbci.overwrite=true"), console=False).setup()
     assert not (trained / "checkpoint" / "best_checkpoint").exists()
     assert (trained / "train.log").is_file()
-    rc = cli.main([str(cfg_file), "dataset.batch_sise=4"])
+    rc = commands.main(["train", str(cfg_file), "dataset.batch_sise=4"])
     err = capsys.readouterr().err
     assert rc == 2 and "dataset.batch_size" in err, err
 
@@ -243,22 +243,22 @@ def test_demo_plumbing_on_tiny_data(tmp_path, capsys):
     args = ["--out", str(tmp_path / "run"), "--data", str(data), "num_training_batches=2",
             "batches_per_val_step=1", "model.n_units=8", "model.n_layers=1", "model.rnn_dropout=0.0",
             "dataset.batch_size=4", "fastbci.progress=false", "fastbci.plot=false"]
-    assert demo.main(args) == 0
+    assert commands.main(["demo", *args]) == 0
     assert "Final validation PER" in capsys.readouterr().out
-    assert demo.main(args) == 0, "a second demo run replaces the first"
+    assert commands.main(["demo", *args]) == 0, "a second demo run replaces the first"
     other = tmp_path / "other"
     synth.write_release(other, sessions=("t15.2023.08.13",), n_train=2, n_val=1, n_test=0,
                         neural_dim=16, seed=0)
-    assert demo.main(["--out", str(tmp_path / "run2"), "--data", str(other)]) == 2
+    assert commands.main(["demo", "--out", str(tmp_path / "run2"), "--data", str(other)]) == 2
     assert "does not match the demo configuration" in capsys.readouterr().err
     older = tmp_path / "older"  # the demo's sessions and width, an earlier template strength
     synth.write_release(older, **{**demo.demo_release_params(cfg), "n_train": 2, "n_val": 1,
                                   "signal": 2.0})
-    assert demo.main(["--out", str(tmp_path / "run3"), "--data", str(older)]) == 2
+    assert commands.main(["demo", "--out", str(tmp_path / "run3"), "--data", str(older)]) == 2
     err = capsys.readouterr().err
     assert "signal 2.0 (the demo's 3.0)" in err and "Delete it" in err and "Traceback" not in err
     (older / synth.PARAMS_FILE).unlink()  # a release written before the parameters were recorded
-    assert demo.main(["--out", str(tmp_path / "run3"), "--data", str(older)]) == 2
+    assert commands.main(["demo", "--out", str(tmp_path / "run3"), "--data", str(older)]) == 2
     assert "no record of its generation parameters" in capsys.readouterr().err
 
 
@@ -273,7 +273,7 @@ def test_demo_says_in_plain_words_when_a_run_ends_before_it_learned():
     assert plateau.startswith("This run ended on the blank plateau: its validation PER is 88% "
                               "and 87% of its output frames are blank")
     assert "num_training_batches=800 lr_decay_steps=800 lr_decay_steps_day=800" in plateau
-    assert "seed=2 dataset.seed=2" in plateau and "fastbci.doctor" in plateau
+    assert "seed=2 dataset.seed=2" in plateau and "fastbci doctor" in plateau
     late = demo.ending_advice([rec(0.3)], 800, ["seed=3", "dataset.seed=3"])
     assert late.startswith("This run left the blank plateau late: its validation PER is 30%")
     assert "num_training_batches=1600" in late and "seed=2" not in late

@@ -13,8 +13,10 @@ and ``--nbest-file F`` an n-best CSV; ``--lexicon`` / ``--no-cmudict`` give pron
 from __future__ import annotations
 
 import argparse
+import json
 import math
-from typing import Callable
+import sys
+from typing import Any, Callable
 
 from fastbci.ranges import Range
 
@@ -56,7 +58,8 @@ SEED = integer("random seed", 0, 2 ** 32 - 1)
 
 def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
-                   help="print the summary as JSON on stdout (human text goes to stderr)")
+                   help="print the result as JSON on stdout, and nothing else there (the "
+                        "human-readable lines go to stderr)")
 
 
 def add_quiet(p: argparse.ArgumentParser) -> None:
@@ -68,3 +71,28 @@ def add_overwrite(p: argparse.ArgumentParser, what: str = "outputs") -> None:
     p.add_argument("--overwrite", action="store_true",
                    help=f"replace {what} that fastbci wrote there before (never an input, never "
                         "a file fastbci did not write: those are always refused)")
+
+
+def say_to_stderr(*lines: str) -> None:
+    """Progress and diagnostics: stderr."""
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def report(a: argparse.Namespace, lines, obj: Any = None) -> None:
+    """A command's result: the human-readable ``lines`` on stdout; with ``--json``, ``obj`` as
+    JSON on stdout and the lines on stderr."""
+    lines = [lines] if isinstance(lines, str) else list(lines)
+    if getattr(a, "json", False):
+        if obj is not None:
+            print_json(obj)
+        say_to_stderr(*lines)
+    else:
+        for line in lines:
+            print(line)
+
+
+def print_json(obj: Any) -> None:
+    """The machine-readable summary on stdout (standard JSON: NaN and infinities as null)."""
+    from fastbci.fileio import json_safe
+    print(json.dumps(json_safe(obj), indent=1, default=str))

@@ -29,6 +29,8 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
+from fastbci.fileio import atomic_path
+
 # the release's files, paths and errors (re-exported: fastbci.data.t15 keeps its names)
 from .files import (DATA_HINT, PAD_LEN, POLICIES, SPLIT_FILES, SPLITS, _TRIAL_RE,  # noqa: F401
                     BadTrial, DataError, DataWarning, check_policy, check_split, open_session_file,
@@ -106,8 +108,7 @@ def write_session_file(path: str | os.PathLike, trials: Sequence[Trial | Mapping
     """
     check_split(split)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for i, tr in enumerate(trials):
             tr = tr if isinstance(tr, Trial) else Trial(**dict(tr))
             x = np.ascontiguousarray(tr.input_features, dtype=np.float32)

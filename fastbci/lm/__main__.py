@@ -1,7 +1,5 @@
-"""``python -m fastbci.lm``: see :mod:`fastbci.lm.cli`."""
-import sys
-
-from fastbci.lm.cli import main
+"""``python -m fastbci.lm`` = ``fastbci lm`` (:mod:`fastbci.commands.lm`)."""
+from fastbci.commands import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry("lm")

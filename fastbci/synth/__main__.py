@@ -1,7 +1,5 @@
-"""``python -m fastbci.synth``: write a synthetic release (see :mod:`fastbci.synth`)."""
-import sys
-
-from fastbci.synth.release import main
+"""``python -m fastbci.synth`` = ``fastbci synth`` (:mod:`fastbci.commands.synth`)."""
+from fastbci.commands import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry("synth")

@@ -1,8 +1,7 @@
 """Writing a synthetic release: the sessions, their trial counts, the HDF5 files, the config
-fragment, the train corpus, and the command line ``python -m fastbci.synth``."""
+fragment, the train corpus (the command line is :mod:`fastbci.commands.synth`)."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -13,8 +12,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..data.t15 import Trial, session_file, write_session_file
-from ..errors import run_command
-from ..fileio import atomic_write_text, dumps
+from .. import outputs
+from ..fileio import atomic_path, atomic_write_text, dumps
 
 from .simulate import session_drift, session_trials, World
 
@@ -80,6 +79,18 @@ def _as_counts(value, sessions: Sequence[str], what: str) -> dict[str, int] | No
     return out
 
 
+def _trial_counts(sessions: Sequence[str], train_only: set[str], values: tuple,
+                  count_rng: np.random.Generator) -> dict[str, dict[str, int]]:
+    """``{"n_train" | "n_val" | "n_test": {session: count}}`` of write_release's arguments
+    (``"release"``: counts in the release's ranges, drawn from ``count_rng``)."""
+    release = _release_counts(sessions, train_only, count_rng)
+    counts = {}
+    for j, (what, value) in enumerate(zip(("n_train", "n_val", "n_test"), values)):
+        c = _as_counts(value, sessions, what)
+        counts[what] = c if c is not None else {s: release[s][j] for s in sessions}
+    return counts
+
+
 def _session_list(sessions: Sequence[str] | int | None) -> list[str]:
     """The session names of :func:`write_release`'s ``sessions`` argument, checked."""
     if sessions is None:
@@ -104,8 +115,13 @@ def _length_stats(all_T: list[int], all_L: list[int]) -> dict:
             "seq_len": {"mean": float(L.mean()), "max": int(L.max())}}
 
 
-def _check_options(sessions: list[str], min_words: int, max_words: int, holdout) -> set[str]:
-    """Validate write_release's word range and ``holdout``; return the held-out session names."""
+def _check_options(sessions: list[str], min_words: int, max_words: int, holdout,
+                   neural_dim: int) -> set[str]:
+    """Validate write_release's word range, ``holdout`` and ``neural_dim`` (before the output
+    folder is touched); return the held-out session names."""
+    if neural_dim < 2 or neural_dim % 2:
+        raise ValueError(f"neural_dim must be an even number >= 2 (threshold crossings + "
+                         f"spike-band power per electrode), got {neural_dim}")
     if not 1 <= min_words <= max_words:
         raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
     if isinstance(holdout, bool) or not isinstance(holdout, int) or not 0 <= holdout < len(sessions):
@@ -126,11 +142,12 @@ def _write_splits(out_dir: Path, session: str, per_split: dict, summary: dict) -
         summary["bytes"] += p.stat().st_size
 
 
+@outputs.writes("synth")
 def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=20, n_val=5, n_test=5,
                   neural_dim: int = 512, seed: int = 0, *, train_only: Sequence[str] | None = None,
                   min_words: int = 2, max_words: int = 6, signal: float = 1.0, noise: float = 1.0,
                   drift: float = 1.0, block_size: tuple[int, int] = (20, 50), progress: bool = False,
-                  write_config: bool = True, holdout: int = 0) -> dict:
+                  write_config: bool = True, holdout: int = 0, overwrite: bool = False) -> dict:
     """Write a synthetic t15 release under ``out_dir``; returns a summary dict.
 
     ``sessions``: names (default the 45 official ones) or a count (the first N official names).
@@ -142,23 +159,29 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
     to 500, ``seq_len`` = non-zero ids, contiguous groups ordered by block then trial).
     ``holdout``: the last ``holdout`` sessions are written like the others (the same participant,
     a drift of the same scale) but left out of ``synth_config.yaml`` and of the train corpus:
-    new recording days for ``python -m fastbci.calibrate`` (``summary["holdout"]``).
+    new recording days for ``fastbci calibrate`` (``summary["holdout"]``).
+    ``out_dir`` (:mod:`fastbci.outputs`' rule): new, empty, or holding synth's own release, left
+    as it is when the same (``summary["unchanged"]``), else replaced only with ``overwrite``.
     """
     t0 = time.perf_counter()
     sessions = _session_list(sessions)
-    held = _check_options(sessions, min_words, max_words, holdout)
+    held = _check_options(sessions, min_words, max_words, holdout, neural_dim)
     train_only_set = set(TRAIN_ONLY_SESSIONS if train_only is None else train_only) & set(sessions)
     out_dir = Path(out_dir)
+    record = json.loads(dumps(dict(
+        seed=seed, neural_dim=neural_dim, signal=signal, noise=noise, drift=drift, min_words=min_words,
+        max_words=max_words, sessions=list(sessions), n_train=n_train, n_val=n_val, n_test=n_test,
+        train_only=sorted(train_only_set), block_size=list(block_size), holdout=holdout,
+        write_config=write_config)))
+    if _claim(out_dir, record, overwrite):
+        return {"out_dir": str(out_dir), "unchanged": True, "sessions": list(sessions),
+                "seed": seed, "seconds": time.perf_counter() - t0}
     out_dir.mkdir(parents=True, exist_ok=True)
 
     root = np.random.default_rng(seed)
     world = World(neural_dim, np.random.default_rng(root.integers(2 ** 63)), signal)
-    count_rng = np.random.default_rng(root.integers(2 ** 63))
-    release = _release_counts(sessions, train_only_set, count_rng)
-    counts = {}
-    for j, (what, value) in enumerate((("n_train", n_train), ("n_val", n_val), ("n_test", n_test))):
-        c = _as_counts(value, sessions, what)
-        counts[what] = c if c is not None else {s: release[s][j] for s in sessions}
+    counts = _trial_counts(sessions, train_only_set, (n_train, n_val, n_test),
+                           np.random.default_rng(root.integers(2 ** 63)))
     session_seeds = root.integers(2 ** 63, size=len(sessions))
 
     summary = {"out_dir": str(out_dir), "sessions": list(sessions), "train_only": sorted(train_only_set),
@@ -197,10 +220,28 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
         _write_config(cfg_path, out_dir, [x for x in sessions if x not in held], train_only_set,
                       neural_dim)
         summary["config"] = str(cfg_path)
-    _write_params(out_dir, dict(seed=seed, neural_dim=neural_dim, signal=signal, noise=noise,
-                                drift=drift, min_words=min_words, max_words=max_words))
+    _write_params(out_dir, record)  # last: a release without it is incomplete
     summary["seconds"] = time.perf_counter() - t0
     return summary
+
+
+def _claim(out_dir: Path, record: dict, overwrite: bool) -> bool:
+    """The output rule for a release folder; True when it already holds this very release."""
+    plan = outputs.check_dir(out_dir, overwrite=True, option="--out")  # refuses foreign files
+    if not plan.clear:
+        return False
+    have = read_params(out_dir)
+    if have == record:
+        return True
+    if not overwrite:
+        what = ("an incomplete release (no record of its parameters: an interrupted write, or an "
+                "older fastbci's)") if have is None else (
+            "a release written with other parameters (" + ", ".join(
+                f"{k} {have.get(k)!r}" for k in record if have.get(k) != record[k])[:200] + ")")
+        raise outputs.OutputError(f"--out {out_dir} holds {what}: pass --overwrite to replace it, "
+                                  "or choose another folder")
+    outputs.clear(plan)
+    return False
 
 
 PARAMS_FILE = "synth_params.json"
@@ -231,7 +272,7 @@ def write_corpus(path: str | Path, sentences: Sequence[str]) -> Path:
     """Write ``sentences`` normalised as the official evaluation normalises them, one a line."""
     from ..lm.text import normalize
     path = Path(path)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.writelines(t + "\n" for t in (normalize(x) for x in sentences) if t)
     return path
 
@@ -250,12 +291,15 @@ def _write_config(path: Path, out_dir: Path, sessions: Sequence[str], train_only
             "days_per_batch": min(4, len(sessions)),
         },
     }
-    with open(path, "w") as f:
-        f.write("# written by python -m fastbci.synth: load with fastbci.config.load_config(this file)\n")
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write("# written by fastbci synth: load with fastbci.config.load_config(this file)\n")
         yaml.safe_dump(frag, f, sort_keys=False, default_flow_style=None)
 
 
-def _format_summary(summ: dict) -> str:
+def format_summary(summ: dict) -> str:
+    if summ.get("unchanged"):
+        return (f"{summ['out_dir']} already holds this release (written with the same parameters): "
+                "nothing written (--overwrite writes it again)")
     n = summ["n_trials"]
     T, L = summ["n_time_steps"], summ["seq_len"]
     lines = [f"wrote a synthetic t15 release to {summ['out_dir']} in {summ['seconds']:.1f} s",
@@ -272,56 +316,3 @@ def _format_summary(summ: dict) -> str:
         lines.append(f"  held out (not in the config or the corpus): {', '.join(summ['holdout'])}")
     lines.append(f"  train corpus: {summ['corpus']}")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m fastbci.synth",
-        description="Write a synthetic Brain-to-Text '25 (t15) release: the official folder "
-                    "layout and HDF5 format, phoneme-driven features, and a synth_config.yaml "
-                    "that trains on it. Without a preset: the 45 official sessions with 20 "
-                    "train, 5 val and 5 test trials each (the four official train-only sessions "
-                    "get train trials only), 512 features. A preset sets sessions and counts; "
-                    "the options below override single values of it.")
-    ap.add_argument("--out", required=True, help="output folder (created)")
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--small", action="store_const", const="small", dest="preset",
-                   help="3 sessions (one train-only) x 6 train / 2 val / 2 test trials, "
-                        "neural_dim 32 (for tests)")
-    g.add_argument("--demo", action="store_const", const="demo", dest="preset",
-                   help="4 sessions x 200 train / 40 val trials, strong signal (CPU training demo)")
-    g.add_argument("--release", action="store_const", const="release", dest="preset",
-                   help="the release's 45 sessions and per-session trial counts (8,072 / 1,426 / "
-                        "1,450 trials, ~13.5 GB at 512 features)")
-    ap.add_argument("--sessions", help="a number N (the first N official sessions) or comma-separated names")
-    ap.add_argument("--n-train", type=int, help="train trials per session")
-    ap.add_argument("--n-val", type=int, help="val trials per session (none for train-only sessions)")
-    ap.add_argument("--n-test", type=int, help="test trials per session (none for train-only sessions)")
-    ap.add_argument("--neural-dim", type=int, help="features per time step (default 512)")
-    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ap.add_argument("--min-words", type=int, help="fewest words per sentence (default 2)")
-    ap.add_argument("--max-words", type=int, help="most words per sentence (default 6)")
-    ap.add_argument("--signal", type=float, help="template strength (default 1, demo 3)")
-    ap.add_argument("--noise", type=float, help="latent noise std (default 1, demo 0.6)")
-    ap.add_argument("--drift", type=float, help="per-session drift scale (default 1)")
-    ap.add_argument("--holdout", type=int, default=0,
-                    help="the last K sessions are written but left out of synth_config.yaml and the "
-                         "train corpus: new days to try python -m fastbci.calibrate on (default 0)")
-    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
-    a = ap.parse_args(argv)
-    kw = dict(PRESETS[a.preset]) if a.preset else {}
-    if a.sessions:
-        kw["sessions"] = (int(a.sessions) if a.sessions.isdigit()
-                          else [s.strip() for s in a.sessions.split(",") if s.strip()])
-    for name in ("n_train", "n_val", "n_test", "neural_dim", "min_words", "max_words", "signal",
-                 "noise", "drift"):
-        v = getattr(a, name)
-        if v is not None:
-            kw[name] = v
-
-    def run() -> int:
-        summ = write_release(a.out, seed=a.seed, progress=not a.json, holdout=a.holdout, **kw)
-        print(json.dumps(summ, indent=1) if a.json else _format_summary(summ))
-        return 0
-
-    return run_command(run, prog="fastbci.synth")

@@ -13,6 +13,7 @@ import torch
 from fastbci import checkpoint as ckpt_io
 from fastbci import config as config_mod
 from fastbci.errors import ConfigError
+from fastbci.loading import load_weights
 from fastbci.training.rundir import RunDir
 from fastbci.training.state import RunState
 
@@ -80,7 +81,7 @@ class Checkpointer:
         if path in (None, "None", ""):
             raise ConfigError("init_from_checkpoint=true needs init_checkpoint_path=PATH")
         ck = self._load(path)
-        self.model.load_official_state_dict(ck["model_state_dict"])
+        load_weights(self.model, ck, path)
         if "optimizer_state_dict" in ck:
             self.optimizer.load_state_dict(ck["optimizer_state_dict"])
         if "scheduler_state_dict" in ck:
@@ -104,7 +105,7 @@ class Checkpointer:
             self.log.info("Resuming with configuration changes (the run will differ from an "
                           "uninterrupted one): " + ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
                                                              for k in changed))
-        self.model.load_official_state_dict(ck["model_state_dict"])
+        load_weights(self.model, ck, path)
         self.optimizer.load_state_dict(ck["optimizer_state_dict"])
         self.scheduler.load_state_dict(ck["scheduler_state_dict"])
         self.state.load_dict(st)

@@ -11,6 +11,7 @@ import torch
 
 from fastbci import checkpoint as ckpt_io
 from fastbci import metrics as metrics_mod
+from fastbci import outputs
 from fastbci.devices import numerics, to_device
 from fastbci.errors import ConfigError, NonFiniteError
 from fastbci.training import report
@@ -201,6 +202,7 @@ class Trainer:
         self.parts: RunParts | None = None
         self.stop = StopRequest()
 
+    @outputs.writes("train")
     def setup(self) -> "Trainer":
         """Build the run's parts (output folder, data, model, optimiser, resume); once."""
         if self.parts is None:
@@ -220,6 +222,7 @@ class Trainer:
         """Stop after the current batch with a resumable checkpoint (what Ctrl-C and SIGTERM do)."""
         self.stop.ask(reason)
 
+    @outputs.writes("train")
     def fit(self, stop_after: int | None = None) -> FitSummary:
         """Train to ``num_training_batches`` (``stop_after``: stop, as on Ctrl-C, once this many
         batches have run in this call; for wall-time-limited jobs and tests)."""
@@ -236,6 +239,7 @@ class Trainer:
         self.setup()
         return self.parts.validator.run(collect)
 
+    @outputs.writes("train")
     def save_checkpoint(self, name: str, val_per=None, val_loss=None):
         """Write ``checkpoint_dir/name`` (a collective call in a distributed run)."""
         self.setup()

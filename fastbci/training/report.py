@@ -49,7 +49,8 @@ class _LogFileHandler(logging.FileHandler):
 
 
 def make_logger(log_file: Path | None, console: bool = True) -> logging.Logger:
-    """The run's logger: ``log_file`` and, with ``console``, stdout (through tqdm)."""
+    """The run's logger: ``log_file`` and, with ``console``, stderr (through tqdm; stdout carries
+    only what a command's --json prints)."""
     log = logging.getLogger(LOGGER_NAME)
     for h in log.handlers[:]:
         log.removeHandler(h)
@@ -62,7 +63,7 @@ def make_logger(log_file: Path | None, console: bool = True) -> logging.Logger:
         fh.setFormatter(fmt_)
         log.addHandler(fh)
     if console:
-        sh = _TqdmHandler(sys.stdout)
+        sh = _TqdmHandler(sys.stderr)
         sh.setFormatter(fmt_)
         log.addHandler(sh)
     return log

@@ -1,5 +1,6 @@
-"""``python -m fastbci.doctor CONFIG [key=value ...]``: how a configuration departs from the
-official recipe, and what each departure is known to risk.
+"""How a configuration departs from the official recipe, and what each departure is known to
+risk (``fastbci doctor CONFIG [key=value ...]``; the command line is
+:mod:`fastbci.commands.doctor`).
 
 Every official key whose value differs from ``configs/official.yaml`` is reported with its value,
 the official value, a severity and the known impact, most severe first:
@@ -20,16 +21,12 @@ uses it to explain an all-blank collapse).
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import textwrap
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from fastbci.errors import EXIT_CONFIG, EXIT_OK, EXIT_SEVERE, run_command
-from fastbci.config import (defaults, diff_from_official, get, known_keys,
-                            load_config, official)
+from fastbci.config import diff_from_official
 
 SEVERE = "severe"
 WARNING = "warning"
@@ -230,9 +227,9 @@ def assess(cfg: Mapping[str, Any]) -> list[Finding]:
 
 
 # ---------------------------------------------------------------------------------------------
-# command line
+# the report
 # ---------------------------------------------------------------------------------------------
-def _fmt(v: Any, width: int = 24) -> str:
+def fmt_value(v: Any, width: int = 24) -> str:
     if isinstance(v, (list, tuple)) and len(v) > 4:
         s = f"[{len(v)} items: {v[0]!r}, {v[1]!r}, ...]"
     elif isinstance(v, float) and v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5) \
@@ -251,7 +248,7 @@ def format_findings(findings: Sequence[Finding]) -> str:
     head = f"{'SEVERITY':<8}  {'KEY':<{kw}}  {'VALUE':<24}  OFFICIAL"
     lines = [head, "-" * (len(head) + 16)]
     for f in findings:
-        lines.append(f"{f.severity:<8}  {f.key:<{kw}}  {_fmt(f.value):<24}  {_fmt(f.official)}")
+        lines.append(f"{f.severity:<8}  {f.key:<{kw}}  {fmt_value(f.value):<24}  {fmt_value(f.official)}")
         lines += textwrap.wrap(f.impact, width=max(70, len(head) + 6),
                                initial_indent=" " * 10, subsequent_indent=" " * 10)
     counts = {s: sum(f.severity == s for f in findings) for s in (SEVERE, WARNING, INFO)}
@@ -260,62 +257,3 @@ def format_findings(findings: Sequence[Finding]) -> str:
     lines.append("")
     lines.append(f"{counts[SEVERE]} severe, {counts[WARNING]} warning(s), {counts[INFO]} info")
     return "\n".join(lines)
-
-
-def _env(backend: str) -> int:
-    from fastbci import envcheck
-    result = envcheck.probe(backend=backend)
-    print("fastbci doctor --env: " + envcheck.report(result))
-    return EXIT_SEVERE if result.affected else EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m fastbci.doctor",
-        description="Compare a configuration with the official Brain-to-Text '25 baseline recipe "
-                    "and report the known risks of every difference. Exit status: 1 if a severe "
-                    "risk is found, 0 otherwise, 2 for a configuration error. --env checks this "
-                    "torch's torch.compile instead (1: affected, 0: not).")
-    parser.add_argument("config", nargs="?", help="YAML configuration file")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr_max=0.002")
-    parser.add_argument("--keys", action="store_true", help="list every known key and exit")
-    parser.add_argument("--env", action="store_true",
-                        help="check this torch instead of a configuration: compile the official "
-                             "model's patching and compare its gradients with eager ones; exit "
-                             "1 if this torch computes them wrongly, 0 if not")
-    parser.add_argument("--backend", default="inductor",
-                        help="with --env: the torch.compile backend (default inductor, what "
-                             "torch.compile uses; aot_eager checks AOTAutograd alone, faster)")
-    args = parser.parse_args(argv)
-
-    if args.env:
-        return run_command(lambda: _env(args.backend), prog="fastbci.doctor")
-
-    if args.keys:
-        off, dflt = official(), defaults()
-        for key in known_keys():
-            where = "fastbci default" if key.startswith("fastbci.") else "official"
-            value = get(dflt if key.startswith("fastbci.") else off, key)
-            print(f"{key}  ({where}: {_fmt(value, 60)})")
-        return 0
-    if args.config is None:
-        parser.print_usage(sys.stderr)
-        print("python -m fastbci.doctor: error: give a CONFIG file (or --keys)", file=sys.stderr)
-        return EXIT_CONFIG
-
-    def run() -> int:
-        findings = assess(load_config(args.config, args.overrides))
-        print(f"fastbci doctor: {args.config}"
-              + (f" with {' '.join(args.overrides)}" if args.overrides else ""))
-        print(format_findings(findings))
-        return EXIT_SEVERE if any(f.severity == SEVERE for f in findings) else EXIT_OK
-
-    return run_command(run, prog="fastbci.doctor")
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BrokenPipeError:  # output piped into `head` and the like
-        sys.stderr.close()
-        sys.exit(0)

@@ -1,15 +1,15 @@
-"""The CPU demo: ``python -m fastbci.demo [--out DIR] [--data DIR]``.
+"""The CPU demo (``fastbci demo [--out DIR] [--data DIR]``; the command line is
+:mod:`fastbci.commands.demo`).
 
 Writes a small synthetic release (:mod:`fastbci.synth`, demo preset, at the sessions and
 feature count of ``configs/demo.yaml``) under ``data/synth-demo`` unless it is already there,
 then trains the small model of ``configs/demo.yaml`` on it (a few minutes on two CPU cores) and
 prints the final validation phoneme error rate. Extra ``key=value`` arguments override the
-configuration, as for ``python -m fastbci.train``. With flashlight-text installed it then builds
+configuration, as for ``fastbci train``. With flashlight-text installed it then builds
 a 3-gram from the synthetic train sentences and prints the validation word error rate too.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from importlib import resources
 from pathlib import Path
@@ -19,7 +19,6 @@ import yaml
 
 from fastbci import config as config_mod
 from fastbci.config import ConfigError
-from fastbci.errors import exit_code_of, run_command
 
 if TYPE_CHECKING:
     from fastbci.training import FitSummary
@@ -126,7 +125,7 @@ def run(out: Path = DEFAULT_OUT, data_dir: Path = DEFAULT_DATA, overrides: Seque
     ensure_data(data_dir, cfg, quiet=quiet)
     if message:
         print(message, file=sys.stderr)
-    command = "python -m fastbci.demo" + "".join(
+    command = "fastbci demo" + "".join(
         f" {k} {v}" for k, v, d in (("--out", out, DEFAULT_OUT), ("--data", data_dir, DEFAULT_DATA))
         if Path(v) != d) + "".join(f" {o}" for o in overrides)
     return Trainer(cfg, console=not quiet, resume_command=command).fit()
@@ -139,7 +138,7 @@ def words_wer(out: Path, data_dir: Path, quiet: bool = False) -> dict | None:
     """Build a 3-gram from the release's train corpus and decode the best checkpoint's
     validation logits to words (pronunciations: the synthetic lexicon); returns the
     evaluation summary (``wer``), or None without flashlight-text (said on stderr)."""
-    from fastbci import evaluate, synth
+    from fastbci import evaluation, synth
     from fastbci.data import PHONEME_TO_ID
     from fastbci.lm import Lexicon, available, build_arpa
     if not available():
@@ -152,14 +151,14 @@ def words_wer(out: Path, data_dir: Path, quiet: bool = False) -> dict | None:
         sentences = [t.sentence_label for f in sorted(data_dir.glob("*/data_train.hdf5"))
                      for t in read_session_file(f, "train")]
         synth.write_corpus(corpus, sentences)
-    words = out / "words"
-    words.mkdir(parents=True, exist_ok=True)
-    build_arpa(corpus, words / "lm_3gram.arpa", order=3)
+    lm_dir = out / "lm"  # the n-gram and the lexicon: inputs of the evaluation into out/words
+    lm_dir.mkdir(parents=True, exist_ok=True)
+    build_arpa(corpus, lm_dir / "lm_3gram.arpa", order=3, overwrite=True)
     lexicon = Lexicon({w: [[PHONEME_TO_ID[p] for p in ph]] for w, ph in synth.LEXICON.items()})
-    lexicon.write(words / "lexicon.txt")
-    return evaluate.evaluate(out / "checkpoint" / "best_checkpoint", "val", out_dir=words, quiet=quiet,
-                             lm=words / "lm_3gram.arpa",
-                             lm_options={"lexicon": words / "lexicon.txt", "use_cmudict": False})
+    lexicon.write(lm_dir / "lexicon.txt")
+    return evaluation.evaluate(out / "checkpoint" / "best_checkpoint", "val", out_dir=out / "words",
+                               quiet=quiet, lm=lm_dir / "lm_3gram.arpa", overwrite=True,
+                               lm_options={"lexicon": lm_dir / "lexicon.txt", "use_cmudict": False})
 
 
 PLATEAU_PER = 0.5       # a final validation PER at or above this: still on (or just off) the plateau
@@ -187,49 +186,6 @@ def ending_advice(hist: Sequence[dict], n_batches: int, overrides: Sequence[str]
                 "was still falling when the batches ran out.")
     return "\n".join([
         what,
-        f"What to do: run it again with more batches (python -m fastbci.demo {longer}){reseed}. "
-        "For your own configurations, python -m fastbci.doctor CONFIG names the settings that "
+        f"What to do: run it again with more batches (fastbci demo {longer}){reseed}. "
+        "For your own configurations, fastbci doctor CONFIG names the settings that "
         "keep a run on the plateau."])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m fastbci.demo",
-        description="Train a small decoder on synthetic data on the CPU and print its validation "
-                    "PER (and WER with flashlight-text). A rerun resumes an interrupted demo run "
-                    "and replaces a finished one.",
-        epilog="Exit status: 0 done, 2 bad input, 3 blank collapse, 4 non-finite, 130 interrupted "
-               "(run the same command again to resume).")
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help=f"run directory (default {DEFAULT_OUT})")
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help=f"demo data directory (default {DEFAULT_DATA})")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides of configs/demo.yaml")
-    a = ap.parse_args(argv)
-
-    def demo() -> int:
-        res = run(Path(a.out), Path(a.data), a.overrides)
-        hist = res.val_history
-        if res.status == "interrupted":
-            print(f"Demo interrupted after batch {res.last_batch}: run the same command again to "
-                  "resume it")
-        elif hist and hist[-1]["per"] is not None:
-            print(f"Final validation PER: {100 * hist[-1]['per']:.1f}% "
-                  f"(best {100 * res.best_val_per:.1f}%), {res.seconds / 60:.1f} min; "
-                  f"run directory {a.out}")
-            if (Path(a.out) / "checkpoint" / "best_checkpoint").is_file():
-                w = words_wer(Path(a.out), Path(a.data), quiet=True)
-                if w is not None and w.get("wer") is not None:
-                    print(f"Validation WER (best checkpoint, PER {100 * w['per']:.1f}%): "
-                          f"{100 * w['wer']:.1f}% with a 3-gram of the synthetic train sentences; "
-                          f"sentences in {w['files']['words_csv']}")
-            advice = ending_advice(hist, res.last_batch + 1, a.overrides)
-            if advice and res.status == "finished":  # the collapse watch has said its own words
-                print(advice)
-        else:
-            print(f"Training ended ({res.status}) without a validation PER")
-        return exit_code_of(res.status)
-
-    return run_command(demo, prog="fastbci.demo")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

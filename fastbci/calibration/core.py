@@ -24,6 +24,7 @@ from fastbci.data.load import PackedSplit, SessionSource, length_rule_of
 from fastbci.data.store import TrialStore
 from fastbci.data.t15 import PAD_LEN
 from fastbci.errors import ConfigError, FastbciError
+from fastbci.loading import load_weights
 from fastbci.model import GRUDecoder
 from fastbci.ops import Augmentation
 from fastbci.schedule import lr_multiplier
@@ -141,9 +142,10 @@ def set_layer(model: GRUDecoder, day: int, layer: tuple[torch.Tensor, torch.Tens
 
 
 def new_day(cfg: Mapping, state: Mapping, path: Path, *, n: int | None, replace: bool,
-            labelled: bool) -> NewDay:
-    """The model of ``cfg`` with the weights of ``state`` plus a day layer for the session of
-    ``path`` (a copy of day 0's for now), and the session's trials."""
+            labelled: bool, checkpoint: str | Path = "the checkpoint") -> NewDay:
+    """The model of ``cfg`` with the weights ``state`` (the ``model_state_dict`` of
+    ``checkpoint``) plus a day layer for the session of ``path`` (a copy of day 0's for now),
+    and the session's trials."""
     session = _session_name(path)
     new_cfg, day = extended_config(cfg, session, replace)
     store = None if n == 0 else load_session(new_cfg, path, day, n, labelled)
@@ -152,7 +154,7 @@ def new_day(cfg: Mapping, state: Mapping, path: Path, *, n: int | None, replace:
     if f"day_weights.{day}" not in sd:
         sd[f"day_weights.{day}"] = sd["day_weights.0"].clone()
         sd[f"day_biases.{day}"] = sd["day_biases.0"].clone()
-    model.load_official_state_dict(sd)
+    load_weights(model, {"model_state_dict": sd}, checkpoint)
     for name, p in model.named_parameters():
         p.requires_grad_(name in (f"day_weights.{day}", f"day_biases.{day}"))
     return NewDay(new_cfg, model, day, session, store, labelled,
