@@ -50,7 +50,8 @@ def _device_of(path: Path) -> str:
 
 def storage_error(e: BaseException, path: Path) -> StorageError | None:
     """A :class:`StorageError` for an error raised while writing ``path`` when it is a storage
-    problem: an OSError (ENOSPC, EDQUOT, EROFS, EACCES, ENOENT) or torch's writer failure
+    problem: an OSError (ENOSPC, EDQUOT, EROFS, EACCES, ENOENT; EISDIR: the path is a folder;
+    ENOTDIR, EEXIST: a folder of its path is a file) or torch's writer failure
     (``PytorchStreamWriter failed writing file`` / ``unexpected pos``, which is what a full
     disk looks like inside ``torch.save``). None for anything else."""
     if isinstance(e, StorageError):
@@ -59,6 +60,11 @@ def storage_error(e: BaseException, path: Path) -> StorageError | None:
         return StorageError(e.errno, f"no space left on {_device_of(path)} writing {path}")
     if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.ENOENT):
         return StorageError(e.errno, f"cannot write {path}: {os.strerror(e.errno)}")
+    if isinstance(e, OSError) and e.errno == errno.EISDIR:
+        return StorageError(e.errno, f"cannot write {path}: it is a folder, not a file")
+    if isinstance(e, OSError) and e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return StorageError(e.errno, f"cannot write {path}: a folder of its path is a file "
+                                     f"({e.filename})")
     text = str(e)
     if isinstance(e, RuntimeError) and ("failed writing" in text or "unexpected pos" in text):
         return StorageError(errno.ENOSPC, f"no space left on {_device_of(path)} writing {path} "
@@ -259,3 +265,56 @@ def file_kind(path: str | os.PathLike) -> str:
         first = text.strip().splitlines()[0][:60] if text.strip() else ""
         return f"text ({first!r})" if first else "blank text"
     return "binary data"
+
+
+# ---------------------------------------------------------------------------------------------
+# HDF5 files, written atomically
+# ---------------------------------------------------------------------------------------------
+_SPACE_WORDS = ("no space left", "errno = 28", "disk quota exceeded", "errno = 122")
+
+
+def _storage_in_text(e: BaseException, path: Path) -> StorageError | None:
+    """A :class:`StorageError` for a library error whose text says the disk is full (h5py
+    reports a failed write of the HDF5 library as ``... errno = 28, error message = 'No space
+    left on device'`` in a RuntimeError or an OSError without an errno)."""
+    if isinstance(e, (OSError, RuntimeError)) and any(w in str(e).lower() for w in _SPACE_WORDS):
+        return StorageError(errno.ENOSPC, f"no space left on {_device_of(path)} writing {path}")
+    return None
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path: str | os.PathLike) -> Iterator[Any]:
+    """``with atomic_hdf5(p) as f: f.create_group(...)``: an ``h5py.File`` open for writing on
+    a temporary file in ``p``'s folder, renamed over ``p`` once complete (:func:`atomic_path`).
+
+    HDF5 writes through a Python file object here, so that a failed write (a full disk) is a
+    Python ``OSError`` raised where it happens, never an error the HDF5 library meets later when
+    it frees an object (which printed tracebacks and then crashed the process). The file is
+    closed before the rename; a close that fails after an error in the block does not hide that
+    error; on any error the temporary file is removed and ``p`` is untouched. A full disk is a
+    :class:`StorageError` naming ``p``."""
+    import h5py
+    path = Path(path)
+    failed = False
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w+b") as raw:
+                f = h5py.File(raw, "w")
+                try:
+                    yield f
+                except BaseException:
+                    failed = True
+                    raise
+                finally:
+                    try:
+                        f.close()
+                    except Exception:
+                        if not failed:
+                            raise
+    except StorageError:
+        raise
+    except BaseException as e:
+        err = _storage_in_text(e, path)
+        if err is not None:
+            raise err from None
+        raise

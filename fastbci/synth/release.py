@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data.t15 import Trial, session_file, write_session_file
 from ..errors import run_command
-from ..fileio import atomic_write_text, dumps
+from ..fileio import atomic_path, atomic_write_text, dumps
 
 from .simulate import session_drift, session_trials, World
 
@@ -231,7 +231,7 @@ def write_corpus(path: str | Path, sentences: Sequence[str]) -> Path:
     """Write ``sentences`` normalised as the official evaluation normalises them, one a line."""
     from ..lm.text import normalize
     path = Path(path)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.writelines(t + "\n" for t in (normalize(x) for x in sentences) if t)
     return path
 
@@ -250,7 +250,7 @@ def _write_config(path: Path, out_dir: Path, sessions: Sequence[str], train_only
             "days_per_batch": min(4, len(sessions)),
         },
     }
-    with open(path, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("# written by python -m fastbci.synth: load with fastbci.config.load_config(this file)\n")
         yaml.safe_dump(frag, f, sort_keys=False, default_flow_style=None)
 
