@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from fastbci.data.phonemes import N_CLASSES
-from fastbci.fileio import atomic_path
+from fastbci.fileio import atomic_path, path_problem
 
 from .params import DEFAULT_LLM_NBEST, DecoderParams, RescoreParams
 from .text import wer_report
@@ -28,33 +28,118 @@ __all__ = ["check_ready", "load_logits", "decode_file", "format_wer", "rescore_f
            "write_nbest"]
 
 
-def load_logits(path: str | os.PathLike) -> dict:
-    """The arrays of an evaluation npz, checked: ``logits`` (frames, 41), ``offsets``, ``ids``,
-    and when present ``session``, ``day``, ``sentence_label``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"the logits file {path} does not exist")
+def _arrays(path: Path) -> dict:
+    """Every array of an npz (an array of Python objects, which would need unpickling, is named)."""
+    problem = path_problem(path)
+    if problem is not None:
+        if not os.path.lexists(path):
+            raise FileNotFoundError(f"the logits file {path} does not exist")
+        raise ValueError(f"the logits file {path} {problem}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"{path} is not a readable .npz file ({e})") from None
+    if not hasattr(z, "files"):
+        raise ValueError(f"{path} is a single .npy array, not the .npz archive that python -m "
+                         "fastbci.evaluate writes")
+    data = {}
+    with z:
+        for k in z.files:
+            try:
+                data[k] = z[k]
+            except ValueError as e:
+                if "allow_pickle" in str(e):
+                    raise ValueError(f"{path}: the array '{k}' holds Python objects, not numbers (it "
+                                     "would need unpickling, which fastbci never does)") from None
+                raise ValueError(f"{path}: the array '{k}' cannot be read ({e})") from None
+            except (OSError, EOFError) as e:
+                raise ValueError(f"{path}: the array '{k}' cannot be read ({e})") from None
+    return data
+
+
+def _trial_of(off: np.ndarray, frame: int) -> int:
+    """The trial whose frames hold ``frame`` (empty trials hold none)."""
+    return int(np.searchsorted(off, frame, side="right")) - 1
+
+
+def _check_values(path: Path, lg: np.ndarray, off: np.ndarray, ids: np.ndarray) -> None:
+    """Logits that are numbers and finite: the first bad one is named by trial index, its id,
+    its frame and its class."""
+    def where(frame: int, c: int) -> str:
+        t = _trial_of(off, frame)
+        return f"trial index {t} (id {ids[t]}), frame {frame - off[t]}, class {c}"
+
+    if lg.dtype.kind not in "fiu":
+        try:
+            lg.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+        else:  # text that reads as numbers is still not what evaluate writes
+            raise ValueError(f"{path}: {where(0, 0)}: the logits are stored as {lg.dtype} values "
+                             f"({str(lg[0, 0])!r}), not as numbers" if len(lg) else
+                             f"{path}: the logits are stored as {lg.dtype} values, not as numbers")
+        for frame in range(len(lg)):
+            for c in range(lg.shape[1]):
+                try:
+                    float(lg[frame, c])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}: {where(frame, c)}: the logit {str(lg[frame, c])!r} is not a "
+                                     f"number (the logits array is {lg.dtype}, want floats)") from None
+    finite = np.isfinite(lg)
+    if not finite.all():
+        frame, c = (int(v) for v in np.argwhere(~finite)[0])
+        n_bad = len({_trial_of(off, int(f)) for f in np.nonzero(~finite.all(axis=1))[0]})
+        raise ValueError(f"{path}: {where(frame, c)}: the logit is {lg[frame, c]} ({n_bad} of the "
+                         f"{len(off) - 1} trials hold NaN or infinite logits: did the model that wrote "
+                         "them diverge?)")
+
+
+def _check_index_arrays(path: Path, data: dict, n: int) -> None:
+    for key in ("ids", "session", "day", "sentence_label"):
+        if key in data and data[key].ndim != 1:
+            raise ValueError(f"{path}: '{key}' has shape {data[key].shape}; want one entry per trial")
+        if key in data and len(data[key]) != n:
+            raise ValueError(f"{path}: '{key}' has {len(data[key])} entries for {n} trials")
+    ids = data["ids"]
+    if ids.dtype.kind not in "iu":
+        first = f" (trial index 0 holds {str(ids[0])!r})" if n else ""
+        raise ValueError(f"{path}: the ids are {ids.dtype} values, not integers{first}")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][0]
+        at = np.nonzero(ids == dup)[0]
+        raise ValueError(f"{path}: id {dup} is given to trial indices {at[0]} and {at[1]}; each trial "
+                         "needs its own id")
+
+
+def load_logits(path: str | os.PathLike) -> dict:
+    """The arrays of an evaluation npz, checked: ``logits`` (frames, 41) of finite numbers,
+    ``offsets`` rising from 0 to the frame count, integer ``ids`` (one per trial, each once),
+    and when present ``session``, ``day``, ``sentence_label``. A problem is a ValueError naming
+    the file and, for a logit, the trial index."""
+    path = Path(path)
+    data = _arrays(path)
     for key in ("logits", "offsets"):
         if key not in data:
             raise ValueError(f"{path} has no '{key}' array (want the logits_SPLIT.npz that "
                              "python -m fastbci.evaluate writes)")
-    lg, off = data["logits"], data["offsets"].astype(np.int64)
+    lg, off = data["logits"], data["offsets"]
     if lg.ndim != 2 or lg.shape[1] != N_CLASSES:
         raise ValueError(f"{path}: the logits have shape {lg.shape}; want (frames, {N_CLASSES}) "
                          "(blank, 39 phonemes, silence)")
+    whole = off.dtype.kind in "iu" or (off.dtype.kind == "f" and bool(np.all(np.isfinite(off)))
+                                       and bool(np.all(off == np.round(off))))
+    if not whole:
+        raise ValueError(f"{path}: the offsets are not whole numbers ({off.dtype}: "
+                         f"{', '.join(str(v) for v in off[:6].tolist())}...)")
+    off = off.astype(np.int64)
     if off.ndim != 1 or len(off) < 1 or off[0] != 0 or off[-1] != len(lg) or (np.diff(off) < 0).any():
         raise ValueError(f"{path}: the offsets do not rise from 0 to the {len(lg)} logit frames")
     n = len(off) - 1
     data["offsets"] = off
     data.setdefault("ids", np.arange(n))
-    for key in ("ids", "session", "day", "sentence_label"):
-        if key in data and len(data[key]) != n:
-            raise ValueError(f"{path}: '{key}' has {len(data[key])} entries for {n} trials")
+    _check_index_arrays(path, data, n)
+    _check_values(path, lg, off, data["ids"])
     return data
 
 
