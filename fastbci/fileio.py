@@ -318,3 +318,12 @@ def atomic_hdf5(path: str | os.PathLike) -> Iterator[Any]:
         if err is not None:
             raise err from None
         raise
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` absolute with its symbolic links resolved, for messages; never an error (a link
+    loop, which ``Path.resolve`` raises RuntimeError for, is shown as far as it resolves)."""
+    try:
+        return os.path.realpath(path)
+    except (OSError, RuntimeError, ValueError):
+        return os.path.abspath(path)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
 from fastbci.errors import FastbciError
-from fastbci.fileio import file_kind, path_problem
+from fastbci.fileio import file_kind, path_problem, shown_path
 
 try:
     import h5py
@@ -126,7 +126,7 @@ def _check_dataset_dir(dataset_dir: Path) -> None:
     problem = path_problem(dataset_dir, want="dir")
     if problem is not None:
         raise DataError(f"dataset.dataset_dir {str(dataset_dir)!r} {problem} (resolved: "
-                        f"{dataset_dir.resolve()}). {DATA_HINT}", file=dataset_dir)
+                        f"{shown_path(dataset_dir)}). {DATA_HINT}", file=dataset_dir)
 
 
 def session_paths(cfg: Mapping, split: str) -> list[Path | None]:
@@ -163,7 +163,7 @@ def session_paths(cfg: Mapping, split: str) -> list[Path | None]:
         problem = path_problem(p)
         if problem is None:
             out.append(p)
-        elif os.path.lexists(p):  # there, but not a file this process can read
+        elif os.path.lexists(p) or "link loop" in problem:  # there, but not a readable file
             raise DataError(f"session {s!r}: the {split} file {p} {problem}", session=s, file=p,
                             reason=problem)
         elif split == "train":
