@@ -327,3 +327,22 @@ def shown_path(path: str | os.PathLike) -> str:
         return os.path.realpath(path)
     except (OSError, RuntimeError, ValueError):
         return os.path.abspath(path)
+
+
+def name_problem(name: Any) -> str | None:
+    """None when ``name`` can be the name of one folder inside another (a session's folder in a
+    release), else what it is instead, as words that follow the name in a message: a name with
+    a path separator (``../../etc``, ``/abs``), ``.`` or ``..``, an empty name or one with a
+    NUL would put what is written under it outside the folder meant to hold it."""
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a name"
+    if not name.strip():
+        return "is empty"
+    if name in (".", ".."):
+        return f"is {name!r}, a reference to a folder, not a name"
+    if any(sep in name for sep in {"/", os.sep, os.altsep or "/"}):
+        kind = "an absolute path" if os.path.isabs(name) else "a path"
+        return f"is {kind}, not a name: it holds a path separator"
+    if "\x00" in name:
+        return "holds a NUL character"
+    return None

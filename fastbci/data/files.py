@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
 from fastbci.errors import FastbciError
-from fastbci.fileio import file_kind, path_problem, shown_path
+from fastbci.fileio import file_kind, name_problem, path_problem, shown_path
 
 try:
     import h5py
@@ -109,9 +109,20 @@ def check_policy(policy: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # paths
 # ---------------------------------------------------------------------------------------------
+def check_session_name(session: str) -> str:
+    """``session``, which must be a plain folder name (no path separator, not ``..``, not
+    empty: :func:`fastbci.fileio.name_problem`), or a :class:`DataError` naming it."""
+    problem = name_problem(session)
+    if problem is not None:
+        raise DataError(f"session name {session!r} {problem}; a session is one folder of "
+                        "dataset.dataset_dir, named like t15.2023.08.11", session=str(session),
+                        reason="bad session name")
+    return session
+
+
 def session_file(dataset_dir: str | os.PathLike, session: str, split: str) -> Path:
-    """``<dataset_dir>/<session>/data_<split>.hdf5``."""
-    return Path(dataset_dir) / session / SPLIT_FILES[check_split(split)]
+    """``<dataset_dir>/<session>/data_<split>.hdf5`` (``session``: a plain folder name)."""
+    return Path(dataset_dir) / check_session_name(session) / SPLIT_FILES[check_split(split)]
 
 
 #: what a missing-data error tells the user to do
@@ -148,6 +159,7 @@ def session_paths(cfg: Mapping, split: str) -> list[Path | None]:
                         "it needs dataset.dataset_dir and dataset.sessions") from None
     seen = set()
     for s in sessions:
+        check_session_name(s)
         if s in seen:
             raise DataError(f"session {s!r} is listed twice in dataset.sessions", session=s)
         seen.add(s)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data.t15 import Trial, session_file, write_session_file
 from ..errors import run_command
-from ..fileio import atomic_path, atomic_write_text, dumps
+from ..fileio import atomic_path, atomic_write_text, dumps, name_problem
 
 from .simulate import session_drift, session_trials, World
 
@@ -89,7 +89,12 @@ def _session_list(sessions: Sequence[str] | int | None) -> list[str]:
             raise ValueError(f"sessions = {sessions}: give 1..45 or a list of names")
         sessions = list(OFFICIAL_SESSIONS[:sessions])
     else:
-        sessions = [str(s) for s in sessions]
+        sessions = list(sessions)
+        for s in sessions:
+            problem = name_problem(s)
+            if problem is not None:
+                raise ValueError(f"sessions: the session name {s!r} {problem}; each session is written "
+                                 "as one folder of the output folder, named like t15.2023.08.11")
     if not sessions:
         raise ValueError("no sessions to write")
     if len(set(sessions)) != len(sessions):
@@ -143,6 +148,8 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
     ``holdout``: the last ``holdout`` sessions are written like the others (the same participant,
     a drift of the same scale) but left out of ``synth_config.yaml`` and of the train corpus:
     new recording days for ``python -m fastbci.calibrate`` (``summary["holdout"]``).
+    Session names are checked before anything is written: each must be a plain folder name (no
+    path separator, not ``..``, not empty), else a ValueError names it.
     """
     t0 = time.perf_counter()
     sessions = _session_list(sessions)

@@ -1,5 +1,5 @@
 """The data family: a damaged release (corrupt, missing or short trials, files that are not
-HDF5, symbolic-link loops) stops the trainer before it trains,
+HDF5, symbolic-link loops, session names that are paths) stops the trainer before it trains,
 with exit status 2 and a message naming the file (and the trial, the session or the name);
 nothing of the release is changed and no run is left behind."""
 from __future__ import annotations
@@ -98,11 +98,26 @@ def _data_file_loop(d):
     return [str(p), "symbolic link loop"], []
 
 
+def _session_name_path(d):
+    # the day that would be read from outside the release
+    (d.parent / "elsewhere").mkdir()
+    os.link(d / S1 / "data_train.hdf5", d.parent / "elsewhere" / "data_train.hdf5")
+    return ["dataset.sessions[1]", "'../elsewhere'", "path separator"], \
+        [f"dataset.sessions=[{S1}, ../elsewhere]", "dataset.dataset_probability_val=[1, 1]"]
+
+
+def _session_name_absolute(d):
+    return ["dataset.sessions[0]", f"'{d / S1}'", "an absolute path"], \
+        [f"dataset.sessions=[{d / S1}]", "dataset.dataset_probability_val=[1]",
+         "dataset.days_per_batch=1"]
+
+
 CASES = {"corrupt-hdf5": _corrupt, "not-hdf5": _not_hdf5, "empty-file": _empty,
          "missing-train-file": _missing, "nan-features": _nan_features, "short-trial": _short_trial,
          "bad-seq-len": _bad_seq_len, "trial-numbering-gap": _gap,
          "dataset-dir-link-loop": _dataset_dir_loop, "session-folder-link-loop": _session_folder_loop,
-         "data-file-link-loop": _data_file_loop}
+         "data-file-link-loop": _data_file_loop, "session-name-is-a-path": _session_name_path,
+         "session-name-is-absolute": _session_name_absolute}
 
 
 @pytest.mark.parametrize("fault", list(CASES))
