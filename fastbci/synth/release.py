@@ -109,6 +109,33 @@ def _length_stats(all_T: list[int], all_L: list[int]) -> dict:
             "seq_len": {"mean": float(L.mean()), "max": int(L.max())}}
 
 
+#: the range of write_release's scale parameters (beyond it the simulated rates overflow)
+SCALE_MAX = 100.0
+
+
+def _check_numbers(seed, neural_dim, signal, noise, drift, block_size) -> None:
+    """write_release's numbers, each a ValueError naming the parameter and its allowed range."""
+    def integer(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    if not integer(seed) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if not integer(neural_dim) or neural_dim < 2 or neural_dim % 2:
+        raise ValueError(f"neural_dim must be an even number >= 2 (threshold crossings + spike-band "
+                         f"power per electrode), got {neural_dim!r}")
+    for name, v in (("signal", signal), ("noise", noise), ("drift", drift)):
+        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        if not ok or not math.isfinite(v) or not 0 <= v <= SCALE_MAX:
+            raise ValueError(f"{name} must be a finite number in [0, {SCALE_MAX:g}], got {v!r}")
+    try:
+        lo, hi = (int(b) for b in block_size)
+        ok = all(integer(b) for b in block_size) and 1 <= lo <= hi
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"block_size must be two integers (lo, hi) with 1 <= lo <= hi, got {block_size!r}")
+
+
 def _check_options(sessions: list[str], min_words: int, max_words: int, holdout) -> set[str]:
     """Validate write_release's word range and ``holdout``; return the held-out session names."""
     if not 1 <= min_words <= max_words:
@@ -148,10 +175,12 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
     ``holdout``: the last ``holdout`` sessions are written like the others (the same participant,
     a drift of the same scale) but left out of ``synth_config.yaml`` and of the train corpus:
     new recording days for ``python -m fastbci.calibrate`` (``summary["holdout"]``).
-    Session names are checked before anything is written: each must be a plain folder name (no
-    path separator, not ``..``, not empty), else a ValueError names it.
+    Every argument is checked before anything is written: a session name must be a plain folder
+    name (no path separator, not ``..``); ``seed`` an integer >= 0; ``signal``, ``noise`` and
+    ``drift`` finite numbers in [0, SCALE_MAX]; otherwise a ValueError names the parameter.
     """
     t0 = time.perf_counter()
+    _check_numbers(seed, neural_dim, signal, noise, drift, block_size)
     sessions = _session_list(sessions)
     held = _check_options(sessions, min_words, max_words, holdout)
     train_only_set = set(TRAIN_ONLY_SESSIONS if train_only is None else train_only) & set(sessions)

@@ -22,6 +22,13 @@ CASES = {
     "session-name-absolute": (dict(sessions=["ELSEWHERE"]), ["session name 'ELSEWHERE'", "absolute path"]),
     "session-name-dot-dot": (dict(sessions=[".."]), ["session name '..'", "not a name"]),
     "session-name-empty": (dict(sessions=["t15.2023.08.13", ""]), ["session name ''", "is empty"]),
+    "noise-nan": (dict(noise=float("nan")), ["noise must be a finite number in [0, 100], got nan"]),
+    "signal-infinite": (dict(signal=float("inf")), ["signal must be a finite number in [0, 100], got inf"]),
+    "drift-negative": (dict(drift=-0.5), ["drift must be a finite number in [0, 100], got -0.5"]),
+    "seed-negative": (dict(seed=-1), ["seed must be an integer >= 0, got -1"]),
+    "seed-not-an-integer": (dict(seed=1.5), ["seed must be an integer >= 0, got 1.5"]),
+    "neural-dim-odd": (dict(neural_dim=31), ["neural_dim must be an even number >= 2", "got 31"]),
+    "block-size-reversed": (dict(block_size=(50, 20)), ["block_size must be two integers (lo, hi) with 1 <= lo <= hi"]),
 }
 
 
