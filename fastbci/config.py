@@ -227,6 +227,19 @@ def _nearest(key: str, keys: Iterable[str]) -> str | None:
 
 
 def unknown_key_error(key: str, where: str) -> ConfigError:
+    """The error for ``key``, which is not a configuration key: a section given a value (its
+    keys listed), a key given a mapping, or an unknown key (the nearest known one)."""
+    schema = _schema()
+    inside = [k[len(key) + 1:] for k in schema if k.startswith(key + ".")]
+    if inside:
+        shown = ", ".join(inside[:12]) + (f", ... ({len(inside)} keys)" if len(inside) > 12 else "")
+        return ConfigError(f"'{key}' in {where} is a section, not a key: give one of its keys, e.g. "
+                           f"{key}.{inside[0]}=...; its keys: {shown}")
+    parts = key.split(".")
+    for head in (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)):
+        if head in schema:
+            return ConfigError(f"config key '{head}' in {where} takes a value, not a section of keys "
+                               f"(got '{key}')")
     near = _nearest(key, known_keys())
     hint = f"; did you mean '{near}'?" if near else "; run `python -m fastbci.doctor --keys` for the list"
     return ConfigError(f"unknown config key '{key}' in {where}{hint}")

@@ -56,6 +56,12 @@ CASES = {
     "duplicate-key-of-a-list": (_file("dataset:\n  sessions: [a]\n  dataset_probability_val: [1]\n"
                                       "  sessions: [b]\n"), ["FILE", "'dataset.sessions'", "line 2", "line 4"]),
     "duplicate-key-in-decoder-params": (_decoder_params, ["FILE", "'decoder.lm_weight'", "line 2", "line 4"]),
+    "section-given-a-value-override": (_override("model=3"), ["'model'", "is a section, not a key",
+                                                              "model.n_input_features=", "n_units"]),
+    "section-given-a-value-in-file": (_file("dataset:\n  dataset_dir: DATA\nmodel: 3\n"),
+                                      ["'model'", "FILE", "is a section, not a key", "n_units"]),
+    "key-given-a-section": (_override("lr_max.peak=0.01"),
+                            ["'lr_max'", "takes a value, not a section", "lr_max.peak"]),
     "not-utf8": (_file("lr_max: 0.005\nmodel:\n  n_units: 8  # caf\xe9\n".encode("latin-1")),
                  ["FILE", "not UTF-8", "byte 0xe9", "line 3"]),
     "not-yaml": (_file("dataset:\n  batch_size: [4\nlr_max: 0.005\n"), ["FILE", "is not valid YAML", "line"]),
