@@ -346,3 +346,16 @@ def name_problem(name: Any) -> str | None:
     if "\x00" in name:
         return "holds a NUL character"
     return None
+
+
+def check_file(path: str | os.PathLike, what: str, error: type[Exception] = FileNotFoundError) -> Path:
+    """``path`` when it can be read as a file, else ``error`` (a ValueError when ``error`` is
+    FileNotFoundError and the path exists) with ``what`` and the path: ``the LM file X does not
+    exist``, ``... is a directory, not a file``, ``... is a symbolic link loop ...``."""
+    path = Path(path)
+    problem = path_problem(path)
+    if problem is None:
+        return path
+    if not os.path.lexists(path):
+        raise error(f"{what} {path} does not exist")
+    raise (ValueError if error is FileNotFoundError else error)(f"{what} {path} {problem}")

@@ -35,7 +35,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from fastbci.fileio import atomic_path
+from fastbci.fileio import atomic_path, check_file
 
 
 __all__ = ["BOS", "EOS", "UNK", "build_arpa", "read_corpus", "NGramCounts", "count_ngrams"]
@@ -58,9 +58,7 @@ def read_corpus(corpus: str | os.PathLike | Sequence[str | os.PathLike] | Iterab
             raise ValueError("no corpus given")
         parts = []
         for p in paths:
-            p = Path(p)
-            if not p.is_file():
-                raise FileNotFoundError(f"the corpus file {p} does not exist")
+            p = check_file(p, "the corpus file")
             parts.append(p.read_text(encoding="utf-8", errors="replace"))
         text = "\n".join(parts)
     else:

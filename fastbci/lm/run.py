@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from fastbci.data.phonemes import N_CLASSES
-from fastbci.fileio import atomic_path, path_problem
+from fastbci.fileio import atomic_path, check_file, path_problem
 
 from .params import DEFAULT_LLM_NBEST, DecoderParams, RescoreParams
 from .text import wer_report
@@ -200,8 +200,7 @@ def check_ready(lm: str | os.PathLike) -> None:
     """Fail early (before an evaluation runs a model) when the LM file is missing or
     flashlight-text cannot be imported."""
     from .decoder import _flashlight
-    if not Path(lm).is_file():
-        raise FileNotFoundError(f"the LM file {lm} does not exist")
+    check_file(lm, "the LM file")
     _flashlight()
 
 
