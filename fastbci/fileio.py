@@ -51,7 +51,7 @@ def _device_of(path: Path) -> str:
 def storage_error(e: BaseException, path: Path) -> StorageError | None:
     """A :class:`StorageError` for an error raised while writing ``path`` when it is a storage
     problem: an OSError (ENOSPC, EDQUOT, EROFS, EACCES, ENOENT; EISDIR: the path is a folder;
-    ENOTDIR, EEXIST: a folder of its path is a file) or torch's writer failure
+    ENOTDIR, EEXIST, ELOOP: a folder of its path is a file or a link loop) or torch's writer failure
     (``PytorchStreamWriter failed writing file`` / ``unexpected pos``, which is what a full
     disk looks like inside ``torch.save``). None for anything else."""
     if isinstance(e, StorageError):
@@ -62,9 +62,10 @@ def storage_error(e: BaseException, path: Path) -> StorageError | None:
         return StorageError(e.errno, f"cannot write {path}: {os.strerror(e.errno)}")
     if isinstance(e, OSError) and e.errno == errno.EISDIR:
         return StorageError(e.errno, f"cannot write {path}: it is a folder, not a file")
-    if isinstance(e, OSError) and e.errno in (errno.ENOTDIR, errno.EEXIST):
-        return StorageError(e.errno, f"cannot write {path}: a folder of its path is a file "
-                                     f"({e.filename})")
+    if isinstance(e, OSError) and e.errno in (errno.ENOTDIR, errno.EEXIST, errno.ELOOP):
+        folder = e.filename if e.filename is not None else path.parent
+        what = path_problem(folder, want="dir") or "is not a folder"
+        return StorageError(e.errno, f"cannot write {path}: a folder of its path, {folder}, {what}")
     text = str(e)
     if isinstance(e, RuntimeError) and ("failed writing" in text or "unexpected pos" in text):
         return StorageError(errno.ENOSPC, f"no space left on {_device_of(path)} writing {path} "

@@ -2,7 +2,7 @@
 with the reason where this machine may not mount one), exits 2 with one message that names the
 device and the file it was writing, and leaves no partial file: each file is either complete or
 absent, and no temporary file remains. A read-only disk, an output path that is a folder or lies
-under a file are the same kind of error, named alike."""
+under a file or a link loop are the same kind of error, named alike."""
 from __future__ import annotations
 
 import contextlib
@@ -121,7 +121,17 @@ def _out_under_a_file(disk, ctx):
     w = ctx["words"]
     (disk / "afile").write_text("not a folder\n")
     return ("lm", ["build", "--corpus", w["corpus"], "--out", disk / "afile" / "lm.arpa"],
-            [f"cannot write {disk / 'afile' / 'lm.arpa'}: a folder of its path is a file"], [], None)
+            [f"cannot write {disk / 'afile' / 'lm.arpa'}: a folder of its path, {disk / 'afile'}, is a file, "
+             "not a folder"], [], None)
+
+
+def _out_under_a_link_loop(disk, ctx):
+    w = ctx["words"]
+    os.symlink(disk / "loop", disk / "loop")
+    return ("lm", ["decode", "--logits", w["logits"], "--lm", w["lm"], "--workers", "1",
+                   "--out", disk / "loop" / "words.csv"],
+            [f"cannot write {disk / 'loop' / 'words.csv'}: a folder of its path, {disk / 'loop'}, is a "
+             "symbolic link loop"], [], None)
 
 
 # name: (the case, the disk: "full" a 64 KiB tmpfs that fills while the command writes, "filled"
@@ -132,7 +142,7 @@ CASES = {"synth-hdf5": (_synth, "full"), "synth-hdf5-child-process": (_synth_chi
          "train-run-folder": (_train, "filled"), "evaluate-outputs": (_evaluate, "filled"),
          "training-curves-png": (_curves, "filled"), "lexicon": (_lexicon, "filled"),
          "read-only-disk": (_read_only, "read-only"), "output-is-a-folder": (_out_is_a_folder, None),
-         "output-under-a-file": (_out_under_a_file, None)}
+         "output-under-a-file": (_out_under_a_file, None), "output-under-a-link-loop": (_out_under_a_link_loop, None)}
 
 
 @pytest.mark.parametrize("fault", list(CASES))
