@@ -23,6 +23,7 @@ import yaml
 
 from fastbci import ranges
 from fastbci.errors import ConfigError
+from fastbci.yamlfile import DuplicateKeyError, UniqueKeyLoader
 
 __all__ = ["ConfigError", "load_config", "from_mapping", "defaults", "official", "merge", "validate",
            "read_yaml", "dump", "flatten", "get", "known_keys", "diff_from_official", "parse_override"]
@@ -226,8 +227,21 @@ def _nearest(key: str, keys: Iterable[str]) -> str | None:
 
 
 def unknown_key_error(key: str, where: str) -> ConfigError:
+    """The error for ``key``, which is not a configuration key: a section given a value (its
+    keys listed), a key given a mapping, or an unknown key (the nearest known one)."""
+    schema = _schema()
+    inside = [k[len(key) + 1:] for k in schema if k.startswith(key + ".")]
+    if inside:
+        shown = ", ".join(inside[:12]) + (f", ... ({len(inside)} keys)" if len(inside) > 12 else "")
+        return ConfigError(f"'{key}' in {where} is a section, not a key: give one of its keys, e.g. "
+                           f"{key}.{inside[0]}=...; its keys: {shown}")
+    parts = key.split(".")
+    for head in (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)):
+        if head in schema:
+            return ConfigError(f"config key '{head}' in {where} takes a value, not a section of keys "
+                               f"(got '{key}')")
     near = _nearest(key, known_keys())
-    hint = f"; did you mean '{near}'?" if near else "; run `python -m fastbci.doctor --keys` for the list"
+    hint = f"; did you mean '{near}'?" if near else "; run `fastbci doctor --keys` for the list"
     return ConfigError(f"unknown config key '{key}' in {where}{hint}")
 
 
@@ -281,7 +295,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override '{text}' has no key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{text}': the value is not valid YAML ({e})") from None
     return key, value
@@ -333,7 +347,7 @@ def _check_range(key: str, value: Any, rng: "ranges.Range", spec) -> None:
 def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
     """The content of a YAML file (None for an empty one), or a :class:`ConfigError` naming
     ``what``, the path and the problem: missing, a directory, unreadable, not UTF-8 text, not
-    valid YAML."""
+    valid YAML, a key given twice in one mapping (with both lines)."""
     from fastbci.fileio import path_problem
     path = Path(path)
     problem = path_problem(path)
@@ -352,7 +366,11 @@ def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
                           f"{line}, offset {e.start}): is it a YAML file? YAML is read as UTF-8; "
                           "save it with that encoding") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{what} {path}: the key '{e.key}' is given twice, on line {e.lines[0]} and "
+                          f"on line {e.lines[1]} (YAML would keep the last value without a word): "
+                          "keep one") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
 

@@ -1,5 +1,5 @@
 """One model's outputs on a split (:class:`SplitRun`) and the ensemble of several
-(``python -m fastbci.evaluate --checkpoint A --checkpoint B ...``).
+(``fastbci evaluate --checkpoint A --checkpoint B ...``).
 
 An ensemble averages, trial by trial and frame by frame, the log-probabilities (``log_softmax``
 of the logits) of models whose outputs are framed alike: the same patch size and stride, and the

@@ -1,4 +1,4 @@
-"""``python -m fastbci.doctor --env``: does ``torch.compile`` give the official model's
+"""``fastbci doctor --env``: does ``torch.compile`` give the official model's
 gradients on this torch?
 
 Some torch releases compile the official patching wrongly: when the patches (``unfold`` of

@@ -1,8 +1,7 @@
 """Exit statuses shared by every fastbci command, the errors a user can act on, and the one place
 where an error becomes a message and an exit status (:func:`run_command`).
 
-``python -m fastbci.train``, ``fastbci.evaluate``, ``fastbci.doctor``, ``fastbci.demo``,
-``fastbci.lm`` and ``fastbci.calibrate`` exit with the same codes: 0 done, 2 bad input
+Every ``fastbci`` command exits with the same codes: 0 done, 2 bad input
 (configuration, data, checkpoint, file system), 3 the blank-collapse watch stopped training, 4
 a non-finite loss or gradient stopped it, 130 interrupted (a training run saved a resumable
 checkpoint), 5 an optional component the command needs is not installed (flashlight-text for

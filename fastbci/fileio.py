@@ -50,7 +50,8 @@ def _device_of(path: Path) -> str:
 
 def storage_error(e: BaseException, path: Path) -> StorageError | None:
     """A :class:`StorageError` for an error raised while writing ``path`` when it is a storage
-    problem: an OSError (ENOSPC, EDQUOT, EROFS, EACCES, ENOENT) or torch's writer failure
+    problem: an OSError (ENOSPC, EDQUOT, EROFS, EACCES, ENOENT; EISDIR: the path is a folder;
+    ENOTDIR, EEXIST, ELOOP: a folder of its path is a file or a link loop) or torch's writer failure
     (``PytorchStreamWriter failed writing file`` / ``unexpected pos``, which is what a full
     disk looks like inside ``torch.save``). None for anything else."""
     if isinstance(e, StorageError):
@@ -59,6 +60,12 @@ def storage_error(e: BaseException, path: Path) -> StorageError | None:
         return StorageError(e.errno, f"no space left on {_device_of(path)} writing {path}")
     if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.ENOENT):
         return StorageError(e.errno, f"cannot write {path}: {os.strerror(e.errno)}")
+    if isinstance(e, OSError) and e.errno == errno.EISDIR:
+        return StorageError(e.errno, f"cannot write {path}: it is a folder, not a file")
+    if isinstance(e, OSError) and e.errno in (errno.ENOTDIR, errno.EEXIST, errno.ELOOP):
+        folder = e.filename if e.filename is not None else path.parent
+        what = path_problem(folder, want="dir") or "is not a folder"
+        return StorageError(e.errno, f"cannot write {path}: a folder of its path, {folder}, {what}")
     text = str(e)
     if isinstance(e, RuntimeError) and ("failed writing" in text or "unexpected pos" in text):
         return StorageError(errno.ENOSPC, f"no space left on {_device_of(path)} writing {path} "
@@ -259,3 +266,97 @@ def file_kind(path: str | os.PathLike) -> str:
         first = text.strip().splitlines()[0][:60] if text.strip() else ""
         return f"text ({first!r})" if first else "blank text"
     return "binary data"
+
+
+# ---------------------------------------------------------------------------------------------
+# HDF5 files, written atomically
+# ---------------------------------------------------------------------------------------------
+_SPACE_WORDS = ("no space left", "errno = 28", "disk quota exceeded", "errno = 122")
+
+
+def _storage_in_text(e: BaseException, path: Path) -> StorageError | None:
+    """A :class:`StorageError` for a library error whose text says the disk is full (h5py
+    reports a failed write of the HDF5 library as ``... errno = 28, error message = 'No space
+    left on device'`` in a RuntimeError or an OSError without an errno)."""
+    if isinstance(e, (OSError, RuntimeError)) and any(w in str(e).lower() for w in _SPACE_WORDS):
+        return StorageError(errno.ENOSPC, f"no space left on {_device_of(path)} writing {path}")
+    return None
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path: str | os.PathLike) -> Iterator[Any]:
+    """``with atomic_hdf5(p) as f: f.create_group(...)``: an ``h5py.File`` open for writing on
+    a temporary file in ``p``'s folder, renamed over ``p`` once complete (:func:`atomic_path`).
+
+    HDF5 writes through a Python file object here, so that a failed write (a full disk) is a
+    Python ``OSError`` raised where it happens, never an error the HDF5 library meets later when
+    it frees an object (which printed tracebacks and then crashed the process). The file is
+    closed before the rename; a close that fails after an error in the block does not hide that
+    error; on any error the temporary file is removed and ``p`` is untouched. A full disk is a
+    :class:`StorageError` naming ``p``."""
+    import h5py
+    path = Path(path)
+    failed = False
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w+b") as raw:
+                f = h5py.File(raw, "w")
+                try:
+                    yield f
+                except BaseException:
+                    failed = True
+                    raise
+                finally:
+                    try:
+                        f.close()
+                    except Exception:
+                        if not failed:
+                            raise
+    except StorageError:
+        raise
+    except BaseException as e:
+        err = _storage_in_text(e, path)
+        if err is not None:
+            raise err from None
+        raise
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` absolute with its symbolic links resolved, for messages; never an error (a link
+    loop, which ``Path.resolve`` raises RuntimeError for, is shown as far as it resolves)."""
+    try:
+        return os.path.realpath(path)
+    except (OSError, RuntimeError, ValueError):
+        return os.path.abspath(path)
+
+
+def name_problem(name: Any) -> str | None:
+    """None when ``name`` can be the name of one folder inside another (a session's folder in a
+    release), else what it is instead, as words that follow the name in a message: a name with
+    a path separator (``../../etc``, ``/abs``), ``.`` or ``..``, an empty name or one with a
+    NUL would put what is written under it outside the folder meant to hold it."""
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a name"
+    if not name.strip():
+        return "is empty"
+    if name in (".", ".."):
+        return f"is {name!r}, a reference to a folder, not a name"
+    if any(sep in name for sep in {"/", os.sep, os.altsep or "/"}):
+        kind = "an absolute path" if os.path.isabs(name) else "a path"
+        return f"is {kind}, not a name: it holds a path separator"
+    if "\x00" in name:
+        return "holds a NUL character"
+    return None
+
+
+def check_file(path: str | os.PathLike, what: str, error: type[Exception] = FileNotFoundError) -> Path:
+    """``path`` when it can be read as a file, else ``error`` (a ValueError when ``error`` is
+    FileNotFoundError and the path exists) with ``what`` and the path: ``the LM file X does not
+    exist``, ``... is a directory, not a file``, ``... is a symbolic link loop ...``."""
+    path = Path(path)
+    problem = path_problem(path)
+    if problem is None:
+        return path
+    if not os.path.lexists(path):
+        raise error(f"{what} {path} does not exist")
+    raise (ValueError if error is FileNotFoundError else error)(f"{what} {path} {problem}")

@@ -1,4 +1,4 @@
-"""The official evaluation's per-trial semantics (``python -m fastbci.evaluate --official-eval``).
+"""The official evaluation's per-trial semantics (``fastbci evaluate --official-eval``).
 
 The official ``model_training/evaluate_model.py`` does not batch: for every trial of every
 session that has the split's file it

@@ -202,8 +202,14 @@ def _get(cfg: Mapping, dotted: str) -> Any:
 
 
 def _sessions(cfg: Mapping) -> str | None:
+    from fastbci.fileio import name_problem
     if not cfg["dataset"]["sessions"]:
         return "config key 'dataset.sessions' is empty: name at least one session folder"
+    for i, s in enumerate(cfg["dataset"]["sessions"]):
+        problem = name_problem(s)
+        if problem is not None:
+            return (f"config key 'dataset.sessions[{i}]': the session name {s!r} {problem}; a session "
+                    "is one folder of dataset.dataset_dir, named like t15.2023.08.11")
     return None
 
 
@@ -281,7 +287,8 @@ def _learning_rates(cfg: Mapping) -> str | None:
 
 #: the rules :func:`fastbci.config.validate` checks before anything is loaded, in this order
 RULES: tuple[Rule, ...] = (
-    Rule(("dataset.sessions",), "at least one session", _sessions),
+    Rule(("dataset.sessions",), "at least one session; each a folder name (no path separator, "
+         "not `..`, not empty)", _sessions),
     Rule(("dataset.dataset_probability_val", "dataset.sessions"),
          "one entry per session", _pval_length),
     Rule(("dataset.days_per_batch", "dataset.sessions"),

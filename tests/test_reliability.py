@@ -176,7 +176,7 @@ def test_a_failed_first_start_does_not_block_the_retry(release, tmp_path, capsys
     out = tmp_path / "first"
     assert run_cli(release, out, f"dataset.dataset_dir={tmp_path / 'nowhere'}") == 2
     err = capsys.readouterr().err
-    assert "hdf5_data_final" in err and "dataset.dataset_dir=" in err and "fastbci.synth" in err
+    assert "hdf5_data_final" in err and "dataset.dataset_dir=" in err and "fastbci synth" in err
     assert not out.exists(), "a failed start created the output folder"
     # a start that failed after creating its files (e.g. killed in setup) leaves only leftovers:
     out.mkdir()

@@ -140,7 +140,7 @@ def _write(monkeypatch, text: str) -> Path:
 LAYERS = [
     {"fastbci.errors", "fastbci.fileio", "fastbci.philox", "fastbci.config", "fastbci.devices",
      "fastbci.checkpoint", "fastbci.schedule", "fastbci.kernels", "fastbci.state_dict",
-     "fastbci.ranges", "fastbci.envcheck", "fastbci.outputs"},
+     "fastbci.ranges", "fastbci.envcheck", "fastbci.yamlfile", "fastbci.outputs"},
     {"fastbci.reference"},
     {"fastbci.ops"},
     {"fastbci.data", "fastbci.metrics"},

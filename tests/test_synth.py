@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
+from fastbci import outputs
 from fastbci.config import load_config
 from fastbci.data import PHONEMES, SILENCE_ID, TrialStore
 from fastbci.commands import main as fastbci

@@ -47,7 +47,7 @@ __all__ = [
 
 
 def __getattr__(name):
-    # TrialStore and the loader need torch; importing them lazily keeps `python -m fastbci.synth`
+    # TrialStore and the loader need torch; importing them lazily keeps `fastbci synth`
     # and the HDF5 helpers free of the torch import time.
     if name in ("TrialStore", "SessionSource", "placement"):
         from . import store

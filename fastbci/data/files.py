@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
 from fastbci.errors import FastbciError
-from fastbci.fileio import file_kind, path_problem
+from fastbci.fileio import file_kind, name_problem, path_problem, shown_path
 
 try:
     import h5py
@@ -109,24 +109,35 @@ def check_policy(policy: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # paths
 # ---------------------------------------------------------------------------------------------
+def check_session_name(session: str) -> str:
+    """``session``, which must be a plain folder name (no path separator, not ``..``, not
+    empty: :func:`fastbci.fileio.name_problem`), or a :class:`DataError` naming it."""
+    problem = name_problem(session)
+    if problem is not None:
+        raise DataError(f"session name {session!r} {problem}; a session is one folder of "
+                        "dataset.dataset_dir, named like t15.2023.08.11", session=str(session),
+                        reason="bad session name")
+    return session
+
+
 def session_file(dataset_dir: str | os.PathLike, session: str, split: str) -> Path:
-    """``<dataset_dir>/<session>/data_<split>.hdf5``."""
-    return Path(dataset_dir) / session / SPLIT_FILES[check_split(split)]
+    """``<dataset_dir>/<session>/data_<split>.hdf5`` (``session``: a plain folder name)."""
+    return Path(dataset_dir) / check_session_name(session) / SPLIT_FILES[check_split(split)]
 
 
 #: what a missing-data error tells the user to do
 DATA_HINT = ("The official data is the 't15 copy task' release of the Brain-to-Text '25 benchmark "
              "(Dryad, doi:10.5061/dryad.dncjsxm85), folder hdf5_data_final: download it and pass "
              "dataset.dataset_dir=/path/to/hdf5_data_final. To try fastbci without it, make a "
-             "synthetic release: python -m fastbci.synth --out data/synth, then "
-             "python -m fastbci.train data/synth/synth_config.yaml (or run python -m fastbci.demo).")
+             "synthetic release: fastbci synth --out data/synth, then "
+             "fastbci train data/synth/synth_config.yaml (or run fastbci demo).")
 
 
 def _check_dataset_dir(dataset_dir: Path) -> None:
     problem = path_problem(dataset_dir, want="dir")
     if problem is not None:
         raise DataError(f"dataset.dataset_dir {str(dataset_dir)!r} {problem} (resolved: "
-                        f"{dataset_dir.resolve()}). {DATA_HINT}", file=dataset_dir)
+                        f"{shown_path(dataset_dir)}). {DATA_HINT}", file=dataset_dir)
 
 
 def session_paths(cfg: Mapping, split: str) -> list[Path | None]:
@@ -148,6 +159,7 @@ def session_paths(cfg: Mapping, split: str) -> list[Path | None]:
                         "it needs dataset.dataset_dir and dataset.sessions") from None
     seen = set()
     for s in sessions:
+        check_session_name(s)
         if s in seen:
             raise DataError(f"session {s!r} is listed twice in dataset.sessions", session=s)
         seen.add(s)
@@ -163,7 +175,7 @@ def session_paths(cfg: Mapping, split: str) -> list[Path | None]:
         problem = path_problem(p)
         if problem is None:
             out.append(p)
-        elif os.path.lexists(p):  # there, but not a file this process can read
+        elif os.path.lexists(p) or "link loop" in problem:  # there, but not a readable file
             raise DataError(f"session {s!r}: the {split} file {p} {problem}", session=s, file=p,
                             reason=problem)
         elif split == "train":

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
-from fastbci.fileio import atomic_path
+from fastbci.fileio import atomic_hdf5
 
 # the release's files, paths and errors (re-exported: fastbci.data.t15 keeps its names)
 from .files import (DATA_HINT, PAD_LEN, POLICIES, SPLIT_FILES, SPLITS, _TRIAL_RE,  # noqa: F401
@@ -104,11 +104,13 @@ def write_session_file(path: str | os.PathLike, trials: Sequence[Trial | Mapping
     numbered ``trial_0000`` .. in the given order. For ``split="test"`` the label fields
     (``seq_class_ids``, ``transcription``, ``seq_len``, ``sentence_label``) are not written, as in
     the release. ``seq_class_ids`` and ``transcription`` shorter than ``pad_len`` are zero-padded
-    (int32); ``seq_len`` defaults to the number of non-zero ids.
+    (int32); ``seq_len`` defaults to the number of non-zero ids. The file is written whole or
+    not at all (:func:`fastbci.fileio.atomic_hdf5`): a full disk is a
+    :class:`~fastbci.fileio.StorageError` naming it, and leaves the previous file (or none).
     """
     check_split(split)
     path = Path(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_hdf5(path) as f:
         for i, tr in enumerate(trials):
             tr = tr if isinstance(tr, Trial) else Trial(**dict(tr))
             x = np.ascontiguousarray(tr.input_features, dtype=np.float32)

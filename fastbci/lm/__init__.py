@@ -8,7 +8,7 @@
 * :func:`normalize`, :func:`wer_report`: the official evaluation's sentence normalisation and WER.
 * :class:`LLMScorer`: natural-log sentence probabilities under a Hugging Face causal LM;
   :func:`rescore_file` / :class:`RescoreParams`: the n-best rescored with it.
-* CLI: ``python -m fastbci.lm build | decode | tune | rescore``.
+* CLI: ``fastbci lm build | decode | tune | rescore``.
 
 Nothing here imports flashlight-text until a decoder is made, nor transformers until an
 LLMScorer is, so ``import fastbci.lm`` works on machines without them (:func:`available` tells

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from fastbci.errors import FastbciError
+from fastbci.fileio import check_file
 
 __all__ = ["ArpaError", "ArpaModel", "arpa_vocabulary", "is_arpa"]
 
@@ -34,8 +35,7 @@ def is_arpa(path: str | os.PathLike) -> bool:
 
 def _sections(path: Path, max_order: int | None = None) -> Iterator[tuple[int, int, list[str]]]:
     """``(order, line number, fields)`` of each n-gram line; checks the header and counts."""
-    if not path.is_file():
-        raise FileNotFoundError(f"the LM file {path} does not exist")
+    check_file(path, "the LM file")
     with open(path, encoding="utf-8", errors="replace") as f:
         lineno, order, declared, seen = 0, 0, {}, 0
         for raw in f:

@@ -25,6 +25,7 @@ import numpy as np
 
 from fastbci.data.phonemes import BLANK_ID, N_CLASSES, SILENCE_ID
 from fastbci.errors import UnavailableError
+from fastbci.fileio import check_file
 
 from .arpa import ArpaError, arpa_vocabulary, is_arpa
 from .lexicon import Lexicon
@@ -118,8 +119,7 @@ class WordDecoder:
         fl, fl_dict, KenLM = _flashlight()
         self.params = (params or DecoderParams()).replace(**overrides)
         self.lm_path = Path(lm)
-        if not self.lm_path.is_file():
-            raise FileNotFoundError(f"the LM file {self.lm_path} does not exist")
+        check_file(self.lm_path, "the LM file")
         self._spec = {"lm": str(lm), "lexicon": lexicon, "cmudict": cmudict,
                       "use_cmudict": use_cmudict, "quiet": quiet}
         lex = lexicon if isinstance(lexicon, Lexicon) else Lexicon.load(

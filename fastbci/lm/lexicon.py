@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, Sequence
 
 from fastbci.data.phonemes import PHONEME_TO_ID, PHONEMES, SILENCE_ID
 from fastbci.errors import FastbciError
-from fastbci.fileio import atomic_path
+from fastbci.fileio import atomic_path, check_file
 
 from .text import normalize
 
@@ -156,15 +156,12 @@ class Lexicon:
         prons: dict[str, list[Spelling]] = {}
         sources, skipped = [], 0
         if use_cmudict:
-            path = Path(cmudict) if cmudict is not None else cmudict_path()
-            if not path.is_file():
-                raise LexiconError(f"the CMU dictionary file {path} does not exist")
+            path = check_file(cmudict if cmudict is not None else cmudict_path(), "the CMU dictionary file",
+                              LexiconError)
             prons, skipped = _read_cached(path, cmu_format=True)
             sources.append(str(path))
         if extra is not None:
-            path = Path(extra)
-            if not path.is_file():
-                raise LexiconError(f"the pronunciation file {path} does not exist")
+            path = check_file(extra, "the pronunciation file", LexiconError)
             more, s = _read_entries(path, cmu_format=False)
             prons.update(more)
             skipped += s

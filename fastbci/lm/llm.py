@@ -124,6 +124,38 @@ def _check_causal(tf, config, where: str) -> None:
                        "causal language model: rescoring needs one (e.g. OPT, Llama, Qwen, GPT-2)")
 
 
+def _unreadable(weights: Path) -> bool:
+    """Whether a weights file fails the loader's own first check (a safetensors header that
+    does not cover the file; a PyTorch zip archive without its directory)."""
+    if weights.suffix == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except Exception:
+            return True
+        return False
+    import zipfile
+    return not zipfile.is_zipfile(weights)
+
+
+def _weights_error(source: str, e: Exception) -> LLMError | None:
+    """An :class:`LLMError` naming the damaged weights file(s) of a model folder when loading
+    failed on a truncated or corrupt one (safetensors' SafetensorError, torch's zip reader);
+    None for any other error."""
+    text = " ".join(str(e).split())
+    name = type(e).__name__
+    if name != "SafetensorError" and not (isinstance(e, RuntimeError) and "PytorchStreamReader" in text):
+        return None
+    folder = Path(source)
+    files = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]) if folder.is_dir() else []
+    bad = [f for f in files if _unreadable(f)] or files
+    what = (f"its weights file {', '.join(str(f) for f in bad)} is" if len(bad) == 1 else
+            f"its weights files {', '.join(str(f) for f in bad)} are" if bad else "its weights are")
+    return LLMError(f"the model {source}: {what} truncated or corrupt ({name}: {text[:200]}); copy or "
+                    "download the model again")
+
+
 #: the dtype a scorer takes by default, by device type (float32 elsewhere)
 DEFAULT_DTYPES = {"cuda": "bfloat16", "cpu": "float32"}
 
@@ -237,6 +269,11 @@ class LLMScorer:
                                                             **{dtype_kwarg(tf): dtype})
         except (OSError, ValueError) as e:
             raise LLMError(f"{where}: cannot load it as a causal LM ({' '.join(str(e).split())})") from None
+        except Exception as e:
+            damaged = _weights_error(source, e)
+            if damaged is None:
+                raise
+            raise damaged from None
         return tokenizer, model.to(device).eval()
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:

@@ -1,6 +1,6 @@
 """Interpolated modified Kneser-Ney n-gram models (Chen & Goodman), built with numpy, as ARPA.
 
-``python -m fastbci.lm build --corpus TEXT --order N --out LM.arpa`` or :func:`build_arpa`.
+``fastbci lm build --corpus TEXT --order N --out LM.arpa`` or :func:`build_arpa`.
 The corpus holds one sentence a line; each is normalised as the evaluation normalises
 (:func:`fastbci.lm.text.normalize`) and wrapped in ``<s> ... </s>``; empty lines are skipped.
 
@@ -36,7 +36,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from fastbci import outputs
-from fastbci.fileio import atomic_path
+from fastbci.fileio import atomic_path, check_file
 
 
 __all__ = ["BOS", "EOS", "UNK", "build_arpa", "read_corpus", "NGramCounts", "count_ngrams"]
@@ -59,9 +59,7 @@ def read_corpus(corpus: str | os.PathLike | Sequence[str | os.PathLike] | Iterab
             raise ValueError("no corpus given")
         parts = []
         for p in paths:
-            p = Path(p)
-            if not p.is_file():
-                raise FileNotFoundError(f"the corpus file {p} does not exist")
+            p = check_file(p, "the corpus file")
             parts.append(p.read_text(encoding="utf-8", errors="replace"))
         text = "\n".join(parts)
     else:

@@ -98,7 +98,7 @@ class DecoderParams:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "DecoderParams":
         """Parameters from a YAML file: a mapping of parameters, or one under ``decoder:`` (the
-        file ``python -m fastbci.lm tune`` writes)."""
+        file ``fastbci lm tune`` writes)."""
         from fastbci.config import read_yaml
         path = Path(path)
         data = read_yaml(path, "decoder parameter file")

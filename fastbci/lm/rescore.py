@@ -12,12 +12,13 @@ sentence, and :func:`totals` combines them by the formula of :class:`RescorePara
   ``acoustic_scale * acoustic + (1 - llm_alpha) * ln(10) * ngram + llm_alpha * llm``.
 
 The best hypothesis by that total is the trial's sentence. :func:`fastbci.lm.rescore_file`
-(what ``python -m fastbci.lm rescore`` runs) reads the file ``decode --nbest-out`` writes with
+(what ``fastbci lm rescore`` runs) reads the file ``decode --nbest-file`` writes with
 :func:`read_nbest`; :func:`fastbci.lm.decode_file` with ``llm=`` rescores in the same pass.
 """
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -27,14 +28,14 @@ from typing import Sequence
 import numpy as np
 
 from fastbci.errors import FastbciError
-from fastbci.fileio import atomic_path
+from fastbci.fileio import atomic_path, path_problem
 
 from .params import RescoreParams
 
 __all__ = ["NBEST_COLUMNS", "NBest", "NBestError", "best_indices", "llm_text", "read_nbest",
            "score_nbest", "scorer_of", "totals", "write_rescored"]
 
-#: the columns ``decode --nbest-out`` writes (fastbci.lm.run.write_nbest)
+#: the columns ``decode --nbest-file`` writes (fastbci.lm.run.write_nbest)
 NBEST_COLUMNS = ("id", "rank", "score", "acoustic_score", "lm_score", "lm_weight", "n_words", "text")
 LN10 = math.log(10.0)
 
@@ -101,44 +102,120 @@ def score_nbest(scorer, nbests: Sequence[NBest], style: str = "as-decoded") -> l
 
 
 def _cell(path: Path, line: int, row: dict, key: str, kind):
+    """The value of column ``key``: an integer, or a finite number (a NaN or an infinity
+    cannot be ranked, and would make every total of its trial NaN)."""
     try:
-        return kind(row[key])
+        value = kind(row[key])
     except (TypeError, ValueError):
         raise NBestError(f"{path}, line {line}: column {key} holds {row[key]!r}, not "
                          f"{'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise NBestError(f"{path}, line {line}: column {key} holds {row[key]!r}, not a finite "
+                         "number (a hypothesis scored NaN or infinite cannot be ranked)")
+    return value
+
+
+def _nbest_text(path: Path) -> str:
+    """The text of an n-best file: UTF-8, with or without the byte-order mark that a
+    spreadsheet's "CSV UTF-8" puts first; what stops it is an error naming the line and column."""
+    problem = path_problem(path)
+    if problem is not None:
+        if not os.path.lexists(path):
+            raise FileNotFoundError(f"the n-best file {path} does not exist")
+        raise NBestError(f"the n-best file {path} {problem}")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, raw, e.start) from None
+
+
+def _not_utf8(path: Path, raw: bytes, at: int) -> NBestError:
+    """The error for the byte at offset ``at``, which is not UTF-8: its line, and its column
+    (by the header's name) counted by the CSV reader on the part of the line before it."""
+    nl = b"\n"
+    start = raw.rfind(nl, 0, at) + 1
+    head_end = raw.find(nl)
+    header = next(csv.reader([raw[:head_end if head_end >= 0 else len(raw)].decode("utf-8-sig", "replace")]),
+                  [])
+    try:
+        before = next(csv.reader([raw[start:at].decode("utf-8-sig")]), [""])
+    except csv.Error:
+        before = [""]
+    k = max(len(before), 1) - 1
+    column = header[k] if start > 0 and k < len(header) else f"{k + 1}"
+    return NBestError(f"{path}, line {raw.count(nl, 0, at) + 1}: column {column} holds byte "
+                      f"0x{raw[at]:02x}, which is not UTF-8 text; save the file as UTF-8 (a "
+                      "spreadsheet's \"CSV UTF-8\")")
+
+
+def _read_rows(path: Path, allowed: set[int] | None) -> tuple[dict[int, list], dict[int, int]]:
+    """``{id: [(rank, text, score, acoustic, lm, n_words), ...]}`` and the line of each id's
+    first row, every row checked (see :func:`read_nbest`)."""
+    reader = csv.DictReader(io.StringIO(_nbest_text(path), newline=""))
+    header = reader.fieldnames or []
+    missing = [c for c in NBEST_COLUMNS if c not in header]
+    if missing:
+        raise NBestError(f"{path}: the header {','.join(header) or '(empty file)'} lacks the "
+                         f"column(s) {', '.join(missing)}; want the file fastbci lm "
+                         f"decode --nbest-file writes ({','.join(NBEST_COLUMNS)})")
+    rows: dict[int, list] = {}
+    lines: dict[int, int] = {}
+    seen: dict[tuple[int, int], tuple[int, tuple]] = {}
+    for row in reader:
+        line = reader.line_num
+        if None in row or any(row[c] is None for c in NBEST_COLUMNS):
+            raise NBestError(f"{path}, line {line}: want {len(header)} columns, got another count")
+        i = _cell(path, line, row, "id", int)
+        if allowed is not None and i not in allowed:
+            raise NBestError(f"{path}, line {line}: column id holds {i}, not a trial of the logits "
+                             f"file ({len(allowed)} trials, ids {min(allowed, default='-')} to "
+                             f"{max(allowed, default='-')}): is it the n-best of another split?")
+        rank = _cell(path, line, row, "rank", int)
+        hyp = (rank, row["text"], _cell(path, line, row, "score", float),
+               _cell(path, line, row, "acoustic_score", float), _cell(path, line, row, "lm_score", float),
+               _cell(path, line, row, "n_words", int))
+        if (i, rank) in seen:
+            first, other = seen[(i, rank)]
+            raise NBestError(f"{path}, line {line}: columns id, rank hold {i}, {rank}, already on line "
+                             f"{first}" + (" (the same row twice)" if other == hyp else
+                                           f" (with the text {other[1]!r})")
+                             + "; each (id, rank) must appear once")
+        seen[(i, rank)] = (line, hyp)
+        rows.setdefault(i, []).append(hyp)
+        lines.setdefault(i, line)
+    return rows, lines
+
+
+def _first_gap(path: Path, rows: dict[int, list], lines: dict[int, int]) -> None:
+    """Without the logits' ids, the file's ids must run without a gap (found without sizing
+    anything by an id: an id of 99999999999 costs nothing)."""
+    if not rows:
+        raise NBestError(f"{path} holds no hypothesis")
+    keys = sorted(rows)
+    if keys[-1] - keys[0] + 1 == len(keys):
+        return
+    gap = next(a + 1 for a, b in zip(keys, keys[1:]) if b != a + 1)
+    raise NBestError(f"{path}: id {gap} has no hypotheses ({keys[-1] - keys[0] + 1 - len(keys)} ids "
+                     f"between {keys[0]} and {keys[-1]} have none; line {lines[keys[-1]]}: "
+                     f"column id holds {keys[-1]})")
 
 
 def read_nbest(path: str | os.PathLike, ids: Sequence[int] | None = None) -> tuple[list[int], list[NBest]]:
-    """The n-best lists of a file ``decode --nbest-out`` wrote: ``(ids, lists)`` in id order.
+    """The n-best lists of a file ``decode --nbest-file`` wrote: ``(ids, lists)`` in id order.
 
-    Every id of ``ids`` (e.g. the logits file's) must have hypotheses; without ``ids`` the
-    file's ids must run without a gap from the smallest to the largest. A wrong header, a bad
-    number (file and line) or an id without hypotheses is an :class:`NBestError`."""
+    Every id of ``ids`` (e.g. the logits file's) must have hypotheses and the file may hold no
+    other; without ``ids`` the file's ids must run without a gap from the smallest to the
+    largest. Everything is checked before anything is scored: a path that is not a readable file,
+    bytes that are not UTF-8 (a leading byte-order mark is accepted), a wrong header, a cell that
+    is not an integer or a finite number, an (id, rank) pair given twice, an id that is not a
+    trial of ``ids`` or an id without hypotheses is an :class:`NBestError` naming the file, the
+    line and the column."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"the n-best file {path} does not exist")
-    rows: dict[int, list[tuple[int, str, float, float, float, int]]] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in NBEST_COLUMNS if c not in header]
-        if missing:
-            raise NBestError(f"{path}: the header {','.join(header) or '(empty file)'} lacks the "
-                             f"column(s) {', '.join(missing)}; want the file python -m fastbci.lm "
-                             f"decode --nbest-out writes ({','.join(NBEST_COLUMNS)})")
-        for line, row in enumerate(reader, start=2):
-            if None in row or any(row[c] is None for c in NBEST_COLUMNS):
-                raise NBestError(f"{path}, line {line}: want {len(header)} columns, got another count")
-            i = _cell(path, line, row, "id", int)
-            rows.setdefault(i, []).append((_cell(path, line, row, "rank", int), row["text"],
-                                           _cell(path, line, row, "score", float),
-                                           _cell(path, line, row, "acoustic_score", float),
-                                           _cell(path, line, row, "lm_score", float),
-                                           _cell(path, line, row, "n_words", int)))
+    rows, lines = _read_rows(path, None if ids is None else {int(i) for i in ids})
     if ids is None:
-        if not rows:
-            raise NBestError(f"{path} holds no hypothesis")
-        ids = list(range(min(rows), max(rows) + 1))
+        _first_gap(path, rows, lines)
+        ids = sorted(rows)
     absent = [i for i in ids if i not in rows]
     if absent:
         raise NBestError(f"{path}: id {absent[0]} has no hypotheses"

@@ -1,7 +1,7 @@
 """From an evaluation's logits file to sentences, WER and the submission CSV (and from an n-best
 file to the sentences an LLM prefers: :func:`rescore_file`).
 
-:func:`decode_file` is what ``python -m fastbci.lm decode`` and ``python -m fastbci.evaluate
+:func:`decode_file` is what ``fastbci lm decode`` and ``fastbci evaluate
 --lm`` run: read ``logits_{split}.npz`` (packed raw logits, see ``fastbci.evaluate``), decode
 every trial on all cores, score against the normalised ``sentence_label`` when the file has
 one (val), and write ``id,text`` rows (the official evaluation's output and the competition's
@@ -20,7 +20,7 @@ import numpy as np
 
 from fastbci import outputs
 from fastbci.data.phonemes import N_CLASSES
-from fastbci.fileio import atomic_path
+from fastbci.fileio import atomic_path, check_file, path_problem
 
 from .params import DEFAULT_LLM_NBEST, DecoderParams, RescoreParams
 from .text import wer_report
@@ -29,33 +29,118 @@ __all__ = ["check_ready", "load_logits", "decode_file", "format_wer", "rescore_f
            "write_nbest"]
 
 
-def load_logits(path: str | os.PathLike) -> dict:
-    """The arrays of an evaluation npz, checked: ``logits`` (frames, 41), ``offsets``, ``ids``,
-    and when present ``session``, ``day``, ``sentence_label``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"the logits file {path} does not exist")
+def _arrays(path: Path) -> dict:
+    """Every array of an npz (an array of Python objects, which would need unpickling, is named)."""
+    problem = path_problem(path)
+    if problem is not None:
+        if not os.path.lexists(path):
+            raise FileNotFoundError(f"the logits file {path} does not exist")
+        raise ValueError(f"the logits file {path} {problem}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"{path} is not a readable .npz file ({e})") from None
+    if not hasattr(z, "files"):
+        raise ValueError(f"{path} is a single .npy array, not the .npz archive that python -m "
+                         "fastbci.evaluate writes")
+    data = {}
+    with z:
+        for k in z.files:
+            try:
+                data[k] = z[k]
+            except ValueError as e:
+                if "allow_pickle" in str(e):
+                    raise ValueError(f"{path}: the array '{k}' holds Python objects, not numbers (it "
+                                     "would need unpickling, which fastbci never does)") from None
+                raise ValueError(f"{path}: the array '{k}' cannot be read ({e})") from None
+            except (OSError, EOFError) as e:
+                raise ValueError(f"{path}: the array '{k}' cannot be read ({e})") from None
+    return data
+
+
+def _trial_of(off: np.ndarray, frame: int) -> int:
+    """The trial whose frames hold ``frame`` (empty trials hold none)."""
+    return int(np.searchsorted(off, frame, side="right")) - 1
+
+
+def _check_values(path: Path, lg: np.ndarray, off: np.ndarray, ids: np.ndarray) -> None:
+    """Logits that are numbers and finite: the first bad one is named by trial index, its id,
+    its frame and its class."""
+    def where(frame: int, c: int) -> str:
+        t = _trial_of(off, frame)
+        return f"trial index {t} (id {ids[t]}), frame {frame - off[t]}, class {c}"
+
+    if lg.dtype.kind not in "fiu":
+        try:
+            lg.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+        else:  # text that reads as numbers is still not what evaluate writes
+            raise ValueError(f"{path}: {where(0, 0)}: the logits are stored as {lg.dtype} values "
+                             f"({str(lg[0, 0])!r}), not as numbers" if len(lg) else
+                             f"{path}: the logits are stored as {lg.dtype} values, not as numbers")
+        for frame in range(len(lg)):
+            for c in range(lg.shape[1]):
+                try:
+                    float(lg[frame, c])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}: {where(frame, c)}: the logit {str(lg[frame, c])!r} is not a "
+                                     f"number (the logits array is {lg.dtype}, want floats)") from None
+    finite = np.isfinite(lg)
+    if not finite.all():
+        frame, c = (int(v) for v in np.argwhere(~finite)[0])
+        n_bad = len({_trial_of(off, int(f)) for f in np.nonzero(~finite.all(axis=1))[0]})
+        raise ValueError(f"{path}: {where(frame, c)}: the logit is {lg[frame, c]} ({n_bad} of the "
+                         f"{len(off) - 1} trials hold NaN or infinite logits: did the model that wrote "
+                         "them diverge?)")
+
+
+def _check_index_arrays(path: Path, data: dict, n: int) -> None:
+    for key in ("ids", "session", "day", "sentence_label"):
+        if key in data and data[key].ndim != 1:
+            raise ValueError(f"{path}: '{key}' has shape {data[key].shape}; want one entry per trial")
+        if key in data and len(data[key]) != n:
+            raise ValueError(f"{path}: '{key}' has {len(data[key])} entries for {n} trials")
+    ids = data["ids"]
+    if ids.dtype.kind not in "iu":
+        first = f" (trial index 0 holds {str(ids[0])!r})" if n else ""
+        raise ValueError(f"{path}: the ids are {ids.dtype} values, not integers{first}")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][0]
+        at = np.nonzero(ids == dup)[0]
+        raise ValueError(f"{path}: id {dup} is given to trial indices {at[0]} and {at[1]}; each trial "
+                         "needs its own id")
+
+
+def load_logits(path: str | os.PathLike) -> dict:
+    """The arrays of an evaluation npz, checked: ``logits`` (frames, 41) of finite numbers,
+    ``offsets`` rising from 0 to the frame count, integer ``ids`` (one per trial, each once),
+    and when present ``session``, ``day``, ``sentence_label``. A problem is a ValueError naming
+    the file and, for a logit, the trial index."""
+    path = Path(path)
+    data = _arrays(path)
     for key in ("logits", "offsets"):
         if key not in data:
             raise ValueError(f"{path} has no '{key}' array (want the logits_SPLIT.npz that "
-                             "python -m fastbci.evaluate writes)")
-    lg, off = data["logits"], data["offsets"].astype(np.int64)
+                             "fastbci evaluate writes)")
+    lg, off = data["logits"], data["offsets"]
     if lg.ndim != 2 or lg.shape[1] != N_CLASSES:
         raise ValueError(f"{path}: the logits have shape {lg.shape}; want (frames, {N_CLASSES}) "
                          "(blank, 39 phonemes, silence)")
+    whole = off.dtype.kind in "iu" or (off.dtype.kind == "f" and bool(np.all(np.isfinite(off)))
+                                       and bool(np.all(off == np.round(off))))
+    if not whole:
+        raise ValueError(f"{path}: the offsets are not whole numbers ({off.dtype}: "
+                         f"{', '.join(str(v) for v in off[:6].tolist())}...)")
+    off = off.astype(np.int64)
     if off.ndim != 1 or len(off) < 1 or off[0] != 0 or off[-1] != len(lg) or (np.diff(off) < 0).any():
         raise ValueError(f"{path}: the offsets do not rise from 0 to the {len(lg)} logit frames")
     n = len(off) - 1
     data["offsets"] = off
     data.setdefault("ids", np.arange(n))
-    for key in ("ids", "session", "day", "sentence_label"):
-        if key in data and len(data[key]) != n:
-            raise ValueError(f"{path}: '{key}' has {len(data[key])} entries for {n} trials")
+    _check_index_arrays(path, data, n)
+    _check_values(path, lg, off, data["ids"])
     return data
 
 
@@ -73,7 +158,7 @@ def write_csv(path: str | os.PathLike, ids: Sequence, texts: Sequence[str]) -> P
 def write_nbest(path: str | os.PathLike, ids: Sequence, nbest: Sequence, lm_weight: float) -> Path:
     """``id,rank,score,acoustic_score,lm_score,lm_weight,n_words,text`` rows: the top
     hypotheses of each trial with their summed acoustic log-probability (natural log) and LM
-    log10-probability, for rescoring with another model (``python -m fastbci.lm rescore``). A
+    log10-probability, for rescoring with another model (``fastbci lm rescore``). A
     trial without frames gets one row, the empty sentence with zero scores, so that every id of
     the split has a row."""
     path = Path(path)
@@ -116,8 +201,7 @@ def check_ready(lm: str | os.PathLike) -> None:
     """Fail early (before an evaluation runs a model) when the LM file is missing or
     flashlight-text cannot be imported."""
     from .decoder import _flashlight
-    if not Path(lm).is_file():
-        raise FileNotFoundError(f"the LM file {lm} does not exist")
+    check_file(lm, "the LM file")
     _flashlight()
 
 

@@ -1,6 +1,6 @@
 """Tuning the LM weight and the word score on the val split: a grid, then finer grids.
 
-``python -m fastbci.lm tune --logits logits_val.npz --lm LM.arpa``: decode the val trials at
+``fastbci lm tune --logits logits_val.npz --lm LM.arpa``: decode the val trials at
 every point of a coarse grid of (``lm_weight``, ``word_score``) on all cores (the decoding
 processes keep the lexicon and the LM loaded between points), then ``rounds`` times around the
 best point with half the previous steps; points already decoded are not decoded again. The
@@ -76,7 +76,7 @@ def _search_llm_alpha(hyps: list, labels: list[str], days, scorer, rescore: Resc
 
 def _write(out: Path, record: dict) -> None:
     with atomic_path(out) as tmp, open(tmp, "w") as f:
-        f.write("# written by python -m fastbci.lm tune; use with: python -m fastbci.lm decode "
+        f.write("# written by fastbci lm tune; use with: fastbci lm decode "
                 "--params THIS_FILE ...\n")
         yaml.safe_dump(record, f, sort_keys=False, default_flow_style=None)
 

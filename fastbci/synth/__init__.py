@@ -5,7 +5,7 @@
 section 1; train-only sessions get no val/test file) plus ``DIR/synth_config.yaml``, a config
 fragment (dataset_dir, sessions, dataset_probability_val, neural_dim) that ``load_config``
 accepts, and ``DIR/corpus_train.txt``, the train sentences normalised as the evaluation
-normalises them, one a line (a corpus for ``python -m fastbci.lm build``), and prints what it
+normalises them, one a line (a corpus for ``fastbci lm build``), and prints what it
 wrote. Python: :func:`write_release`.
 
 How a trial is made

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..data.t15 import Trial, session_file, write_session_file
 from .. import outputs
-from ..fileio import atomic_path, atomic_write_text, dumps
+from ..fileio import atomic_path, atomic_write_text, dumps, name_problem
 
 from .simulate import session_drift, session_trials, World
 
@@ -81,14 +81,20 @@ def _as_counts(value, sessions: Sequence[str], what: str) -> dict[str, int] | No
 
 def _trial_counts(sessions: Sequence[str], train_only: set[str], values: tuple,
                   count_rng: np.random.Generator) -> dict[str, dict[str, int]]:
-    """``{"n_train" | "n_val" | "n_test": {session: count}}`` of write_release's arguments
-    (``"release"``: counts in the release's ranges, drawn from ``count_rng``)."""
+    """``{session: {"train" | "val" | "test": count}}`` of write_release's arguments
+    (``"release"``: counts in the release's ranges, drawn from ``count_rng``; a train-only
+    session has no val or test trials), checked before anything is written."""
     release = _release_counts(sessions, train_only, count_rng)
     counts = {}
     for j, (what, value) in enumerate(zip(("n_train", "n_val", "n_test"), values)):
         c = _as_counts(value, sessions, what)
         counts[what] = c if c is not None else {s: release[s][j] for s in sessions}
-    return counts
+    out = {s: {"train": counts["n_train"][s], "val": 0 if s in train_only else counts["n_val"][s],
+               "test": 0 if s in train_only else counts["n_test"][s]} for s in sessions}
+    for s, n in out.items():
+        if n["train"] < 1:
+            raise ValueError(f"session {s}: n_train must be >= 1 (every session has a train file)")
+    return out
 
 
 def _session_list(sessions: Sequence[str] | int | None) -> list[str]:
@@ -100,7 +106,12 @@ def _session_list(sessions: Sequence[str] | int | None) -> list[str]:
             raise ValueError(f"sessions = {sessions}: give 1..45 or a list of names")
         sessions = list(OFFICIAL_SESSIONS[:sessions])
     else:
-        sessions = [str(s) for s in sessions]
+        sessions = list(sessions)
+        for s in sessions:
+            problem = name_problem(s)
+            if problem is not None:
+                raise ValueError(f"sessions: the session name {s!r} {problem}; each session is written "
+                                 "as one folder of the output folder, named like t15.2023.08.11")
     if not sessions:
         raise ValueError("no sessions to write")
     if len(set(sessions)) != len(sessions):
@@ -115,13 +126,35 @@ def _length_stats(all_T: list[int], all_L: list[int]) -> dict:
             "seq_len": {"mean": float(L.mean()), "max": int(L.max())}}
 
 
-def _check_options(sessions: list[str], min_words: int, max_words: int, holdout,
-                   neural_dim: int) -> set[str]:
-    """Validate write_release's word range, ``holdout`` and ``neural_dim`` (before the output
-    folder is touched); return the held-out session names."""
-    if neural_dim < 2 or neural_dim % 2:
-        raise ValueError(f"neural_dim must be an even number >= 2 (threshold crossings + "
-                         f"spike-band power per electrode), got {neural_dim}")
+#: the range of write_release's scale parameters (beyond it the simulated rates overflow)
+SCALE_MAX = 100.0
+
+
+def _check_numbers(seed, neural_dim, signal, noise, drift, block_size) -> None:
+    """write_release's numbers, each a ValueError naming the parameter and its allowed range."""
+    def integer(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    if not integer(seed) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if not integer(neural_dim) or neural_dim < 2 or neural_dim % 2:
+        raise ValueError(f"neural_dim must be an even number >= 2 (threshold crossings + spike-band "
+                         f"power per electrode), got {neural_dim!r}")
+    for name, v in (("signal", signal), ("noise", noise), ("drift", drift)):
+        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        if not ok or not math.isfinite(v) or not 0 <= v <= SCALE_MAX:
+            raise ValueError(f"{name} must be a finite number in [0, {SCALE_MAX:g}], got {v!r}")
+    try:
+        lo, hi = (int(b) for b in block_size)
+        ok = all(integer(b) for b in block_size) and 1 <= lo <= hi
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"block_size must be two integers (lo, hi) with 1 <= lo <= hi, got {block_size!r}")
+
+
+def _check_options(sessions: list[str], min_words: int, max_words: int, holdout) -> set[str]:
+    """Validate write_release's word range and ``holdout``; return the held-out session names."""
     if not 1 <= min_words <= max_words:
         raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
     if isinstance(holdout, bool) or not isinstance(holdout, int) or not 0 <= holdout < len(sessions):
@@ -159,30 +192,31 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
     to 500, ``seq_len`` = non-zero ids, contiguous groups ordered by block then trial).
     ``holdout``: the last ``holdout`` sessions are written like the others (the same participant,
     a drift of the same scale) but left out of ``synth_config.yaml`` and of the train corpus:
-    new recording days for ``fastbci calibrate`` (``summary["holdout"]``).
-    ``out_dir`` (:mod:`fastbci.outputs`' rule): new, empty, or holding synth's own release, left
-    as it is when the same (``summary["unchanged"]``), else replaced only with ``overwrite``.
+    new recording days for ``fastbci calibrate`` (``summary["holdout"]``). Every argument is
+    checked before anything is written (session names are plain names; ``seed`` >= 0; ``signal``,
+    ``noise``, ``drift`` finite in [0, SCALE_MAX]). ``out_dir`` (:mod:`fastbci.outputs`' rule):
+    new, empty, or synth's own release: left as it is when the same (``summary["unchanged"]``),
+    else replaced only with ``overwrite``.
     """
     t0 = time.perf_counter()
+    _check_numbers(seed, neural_dim, signal, noise, drift, block_size)
     sessions = _session_list(sessions)
-    held = _check_options(sessions, min_words, max_words, holdout, neural_dim)
+    held = _check_options(sessions, min_words, max_words, holdout)
     train_only_set = set(TRAIN_ONLY_SESSIONS if train_only is None else train_only) & set(sessions)
     out_dir = Path(out_dir)
-    record = json.loads(dumps(dict(
-        seed=seed, neural_dim=neural_dim, signal=signal, noise=noise, drift=drift, min_words=min_words,
-        max_words=max_words, sessions=list(sessions), n_train=n_train, n_val=n_val, n_test=n_test,
-        train_only=sorted(train_only_set), block_size=list(block_size), holdout=holdout,
-        write_config=write_config)))
-    if _claim(out_dir, record, overwrite):
-        return {"out_dir": str(out_dir), "unchanged": True, "sessions": list(sessions),
-                "seed": seed, "seconds": time.perf_counter() - t0}
-    out_dir.mkdir(parents=True, exist_ok=True)
-
+    record = _record(seed=seed, neural_dim=neural_dim, signal=signal, noise=noise, drift=drift,
+                     min_words=min_words, max_words=max_words, sessions=list(sessions), n_train=n_train,
+                     n_val=n_val, n_test=n_test, train_only=sorted(train_only_set),
+                     block_size=list(block_size), holdout=holdout, write_config=write_config)
     root = np.random.default_rng(seed)
     world = World(neural_dim, np.random.default_rng(root.integers(2 ** 63)), signal)
     counts = _trial_counts(sessions, train_only_set, (n_train, n_val, n_test),
                            np.random.default_rng(root.integers(2 ** 63)))
     session_seeds = root.integers(2 ** 63, size=len(sessions))
+    if _claim(out_dir, record, overwrite):  # the arguments are all checked: now the folder
+        return {"out_dir": str(out_dir), "unchanged": True, "sessions": list(sessions),
+                "seed": seed, "seconds": time.perf_counter() - t0}
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     summary = {"out_dir": str(out_dir), "sessions": list(sessions), "train_only": sorted(train_only_set),
                "holdout": [x for x in sessions if x in held],
@@ -195,10 +229,7 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
     for si, s in enumerate(sessions):
         rng = np.random.default_rng(session_seeds[si])
         sess_drift = session_drift(E, drift, rng)
-        n = {"train": counts["n_train"][s], "val": 0 if s in train_only_set else counts["n_val"][s],
-             "test": 0 if s in train_only_set else counts["n_test"][s]}
-        if n["train"] < 1:
-            raise ValueError(f"session {s}: n_train must be >= 1 (every session has a train file)")
+        n = counts[s]
         labels = np.array(["train"] * n["train"] + ["val"] * n["val"] + ["test"] * n["test"])
         rng.shuffle(labels)                 # splits interleave in time, as in the release
         per_split: dict[str, list[Trial]] = {"train": [], "val": [], "test": []}
@@ -223,6 +254,12 @@ def write_release(out_dir, sessions: Sequence[str] | int | None = None, n_train=
     _write_params(out_dir, record)  # last: a release without it is incomplete
     summary["seconds"] = time.perf_counter() - t0
     return summary
+
+
+def _record(**args) -> dict:
+    """write_release's arguments as recorded in ``PARAMS_FILE`` (standard JSON: a numpy number
+    or a tuple as JSON has it, so that a record read back compares equal)."""
+    return json.loads(dumps(args))
 
 
 def _claim(out_dir: Path, record: dict, overwrite: bool) -> bool:
@@ -263,7 +300,7 @@ def read_params(data_dir: str | Path) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the text corpus of the train sentences (for an n-gram model: python -m fastbci.lm build)
+# the text corpus of the train sentences (for an n-gram model: fastbci lm build)
 # ---------------------------------------------------------------------------------------------
 CORPUS_FILE = "corpus_train.txt"
 
@@ -291,7 +328,7 @@ def _write_config(path: Path, out_dir: Path, sessions: Sequence[str], train_only
             "days_per_batch": min(4, len(sessions)),
         },
     }
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("# written by fastbci synth: load with fastbci.config.load_config(this file)\n")
         yaml.safe_dump(frag, f, sort_keys=False, default_flow_style=None)
 

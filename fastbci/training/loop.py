@@ -194,7 +194,7 @@ class Trainer:
                  resume_command: str | None = None):
         if cfg["mode"] != "train":
             raise ConfigError(f"mode is {cfg['mode']!r}: the trainer needs mode=train "
-                              "(use python -m fastbci.evaluate to evaluate a checkpoint)")
+                              "(use fastbci evaluate to evaluate a checkpoint)")
         self.cfg = copy.deepcopy(dict(cfg))
         self._parallel = parallel
         self.console = console

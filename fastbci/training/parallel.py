@@ -136,7 +136,7 @@ class SingleProcess:
     world_size = 1
     is_main = True
     local_rank: int | None = None
-    launch_hint = "python -m fastbci.train"
+    launch_hint = "fastbci train"
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module the training forward and backward run through."""

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastbci import fileio
+
 
 LOGGER_NAME = "fastbci.train"
 
@@ -252,13 +254,16 @@ def curves_figure(records: list[dict], train_losses: np.ndarray | None = None,
 def plot_curves(records: list[dict], png_path: Path, train_losses: np.ndarray | None = None,
                 title: str | None = None) -> Path | None:
     """:func:`curves_figure` saved as a PNG at ``png_path`` (None when there is nothing to
-    draw)."""
+    draw), atomically: a kill or a full disk leaves the previous image (or none)."""
     import matplotlib.pyplot as plt
     fig = curves_figure(records, train_losses, title)
     if fig is None:
         return None
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
+    try:
+        with fileio.atomic_path(png_path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return Path(png_path)
 
 
