@@ -269,8 +269,9 @@ def check_dir(out: str | os.PathLike, *, inputs=(), overwrite: bool = False, opt
     if why:
         raise OutputError(f"{option} {out}: {why}; writing there could destroy it (this is "
                           "refused even with --overwrite): choose another folder")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{option} {out} exists and is a file, not a folder: choose another folder")
+    if os.path.lexists(out) and not out.is_dir():
+        raise OutputError(f"{option} {out} exists and is not a folder (a file, or a link that leads "
+                          "nowhere or back to itself): choose another folder")
     if not out.is_dir():
         return Plan(out)
     h = holdings(out, command)

@@ -31,12 +31,26 @@ def device(request):
 
 
 @pytest.fixture(scope="session")
-def small_release(tmp_path_factory):
-    """The small synthetic release (3 sessions, one train-only; 32 features), written once."""
+def synth_release(tmp_path_factory):
+    """``synth_release(seed=0, preset="small")``: a synthetic release, written once per session
+    for each (preset, seed) and shared by every test that asks for it (read-only: a test that
+    changes files copies it first)."""
     from fastbci import synth
-    d = tmp_path_factory.mktemp("small_release")
-    synth.write_release(d, **synth.PRESETS["small"], seed=2)
-    return d
+    made = {}
+
+    def make(seed: int = 0, preset: str = "small"):
+        if (preset, seed) not in made:
+            d = tmp_path_factory.mktemp(f"{preset}_release_seed{seed}")
+            synth.write_release(d, **synth.PRESETS[preset], seed=seed)
+            made[preset, seed] = d
+        return made[preset, seed]
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_release(synth_release):
+    """The small synthetic release (3 sessions, one train-only; 32 features), seed 2."""
+    return synth_release(seed=2)
 
 
 @pytest.fixture(scope="session")

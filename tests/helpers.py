@@ -189,11 +189,16 @@ TINY_RUN = ("model.n_units=8", "model.n_layers=1", "model.rnn_dropout=0.0", "dat
             "fastbci.progress=false", "fastbci.plot=false")
 
 
-def make_cfg(release, out, *extra) -> dict:
-    """The configuration of ``release``'s synth_config.yaml for a tiny run into ``out``
-    (``extra``: more ``key=value`` overrides)."""
+def run_config(release, out, base=TINY_RUN, *extra) -> dict:
+    """The configuration of ``release``'s synth_config.yaml for a run into ``out``: the
+    ``base`` overrides of a test module (default :data:`TINY_RUN`), then ``extra``."""
     from pathlib import Path
 
     from fastbci.config import load_config
     return load_config(Path(release) / "synth_config.yaml",
-                       [f"output_dir={out}", f"checkpoint_dir={out}/checkpoint", *TINY_RUN, *extra])
+                       [f"output_dir={out}", f"checkpoint_dir={out}/checkpoint", *base, *extra])
+
+
+def make_cfg(release, out, *extra) -> dict:
+    """A tiny run (:data:`TINY_RUN`) of ``release`` into ``out``, with ``extra`` overrides."""
+    return run_config(release, out, TINY_RUN, *extra)

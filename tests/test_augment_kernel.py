@@ -474,6 +474,7 @@ print("compiled")
 """
 
 
+@pytest.mark.slow
 def test_kernel_compiles_for_sm90_as_the_jit_would():
     """What the JIT would build on a GPU, without one (Triton's binder and bundled ptxas):
 

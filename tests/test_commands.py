@@ -64,6 +64,7 @@ def test_every_command_and_subcommand_has_help(path, capsys):
     assert out.startswith(f"usage: fastbci {' '.join(path)}"), out[:200]
 
 
+@pytest.mark.slow
 def test_the_console_script_and_every_python_m_alias_run():
     script = Path(sys.executable).with_name("fastbci")
     exe = [str(script)] if script.exists() else [shutil.which("fastbci") or "fastbci"]
@@ -222,3 +223,18 @@ def test_sigint_during_start_up_is_one_line_and_exit_130(tmp_path):
         assert not out.exists()
         hit += 1
     assert hit, "the command ended before the signal: nothing was tested"
+
+
+def test_the_gpu_mirrors_lean_list_is_drawn_from_pyproject():
+    """scripts/gpu_mirror_env.py installs a lean subset (no word decoder, no LLM) for the
+    kernel tests: every package it names is one pyproject.toml declares."""
+    import importlib.util
+    import tomllib
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=;\[ ]", d)[0].lower() for d in
+                [*meta["dependencies"], *(x for deps in meta["optional-dependencies"].values()
+                                          for x in deps)]}
+    spec = importlib.util.spec_from_file_location("gpu_mirror_env", ROOT / "scripts" / "gpu_mirror_env.py")
+    mirror = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mirror)
+    assert set(mirror.TEST_REQUIREMENTS) <= declared, set(mirror.TEST_REQUIREMENTS) - declared

@@ -21,13 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
-from fastbci import ops, synth
+from fastbci import ops
 from fastbci.compat import GRUDecoder as CompatGRUDecoder
 from fastbci.config import load_config
 from fastbci.model import GRUDecoder
 from fastbci.ops import Augmentation
 from fastbci.training import Trainer
 from helpers import assert_close
+
+#: real torch.compile runs: slow (pytest -m 'not slow' leaves them out)
+pytestmark = pytest.mark.slow
 
 TRANSFORMS = {"white_noise_std": 1.0, "constant_offset_std": 0.2, "random_walk_std": 0.0,
               "random_walk_axis": -1, "static_gain_std": 0.0, "random_cut": 3,
@@ -344,10 +347,8 @@ def test_bad_day_index_is_a_clear_error():
 
 # ----------------------------------------------------------------------- trainer (point 2)
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    out = tmp_path_factory.mktemp("compile_small")
-    synth.write_release(out, **synth.PRESETS["small"], seed=0)
-    return out
+def release(synth_release):
+    return synth_release(seed=0)
 
 
 def _run(release, out, compile_: bool) -> Trainer:

@@ -125,6 +125,7 @@ def runs(tmp_path_factory):
             "res21": res21, "root": root}
 
 
+@pytest.mark.slow
 def test_the_plan_splits_days_across_ranks(runs):
     """The comparison below is only meaningful if some day sits on one rank only and some day
     is absent from some global batch: check that the plan of this run has both."""
@@ -140,6 +141,7 @@ def test_the_plan_splits_days_across_ranks(runs):
     assert split and absent
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process(runs):
     ck1, ck2 = _ckpt(runs["one"]), _ckpt(runs["two"])
     l1, l2 = ck1["fastbci"]["train_losses"], ck2["fastbci"]["train_losses"]
@@ -161,6 +163,7 @@ def test_two_ranks_match_one_process(runs):
         assert a["per"] == pytest.approx(b["per"], abs=1e-12), "train-log PER is reduced over ranks"
 
 
+@pytest.mark.slow
 def test_days_absent_from_the_global_batch_are_untouched(runs):
     """AdamW stepped each day exactly once per global batch holding it, on both world sizes:
     a day absent from the global batch had grad None (no decay, no moment update), and a day
@@ -175,6 +178,7 @@ def test_days_absent_from_the_global_batch_are_untouched(runs):
     assert _day_steps(_ckpt(runs["two"]), n_days) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["r12", "r21"])
 def test_resume_across_world_sizes(runs, which):
     """Save at world 1 -> resume on 2 ranks, and save on 2 ranks -> resume at world 1: the
@@ -271,6 +275,7 @@ def test_slice_batch_rows_give_the_full_batch_logits(small_cfg, rank):
         _close(lp[i, :n], lf[lo + i, :n], f"rank {rank} trial {i}: logits of the slice")
 
 
+@pytest.mark.slow
 def test_ddp_keeps_the_official_day_gradients(tmp_path):
     """Two gloo ranks under torchrun, each with its share of one batch inside DataParallel's
     DistributedDataParallel: every shared gradient and the gradient of a day on both ranks or on

@@ -80,6 +80,7 @@ def test_a_compiler_that_cannot_run_exits_2(monkeypatch, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_this_torch_gets_the_measured_verdict():
     """The real command (torch.compile with inductor): on a measured torch, the measured
     verdict, as the exit status and in words."""

@@ -36,13 +36,12 @@ import numpy as np
 import pytest
 import torch
 
-from fastbci import synth
 from fastbci.data.batch import Batch, BatchBuilder
 from fastbci.training import Trainer, seed_everything
 from fastbci.validation import ctc_per_trial, forward_logits
 from fastbci.config import load_config
 from fastbci.data import TrialStore, read_session_file, train_batch_plan, write_session_file
-from helpers import assert_close, augment_tolerance
+from helpers import run_config, assert_close, augment_tolerance
 
 # float32 contract of docs/internals.md: fused vs reference within 1e-5 (allclose form:
 # |a - b| <= ATOL + RTOL * |b|; the relative part matters for the CTC loss, ~100-300 per trial
@@ -95,12 +94,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def small_release(tmp_path_factory):
+def small_release(synth_release):
     """The synthetic small preset: 3 sessions (the last train-only), 6 train trials each,
-    neural_dim 32, T ~ 250-450."""
-    d = tmp_path_factory.mktemp("fused_step_small")
-    synth.write_release(d, **synth.PRESETS["small"], seed=0)
-    return d
+    neural_dim 32, T ~ 250-450 (seed 0)."""
+    return synth_release(seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -131,14 +128,12 @@ def short_release(small_release, tmp_path_factory):
 
 def make_cfg(release, out, *over, device="cpu"):
     """Tiny model on a synthetic release on ``device``, float32 throughout (no autocast)."""
-    dev = torch.device(device).type
-    base = [f"output_dir={out}", f"checkpoint_dir={out}/checkpoint", *MODEL,
-            "dataset.batch_size=4", "dataset.days_per_batch=2", "num_training_batches=60",
+    base = [*MODEL, "dataset.batch_size=4", "dataset.days_per_batch=2", "num_training_batches=60",
             "lr_warmup_steps=5", "lr_warmup_steps_day=5", "lr_decay_steps=60",
             "lr_decay_steps_day=60", "use_amp=false", "fastbci.rng=philox",
-            f"fastbci.device={dev}", "fastbci.progress=false", "fastbci.plot=false",
-            "fastbci.store_device=auto"]
-    return load_config(release / "synth_config.yaml", base + list(over))
+            f"fastbci.device={torch.device(device).type}", "fastbci.progress=false",
+            "fastbci.plot=false", "fastbci.store_device=auto"]
+    return run_config(release, out, base, *over)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,6 +376,7 @@ def run_curve(cfg, steps: int):
     return curve, finite, params
 
 
+@pytest.mark.slow
 def test_fifty_steps_same_loss_curve(short_release, tmp_path, monkeypatch, device):
     _require_fused(device)
     cuda = device.type == "cuda"

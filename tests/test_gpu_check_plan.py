@@ -173,6 +173,7 @@ def test_merge_survives_a_truncated_json(tmp_path, content):
 # ---------------------------------------------------------------------------------------------
 # partial results of a stage killed at its budget
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_partial_junit_survives_a_kill(tmp_path):
     import time
     import xml.etree.ElementTree as ET

@@ -32,12 +32,12 @@ import pytest
 import torch
 
 import fastbci
-from fastbci import metrics, synth
+from helpers import run_config
+from fastbci import metrics
 from fastbci.reference import patch_input_lengths
 from fastbci.training import Trainer
 from fastbci.training.report import StepTimer
 from fastbci.validation import ctc_per_trial, forward_logits, run_validation
-from fastbci.config import load_config
 from fastbci.reference import smoothing_taps
 
 PKG_DIRS = tuple(str(Path(m.__file__).resolve().parent) + os.sep
@@ -78,10 +78,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    d = tmp_path_factory.mktemp("hot_path_small")
-    synth.write_release(d, **synth.PRESETS["small"], seed=0)
-    return d
+def release(synth_release):
+    return synth_release(seed=0)
 
 
 def hot_device() -> torch.device:
@@ -99,14 +97,13 @@ def hot_device() -> torch.device:
 
 
 def make_cfg(release, out, *over, device="cpu", impl="fused"):
-    base = [f"output_dir={out}", f"checkpoint_dir={out}/checkpoint", *MODEL,
-            "dataset.batch_size=5", "dataset.days_per_batch=2", "num_training_batches=6",
+    base = [*MODEL, "dataset.batch_size=5", "dataset.days_per_batch=2", "num_training_batches=6",
             "batches_per_train_log=1", "batches_per_val_step=100", "lr_warmup_steps=2",
             "lr_warmup_steps_day=2", "lr_decay_steps=6", "lr_decay_steps_day=6",
             "use_amp=false", "fastbci.rng=philox", f"fastbci.impl={impl}",
             f"fastbci.device={torch.device(device).type}", "fastbci.progress=false",
             "fastbci.plot=false", "fastbci.store_device=auto"]
-    return load_config(release / "synth_config.yaml", base + list(over))
+    return run_config(release, out, base, *over)
 
 
 def trainer(release, tmp_path, *over, device="cpu", impl="fused") -> Trainer:

@@ -161,11 +161,13 @@ def report(tmp_path_factory) -> dict:
     return json.loads(Path(out).read_text())
 
 
+@pytest.mark.slow  # compiles every hot-path kernel for sm_90 with ptxas
 def test_hot_path_kernels_do_not_spill_and_keep_their_occupancy_floor(report):
     assert set(kr.TRITON_CASES) <= set(report["kernels"]), sorted(report["kernels"])
     assert_within_budget(report)
 
 
+@pytest.mark.slow  # compiles every hot-path kernel for sm_90 with ptxas
 def test_the_day_projection_kernels_are_all_checked(report):
     if "day_projection" in report["skipped"]:
         pytest.skip(f"CUDA day projection not compiled: {report['skipped']['day_projection']}")
@@ -174,6 +176,7 @@ def test_the_day_projection_kernels_are_all_checked(report):
     assert set(kr.CUDA_KERNELS) <= found, sorted(found)
 
 
+@pytest.mark.slow  # compiles every hot-path kernel for sm_90 with ptxas
 def test_the_report_names_the_versions_and_the_launch_configurations(report):
     import triton
 

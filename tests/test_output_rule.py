@@ -170,3 +170,12 @@ def test_evaluate_never_writes_into_the_checkpoints_folder_or_the_data(tiny_chec
             "lies inside the data folder")
     assert digest(tiny_checkpoint.parent) == before
     assert not (small_release / "eval").exists()
+
+
+def test_an_output_folder_that_is_a_link_loop_is_named(release, tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    refused(capsys, ["train", release / "synth_config.yaml", f"output_dir={loop}",
+                     f"checkpoint_dir={loop}/checkpoint", *OFFICIAL_RUN], "symbolic link loop")
+    refused(capsys, ["synth", "--out", loop, "--small"], "is not a folder")
+    assert loop.is_symlink()

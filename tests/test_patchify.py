@@ -266,6 +266,7 @@ print("compiled")
 """
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_gpu_targets():
     """The interpreter does not type-check like the compiler: compile both kernels to sm_80/sm_90
     cubins as the JIT would specialise them (Triton's binder and bundled ptxas, no GPU needed):

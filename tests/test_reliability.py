@@ -22,10 +22,8 @@ from fastbci.training.report import LineProgress, plot_curves, progress_bar
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    d = tmp_path_factory.mktemp("reliability")
-    synth.write_release(d, **synth.PRESETS["small"], seed=2)
-    return d
+def release(small_release):
+    return small_release
 
 
 BASE = ["model.n_units=8", "model.n_layers=1", "model.rnn_dropout=0.0", "dataset.batch_size=4",

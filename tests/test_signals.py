@@ -17,17 +17,14 @@ import pytest
 import torch
 
 from fastbci import checkpoint as ckpt_io
-from fastbci import synth
 from fastbci.errors import EXIT_INTERRUPTED
 
 TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sigterm_release")
-    synth.write_release(d, **synth.PRESETS["small"], seed=2)
-    return d
+def release(small_release):
+    return small_release
 
 
 def _train_records(path) -> int:
@@ -36,6 +33,7 @@ def _train_records(path) -> int:
     return sum(1 for line in path.read_text().splitlines() if '"split": "train"' in line)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigterm_saves_a_resumable_checkpoint_and_exits_130(release, tmp_path):
     out = tmp_path / "run"

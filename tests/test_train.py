@@ -13,27 +13,24 @@ from fastbci.errors import NonFiniteError
 from fastbci.reference import patch_input_lengths
 from fastbci.config import ConfigError, load_config
 from fastbci.training import Trainer
-from helpers import shift_logits
+from helpers import run_config, shift_logits
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("synth_small")
-    synth.write_release(d, **synth.PRESETS["small"], seed=0)
-    return d
+def synth_dir(synth_release):
+    return synth_release(seed=0)
+
+
+#: a tiny model (1 GRU layer of 16 units) on the small synthetic release, CPU reference path
+BASE = ["model.n_units=16", "model.n_layers=1", "model.rnn_dropout=0.0", "dataset.batch_size=6",
+        "dataset.days_per_batch=2", "num_training_batches=8", "batches_per_train_log=1",
+        "batches_per_val_step=4", "lr_max=0.01", "lr_max_day=0.01", "lr_warmup_steps=2",
+        "lr_warmup_steps_day=2", "lr_decay_steps=40", "lr_decay_steps_day=40",
+        "fastbci.impl=reference", "fastbci.device=cpu", "fastbci.progress=false", "fastbci.plot=false"]
 
 
 def make_cfg(synth_dir, out, *over):
-    """A tiny model (1 GRU layer of 16 units) on the small synthetic release, CPU reference path."""
-    base = [f"output_dir={out}", f"checkpoint_dir={out}/checkpoint",
-            "model.n_units=16", "model.n_layers=1", "model.rnn_dropout=0.0",
-            "dataset.batch_size=6", "dataset.days_per_batch=2",
-            "num_training_batches=8", "batches_per_train_log=1", "batches_per_val_step=4",
-            "lr_max=0.01", "lr_max_day=0.01", "lr_warmup_steps=2", "lr_warmup_steps_day=2",
-            "lr_decay_steps=40", "lr_decay_steps_day=40",
-            "fastbci.impl=reference", "fastbci.device=cpu", "fastbci.progress=false",
-            "fastbci.plot=false"]
-    return load_config(synth_dir / "synth_config.yaml", base + list(over))
+    return run_config(synth_dir, out, BASE, *over)
 
 
 def read_metrics(out):

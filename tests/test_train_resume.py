@@ -5,30 +5,26 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import run_config
 from fastbci import checkpoint as ckpt_io
-from fastbci import synth
 from fastbci.training import Trainer
-from fastbci.config import load_config
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("synth_small_resume")
-    synth.write_release(d, **synth.PRESETS["small"], seed=1)
-    return d
+def synth_dir(synth_release):
+    return synth_release(seed=1)
+
+
+BASE = ["model.n_units=16", "model.n_layers=2", "model.rnn_dropout=0.3", "dataset.batch_size=5",
+        "dataset.days_per_batch=2", "num_training_batches=6", "batches_per_train_log=1",
+        "batches_per_val_step=2", "lr_max=0.01", "lr_max_day=0.01", "lr_warmup_steps=2",
+        "lr_warmup_steps_day=2", "lr_decay_steps=6", "lr_decay_steps_day=6",
+        "dataset.data_transforms.random_cut=3", "fastbci.impl=reference", "fastbci.device=cpu",
+        "fastbci.progress=false", "fastbci.plot=false"]
 
 
 def make_cfg(synth_dir, out, *over):
-    base = [f"output_dir={out}", f"checkpoint_dir={out}/checkpoint",
-            "model.n_units=16", "model.n_layers=2", "model.rnn_dropout=0.3",
-            "dataset.batch_size=5", "dataset.days_per_batch=2",
-            "num_training_batches=6", "batches_per_train_log=1", "batches_per_val_step=2",
-            "lr_max=0.01", "lr_max_day=0.01", "lr_warmup_steps=2", "lr_warmup_steps_day=2",
-            "lr_decay_steps=6", "lr_decay_steps_day=6",
-            "dataset.data_transforms.random_cut=3",
-            "fastbci.impl=reference", "fastbci.device=cpu", "fastbci.progress=false",
-            "fastbci.plot=false"]
-    return load_config(synth_dir / "synth_config.yaml", base + list(over))
+    return run_config(synth_dir, out, BASE, *over)
 
 
 def _metrics(out):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Mapping
 
@@ -99,9 +100,9 @@ def plan_output_dir(cfg: Mapping) -> OutputPlan:
     """
     out, ckdir = Path(cfg["output_dir"]), Path(cfg["checkpoint_dir"])
     for key, d in (("output_dir", out), ("checkpoint_dir", ckdir)):
-        if d.exists() and not d.is_dir():
-            raise ConfigError(f"{key} {d} exists and is a file, not a folder: choose another "
-                              f"{key}=DIR (or move the file away)")
+        if os.path.lexists(d) and not d.is_dir():  # a file, a broken link, a link loop
+            problem = fileio.path_problem(d, "dir") or "is not a folder"
+            raise ConfigError(f"{key} {d} {problem}: choose another {key}=DIR (or move it away)")
         why = outputs.meeting(d, run_inputs(cfg), folder=True)
         if why:
             raise outputs.OutputError(f"{key} {d}: {why}; a run there could destroy it (refused "

@@ -27,6 +27,7 @@ def _train_records(path) -> int:
     return sum(1 for line in path.read_text().splitlines() if '"split": "train"' in line)
 
 
+@pytest.mark.slow  # real training processes, signalled
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_signal_fault(sig, release, tmp_path):
