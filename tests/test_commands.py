@@ -115,6 +115,29 @@ def test_the_readme_and_docs_name_only_flags_that_exist():
     assert len(calls) > 40 and {c[1][0] for c in calls} >= set(commands.COMMANDS) - {"sweep"}
 
 
+_OVERRIDE = re.compile(r"(?<![\w./-])((?:[a-z_]+\.)*[a-z_0-9]+)=(?![=\s])")
+
+
+def unknown_keys(text: str, where: str) -> list[str]:
+    """Configuration overrides (``section.key=value``) shown in a text whose key no configuration
+    has (plain ``name=value`` words are too common in prose to judge)."""
+    from fastbci.config import known_keys
+    keys = set(known_keys())
+    bad = []
+    for i, line in enumerate(text.splitlines(), 1):
+        found = {k for k in _OVERRIDE.findall(line)
+                 if "." in k and k.split(".")[0] in ("model", "dataset", "fastbci")}
+        bad += [f"{where}:{i}: no configuration key {k}" for k in sorted(found - keys)]
+    return bad
+
+
+def test_the_readme_and_docs_name_only_configuration_keys_that_exist():
+    bad = [b for doc in DOCS for b in unknown_keys(doc.read_text(), str(doc.relative_to(ROOT)))]
+    assert not bad, "\n".join(sorted(set(bad)))
+    assert unknown_keys("train from it: `fastbci.init_from_checkpoint=DIR/ck`", "x.md") == \
+        ["x.md:1: no configuration key fastbci.init_from_checkpoint"]
+
+
 def test_the_flag_check_finds_a_planted_flag():
     text = ("run `fastbci evaluate --checkpoint X --lm-lexicon L`\n"
             "```\npython -m fastbci.lm decode --logits a.npz \\\n    --nbest-out f.csv\n```\n")
