@@ -1,0 +1,56 @@
+"""What the sweep tests share: a tiny synthetic release, tiny configurations written as files,
+and the ``fastbci sweep`` command run in process (its parser, then run_command)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from fastbci import synth
+from fastbci.commands import sweep as sweep_cmd
+from fastbci.errors import run_command
+
+#: a tiny model on the small preset, CPU reference path, a validation every 4 batches
+TINY = {
+    "model": {"n_units": 16, "n_layers": 1, "rnn_dropout": 0.0},
+    "dataset": {"batch_size": 6, "days_per_batch": 2},
+    "num_training_batches": 12, "batches_per_train_log": 4, "batches_per_val_step": 4,
+    "lr_max": 0.02, "lr_max_day": 0.02, "lr_warmup_steps": 2, "lr_warmup_steps_day": 2,
+    "lr_decay_steps": 12, "lr_decay_steps_day": 12,
+    "fastbci": {"impl": "reference", "device": "cpu", "rng": "torch", "plot": False},
+}
+
+
+def write_release(d: Path, **kw) -> Path:
+    synth.write_release(d, **{**synth.PRESETS["small"], "seed": 0, "progress": False, **kw})
+    return d
+
+
+def merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def write_config(path: Path, release: Path, *extra: dict) -> Path:
+    """The release's own configuration with :data:`TINY` and ``extra`` on top, as a file."""
+    cfg = yaml.safe_load((release / "synth_config.yaml").read_text())
+    for e in (TINY, *extra):
+        cfg = merge(cfg, e)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def sweep(*argv: str) -> int:
+    """``fastbci sweep ARGV`` in this process: the exit status."""
+    p = argparse.ArgumentParser(prog="fastbci sweep")
+    sweep_cmd.add_arguments(p)
+    args = p.parse_args([str(a) for a in argv])
+    return run_command(lambda: sweep_cmd.run(args, [str(a) for a in argv]), prog="fastbci sweep")
+
+
+def read_status(folder: Path) -> dict:
+    return json.loads((folder / "run_status.json").read_text())
