@@ -3,7 +3,9 @@
 layers of docs/internals.md (an import only goes down; training/ and data/ reach the reference
 only through the ops' dispatch), no module over 450 lines, no class over 250, no function over 80
 (Triton kernels excepted: one @triton.jit function is one GPU program) and a training loop of at
-most 60, evaluation independent of the trainer, and the ruff settings of pyproject.toml clean."""
+most 60, evaluation independent of the trainer, and the ruff settings of pyproject.toml clean.
+A package's ``__main__`` (what ``python -m fastbci.X`` runs, imported by nothing) is a command
+line entry point: it stands in the top layer, whatever its package's layer."""
 from __future__ import annotations
 
 import ast
@@ -97,7 +99,10 @@ def _cycle(graph: dict[str, set[str]] | None = None) -> list[str] | None:
 
 
 def unit(module: str) -> str:
-    """The package (``fastbci.data``) or top-level module (``fastbci.config``) a module belongs to."""
+    """The package (``fastbci.data``) or top-level module (``fastbci.config``) a module belongs
+    to; a package's ``__main__`` is a unit of its own (an entry point)."""
+    if module.endswith(".__main__"):
+        return module
     return ".".join(module.split(".")[:2])
 
 
@@ -145,13 +150,15 @@ LAYERS = [
     {"fastbci.data", "fastbci.metrics"},
     {"fastbci.model", "fastbci.lm", "fastbci.synth", "fastbci.doctor"},
     {"fastbci.validation", "fastbci.ensemble", "fastbci.official_eval"},
-    {"fastbci.training", "fastbci.calibration"},
+    {"fastbci.training", "fastbci.calibration", "fastbci.sweep"},
     {"fastbci.cli", "fastbci.train", "fastbci.evaluate", "fastbci.demo", "fastbci.calibrate",
      "fastbci.compat", "fastbci.commands"},
 ]
 
 
 def _layer(u: str) -> int:
+    if u.endswith(".__main__"):
+        return len(LAYERS) - 1  # python -m entry points: the top layer
     for i, layer in enumerate(LAYERS):
         if u in layer:
             return i
