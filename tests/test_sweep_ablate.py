@@ -2,10 +2,11 @@
 
 The configuration differs from its reference in two factors: peak learning rates 500x lower
 (``lr_max`` and ``lr_max_day``, one factor with ``--group``; they keep the run on the blank
-plateau for the whole budget) and no weight decay (harmless here). A tiny GRU on 12 validation trials learns its first phonemes within a CPU test's budget
-(validation PER 0.63-0.70 after 10 batches at seeds 2 and 3) but not down to 0.5, so these
-tests call a run's PER below 0.75 "left the plateau" (``--plateau-per 0.75``); with the low
-learning rate the PER stays above 1."""
+plateau for the whole budget) and no weight decay (harmless here). A tiny GRU on 12
+validation trials learns its first phonemes within a CPU test's budget (validation PER
+0.63-0.70 after 10 batches at seeds 2 and 3) but not down to 0.5, so these tests call a run's
+PER below 0.75 "left the plateau" (``--plateau-per 0.75``); with the low learning rates the PER
+stays above 1."""
 from __future__ import annotations
 
 import csv
@@ -13,26 +14,17 @@ import json
 
 import pytest
 
-from sweep_helpers import sweep, write_config, write_release
+from sweep_helpers import LEARN, LEARN_RELEASE, sweep, write_config, write_release
 
-SESSIONS = ["t15.2023.08.13", "t15.2023.08.18"]
-BASE = {"dataset": {"neural_dim": 32, "sessions": SESSIONS, "dataset_probability_val": [1, 1],
-                    "batch_size": 16},
-        "model": {"n_units": 64, "n_input_features": 32,
-                  "input_network": {"input_layer_sizes": [32], "input_layer_dropout": 0.0}},
-        "num_training_batches": 40, "batches_per_val_step": 10, "lr_max": 0.05,
-        "lr_max_day": 0.05, "lr_decay_steps": 80, "lr_decay_steps_day": 80,
-        "lr_warmup_steps": 5, "lr_warmup_steps_day": 5}
 SLOW_LR = {"lr_max": 1.0e-4, "lr_max_day": 1.0e-4, "weight_decay": 0.0}
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablate")
-    rel = write_release(root / "data", sessions=SESSIONS, train_only=[], n_train=60, n_val=6,
-                        signal=10.0, noise=0.1, drift=0.0, min_words=1, max_words=1, neural_dim=32)
-    return (write_config(root / "slow.yaml", rel, BASE, SLOW_LR),
-            write_config(root / "ref.yaml", rel, BASE), root)
+    rel = write_release(root / "data", **LEARN_RELEASE)
+    return (write_config(root / "slow.yaml", rel, LEARN, SLOW_LR),
+            write_config(root / "ref.yaml", rel, LEARN), root)
 
 
 @pytest.fixture(scope="module")

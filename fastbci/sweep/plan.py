@@ -187,12 +187,14 @@ def variant_values(v: Variant, facs: Sequence[Factor]) -> dict[str, Any]:
     return out
 
 
-def run_config(base: Mapping, values: Mapping[str, Any], folder: Path, seed: int,
+def run_config(base: Mapping, values: Mapping[str, Any], folder: Path, seed: int | None,
                overrides: Sequence[str] = ()) -> dict:
     """A run's configuration: ``base`` (CONFIG with the user's overrides) with ``values``, the
-    seeds, and the run folder; the collapse watch on, no progress bar."""
+    seeds (``seed`` and ``dataset.seed``; None: CONFIG's), and the run folder; the collapse
+    watch on, no progress bar."""
     vals = dict(values)
-    vals.update({k: seed for k in SEED_KEYS})
+    if seed is not None:
+        vals.update({k: seed for k in SEED_KEYS})
     vals.update({"output_dir": str(folder), "checkpoint_dir": str(folder / "checkpoint"),
                  "fastbci.collapse_watch": True, "fastbci.progress": False,
                  "fastbci.resume": False, "fastbci.overwrite": False})

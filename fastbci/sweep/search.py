@@ -32,7 +32,8 @@ def _objective(trial, d: Mapping[str, Any], out: Path, lock: study_mod.StudyLock
     optuna = study_mod.require_optuna()
     lock.release()  # the trial exists: other workers may count it and start theirs
     t0 = time.time()
-    retry_of = trial.system_attrs.get("failed_trial", trial.user_attrs.get("retry_of"))
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    retry_of = frozen.system_attrs.get("failed_trial", frozen.user_attrs.get("retry_of"))
     params = space_mod.sample(trial, d["space"])
     folder = out / "runs" / f"trial-{trial.number}"
     attrs = {"run_dir": str(folder), "status": "running", "host": socket.gethostname(),
