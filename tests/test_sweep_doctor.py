@@ -26,3 +26,19 @@ def test_the_collapse_advice_ends_with_a_working_ablate_command(tmp_path, capsys
     ref = next(r for r in rows if r["variant"] == "ref")
     assert ref["values"] == ("dataset.data_transforms.white_noise_std=1.0 "
                              "dataset.data_transforms.constant_offset_std=0.2 lr_max=0.005")
+
+
+def test_the_demo_collapse_config_is_the_demo_weakened_with_the_collapse_recipe():
+    """configs/demo-collapse.yaml (README, "Test a diagnosis") differs from configs/demo.yaml in
+    the collapse recipe's augmentation and learning rate, and its output folder, only."""
+    from pathlib import Path
+
+    from fastbci.config import flatten, load_config
+    root = Path(__file__).resolve().parent.parent / "configs"
+    a, b = (flatten(load_config(root / n)) for n in ("demo.yaml", "demo-collapse.yaml"))
+    assert {k: (a[k], b[k]) for k in a if a[k] != b[k]} == {
+        "output_dir": ("trained_models/demo", "trained_models/demo-collapse"),
+        "checkpoint_dir": ("trained_models/demo/checkpoint",
+                           "trained_models/demo-collapse/checkpoint"),
+        "lr_max": (0.02, 0.002), "dataset.data_transforms.white_noise_std": (1.0, 0.25),
+        "dataset.data_transforms.constant_offset_std": (0.2, 0.05)}

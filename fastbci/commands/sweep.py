@@ -27,7 +27,7 @@ EPILOG = ("Exit status: 0 done (whatever the runs' own outcomes: see the CSV), 2
 
 SEEDS = integer("seeds per variant", 1, 10_000)
 TRIALS = integer("trials", 1, MAX_COUNT)
-WORKERS = integer("worker processes", 1, 1024)
+WORKERS = integer("worker processes", 0, 1024)
 SECONDS = integer("seconds", 1, 86_400)
 BATCHES = integer("training batches", 0, None)
 
@@ -139,7 +139,8 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
                                                        "the end of the learning-rate warm-up)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--workers", type=WORKERS, default=1, help="trials at once on this machine, "
-                                                              "one process each (default 1)")
+                                                              "one process each (default 1; 0: "
+                                                              "create the study, start none)")
     g.add_argument("--devices", metavar="0,1,...", help="one worker per GPU, each with its own "
                                                         "CUDA_VISIBLE_DEVICES")
     p.add_argument("--seed", type=SEED, help="the sampler's seed (worker i: seed + i)")
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
                        grace=args.grace, startup_trials=args.startup_trials,
                        prune_after=args.prune_after, quiet=args.quiet)
     _print_result(args, res.summary(), [*res.notes, res.line()])
-    return EXIT_OK if res.complete else EXIT_INTERRUPTED
+    return EXIT_OK if res.complete or args.workers == 0 else EXIT_INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:

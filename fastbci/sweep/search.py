@@ -148,7 +148,8 @@ def search(config: str | os.PathLike, *, space: str | os.PathLike | Mapping, tri
            quiet: bool = False) -> results.SearchResult:
     """Search ``space`` (a YAML file or a mapping, :mod:`fastbci.sweep.space`) for the lowest
     best validation PER of ``config`` (with ``overrides``) in ``trials`` trials, ``workers``
-    processes at once (``devices``: one worker per GPU, each seeing only its own). Storage:
+    processes at once (``devices``: one worker per GPU, each seeing only its own; 0: create or
+    check the study and start no worker, for workers started elsewhere). Storage:
     SQLite ``OUT/study.db`` unless ``storage`` names another; a second call continues the
     study. ``enqueue``: values to try first (when the study is created). ``prune_after``: no
     pruning before this batch (default: the end of the learning-rate warm-up)."""
@@ -209,6 +210,9 @@ def _run_workers(url: str, name: str, workers: int, devices: list[str], heartbea
                  grace: int | None, quiet: bool, s) -> list[str]:
     """One worker in this process, or ``workers`` worker processes (each with its share of the
     cores, or its own GPU); progress lines as their trials end."""
+    if workers == 0:
+        return [f"no worker started here (--workers 0): start them with python -m fastbci.sweep "
+                f"worker --storage {study_mod.hide_password(url)} --study {name}"]
     if workers == 1 and not devices:
         worker(url, name, heartbeat=heartbeat, grace=grace, quiet=quiet)
         return []
