@@ -14,6 +14,7 @@ import argparse
 import json
 import shlex
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from fastbci.commands.options import (MAX_COUNT, SEED, add_json, add_overwrite, add_quiet,
@@ -156,12 +157,13 @@ def _enqueued(texts: Sequence[str]) -> list[dict]:
 
 
 def _command(args: argparse.Namespace, argv: Sequence[str] | None) -> str:
-    """What reruns this sweep (an interrupted run names it)."""
+    """What reruns this sweep (an interrupted run names it), spelled as it was started."""
     words = list(argv) if argv is not None else sys.argv[1:]
     if words[:1] == ["sweep"]:  # the fastbci console script's argv
         words = words[1:]
-    return "fastbci sweep " + " ".join(shlex.quote(w) for w in words) if words else \
-        f"fastbci sweep {args.sweep} ..."
+    prog = getattr(args, "_prog", "fastbci sweep")
+    return f"{prog} " + " ".join(shlex.quote(w) for w in words) if words else \
+        f"{prog} {args.sweep} ..."
 
 
 def _print_result(args: argparse.Namespace, summary: dict, human: list[str]) -> None:
@@ -228,4 +230,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(p)
     words = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(words)
+    if Path(sys.argv[0]).name == "__main__.py":
+        args._prog = "python -m fastbci.sweep"
     return run_command(lambda: run(args, words), prog="fastbci sweep")
