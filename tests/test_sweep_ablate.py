@@ -71,7 +71,8 @@ def test_rows_statuses_and_verdict(ablation, capsys):
     assert md.count("\n| ") == 6, "a header, its rule and one row per variant"
     assert "| fix-lr | lr_max=0.05 lr_max_day=0.05 weight_decay=0.0 | 2 |" in md
     verdict = md.split("collapse watch stopped.", 1)[1]
-    assert "CONFIG collapsed; REF learned" in verdict
+    assert ("CONFIG did not learn (never left the blank plateau, or collapsed); REF learned "
+            "(left the blank plateau) (over 2 seed(s))." in verdict)
     assert ("Alone, these turn learning into collapse (REF with CONFIG's value): lr "
             "(lr_max = 0.0001, lr_max_day = 0.0001)." in verdict)
     assert ("Alone, these turn collapse into learning (CONFIG with REF's value): lr "

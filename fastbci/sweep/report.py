@@ -55,6 +55,13 @@ def outcome(results: Sequence[RunResult]) -> str:
     return "learned" if n == len(results) else "collapsed" if n == 0 else "mixed"
 
 
+#: an outcome in words (collapse: a run that never left the plateau, or that the watch stopped)
+_OUTCOME_WORDS = {"learned": "learned (left the blank plateau)",
+                  "collapsed": "did not learn (never left the blank plateau, or collapsed)",
+                  "mixed": "learned on some seeds only", "failed": "has failed or unfinished runs",
+                  "not run": "was not run"}
+
+
 def _stats(vals: Sequence[float]) -> tuple[str, str, str, str]:
     if not vals:
         return "", "", "", ""
@@ -103,7 +110,9 @@ def verdict(facs: Sequence[Factor], variants: Sequence[Variant],
 
     every = frozenset(f.name for f in facs)
     cfg_o, ref_o = out_of(every), out_of(frozenset())
-    lines = [f"CONFIG {cfg_o}; REF {ref_o} (over {len(results.get('config', []))} seed(s))."]
+    n = len(results.get("config", []))
+    lines = [f"CONFIG {_OUTCOME_WORDS.get(cfg_o, cfg_o)}; REF {_OUTCOME_WORDS.get(ref_o, ref_o)} "
+             f"(over {n} seed(s))."]
     breaks, fixes, notes = [], [], []
     for f in facs:
         b = out_of(frozenset({f.name}))
