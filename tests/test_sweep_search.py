@@ -233,3 +233,23 @@ def test_optuna_dashboard_reads_the_study_over_http(two_workers):
     attrs = {a["key"]: a["value"] for a in trials[0]["user_attrs"]}
     assert attrs["status"] == "finished" and attrs["run_dir"].endswith("runs/trial-0")
     assert {p["name"] for p in trials[0]["params"]} == {"lr_max"}
+
+
+def test_a_journal_file_storage_with_hyperband_and_one_worker_per_device(tiny, tmp_path):
+    """``--storage journal:PATH`` (no database), the Hyperband pruner, and ``--devices``: one
+    worker process per device, each seeing only its own (CUDA_VISIBLE_DEVICES)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    out = tmp_path / "journal"
+    journal = tmp_path / "study.log"
+    rc = sweep("search", tiny, "--space", space_file(tmp_path / "s.yaml"), "--trials", 3,
+               "--out", out, "--storage", f"journal:{journal}", "--pruner", "hyperband",
+               "--devices", "0,1", "--quiet")
+    assert rc == 0
+    study = optuna.load_study(study_name=out.name,
+                              storage=JournalStorage(JournalFileBackend(str(journal))))
+    trials = study.get_trials()
+    assert len(trials) == 3 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    assert {t.user_attrs["cuda_visible_devices"] for t in trials} <= {"0", "1"}
+    assert not (out / "study.db").exists()
+    assert (out / "trials.csv").read_text().count("\n") == 4

@@ -37,7 +37,8 @@ def _objective(trial, d: Mapping[str, Any], out: Path, lock: study_mod.StudyLock
     params = space_mod.sample(trial, d["space"])
     folder = out / "runs" / f"trial-{trial.number}"
     attrs = {"run_dir": str(folder), "status": "running", "host": socket.gethostname(),
-             "pid": os.getpid(), "retry_of": retry_of, "reason": None}
+             "pid": os.getpid(), "retry_of": retry_of, "reason": None,
+             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
     cfg = plan.run_config(d["config"], params, folder, None)
