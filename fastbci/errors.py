@@ -80,7 +80,8 @@ def rebuild(kind: str, message: str) -> Exception:
 
 
 def exit_code_of(status: str) -> int:
-    """The exit status of a training run's final ``status``."""
+    """The exit status of a training run's final ``status`` (``finished``, ``early_stopped`` and
+    ``pruned``, a stop its caller asked for, are 0)."""
     return {"collapsed": EXIT_COLLAPSE, "nonfinite": EXIT_NONFINITE,
             "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_OK)
 

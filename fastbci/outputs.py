@@ -41,8 +41,8 @@ MARKER = ".fastbci-outputs.json"
 TMP_MARK = ".tmp"  # fastbci's temporaries: .NAME.tmpPID (fileio.tmp_path_for)
 
 #: who may replace whose files: a command replaces the files of its own group only
-GROUPS = {"train": "run", "demo": "run", "evaluate": "words", "lm": "words",
-          "calibrate": "calibrate", "synth": "synth", "sweep": "sweep"}
+GROUPS = {"train": "run", "demo": "run", "sweep": "run", "evaluate": "words", "lm": "words",
+          "calibrate": "calibrate", "synth": "synth"}
 _LIBRARY = "python"
 _writer: contextvars.ContextVar[str] = contextvars.ContextVar("fastbci_writer", default=_LIBRARY)
 _recorded: set[tuple[str, str, str]] = set()  # (folder, name, writer) recorded by this process
@@ -137,10 +137,12 @@ def _write(folder: Path, files: dict[str, dict]) -> None:
             tmp.unlink()
 
 
-def record(path: str | os.PathLike, *, tree: bool = False) -> None:
+def record(path: str | os.PathLike, *, tree: bool = False, prefix: bool = False) -> None:
     """List ``path`` in its folder's marker as written by the current command (``tree``: a
-    folder whose whole content is fastbci's, e.g. TensorBoard's). Never raises: a marker that
-    cannot be written leaves the file unlisted (then treated as the user's: the safe side)."""
+    folder whose whole content is fastbci's, e.g. TensorBoard's; ``prefix``: every file of the
+    folder whose name starts with this one's too, e.g. a database and the journal and lock files
+    its engine makes beside it). Never raises: a marker that cannot be written leaves the file
+    unlisted (then treated as the user's: the safe side)."""
     p = Path(os.path.abspath(path))
     folder, name, who = p.parent, p.name, writer()
     if name == MARKER or (str(folder), name, who) in _recorded:
@@ -149,9 +151,8 @@ def record(path: str | os.PathLike, *, tree: bool = False) -> None:
         with _locked(folder):
             files = _read(folder)
             entry = {"by": who, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            if tree:
-                entry["tree"] = True
-            if files.get(name, {}).get("by") != who or tree:
+            entry.update({k: True for k, v in (("tree", tree), ("prefix", prefix)) if v})
+            if files.get(name, {}).get("by") != who or tree or prefix:
                 files[name] = entry
                 _write(folder, files)
         _recorded.add((str(folder), name, who))
@@ -195,10 +196,12 @@ def holdings(folder: str | os.PathLike, command: str | None = None) -> Holdings:
 
     def visit(d: Path, owner: str | None) -> None:
         files = recorded(d)
+        prefixes = [(n, i) for n, i in files.items() if i.get("prefix")]
         for entry in sorted(d.iterdir()):
             if entry.name == MARKER:
                 continue
-            info = files.get(entry.name)
+            info = files.get(entry.name) or next(
+                (i for n, i in prefixes if entry.name.startswith(n)), None)
             by = owner or (info or {}).get("by")
             if entry.is_dir() and not entry.is_symlink():
                 visit(entry, by if (owner or (info or {}).get("tree")) else None)

@@ -3,7 +3,9 @@
 layers of docs/internals.md (an import only goes down; training/ and data/ reach the reference
 only through the ops' dispatch), no module over 450 lines, no class over 250, no function over 80
 (Triton kernels excepted: one @triton.jit function is one GPU program) and a training loop of at
-most 60, evaluation independent of the trainer, and the ruff settings of pyproject.toml clean."""
+most 60, evaluation independent of the trainer, and the ruff settings of pyproject.toml clean.
+A package's ``__main__`` (what ``python -m fastbci.X`` runs, imported by nothing) is a command
+line entry point: it stands in the top layer, whatever its package's layer."""
 from __future__ import annotations
 
 import ast
@@ -146,7 +148,7 @@ LAYERS = [
     {"fastbci.data", "fastbci.metrics"},
     {"fastbci.model", "fastbci.lm", "fastbci.synth", "fastbci.doctor", "fastbci.loading"},
     {"fastbci.validation", "fastbci.ensemble", "fastbci.official_eval", "fastbci.evaluation"},
-    {"fastbci.training", "fastbci.calibration", "fastbci.demo"},
+    {"fastbci.training", "fastbci.calibration", "fastbci.demo", "fastbci.sweep"},
     {"fastbci.commands", "fastbci.compat"},
     # the python -m aliases: one call into the commands
     {"fastbci.train", "fastbci.evaluate", "fastbci.calibrate"},

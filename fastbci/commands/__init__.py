@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import NoReturn, Sequence
 
 #: the commands, in the order ``fastbci --help`` lists them
-COMMANDS = ("train", "evaluate", "calibrate", "demo", "doctor", "lm", "synth")
+COMMANDS = ("train", "evaluate", "calibrate", "demo", "doctor", "lm", "synth", "sweep")
 
 EPILOG = ("Exit status: 0 done, 1 doctor found a severe risk, 2 bad input (configuration, data, "
           "checkpoint, output folder, disk), 3 blank collapse, 4 non-finite loss, 5 optional "
@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastbci: interrupted", file=sys.stderr)
         return 130
+    args._argv = argv  # what the command was started with (a sweep names it to continue)
     sub = getattr(args, "subcommand", None)  # lm, sweep
     mod, prog = args._module, f"fastbci {args.command}" + (f" {sub}" if sub else "")
     with outputs.writing_as(args.command):

@@ -39,7 +39,10 @@ COLLAPSE_WHY = ("Why blank collapse: CTC lowers its loss fastest by predicting b
                 "low peak learning rate under AdamW's epsilon of 0.1 takes steps too small to "
                 "leave (the configuration white noise 0.25, offset 0.05, lr_max 0.002, warm-up "
                 "2000, batch 48 is reported to end 100% blank). Restore the official values "
-                "(docs/recipe.md section 8).")
+                "(docs/recipe.md section 8). To test which change does it, each alone and "
+                "over seeds, against the official values (docs/sweeps.md): fastbci sweep "
+                "ablate CONFIG --group augmentation --keys augmentation,lr_max --seeds 3 --out "
+                "ablation")
 _AUG = "dataset.data_transforms."
 
 

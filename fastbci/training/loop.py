@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from fastbci.training.validator import emulate_loader_draw
 @dataclasses.dataclass
 class FitSummary:
     """How :func:`fit` ended: ``status`` is ``finished``, ``early_stopped``, ``collapsed``,
-    ``nonfinite`` or ``interrupted``."""
+    ``nonfinite``, ``pruned`` (the trainer's ``on_validation`` callback asked to stop, e.g. a
+    hyperparameter search's pruner) or ``interrupted``."""
     status: str
     message: str
     last_batch: int
@@ -188,10 +189,16 @@ class Trainer:
     files, logs and shows progress. After :meth:`setup` the run's parts are attributes
     (``model``, ``optimizer``, ``builder``, ``train_store``, ``plan``, ``state``, ...: see
     :class:`~fastbci.training.build.RunParts`). Exit statuses of the CLI: :mod:`fastbci.errors`.
+
+    ``on_validation(k, record) -> str | None``: called after every validation (batch ``k``, the
+    validation's ``metrics.jsonl`` record); a returned reason stops the run with the status
+    ``pruned`` and a resumable checkpoint (:class:`~fastbci.training.validator.Validator`). In a
+    distributed run every process calls it and must return the same answer.
     """
 
     def __init__(self, cfg: Mapping, parallel=None, *, console: bool = True,
-                 resume_command: str | None = None):
+                 resume_command: str | None = None,
+                 on_validation: Callable[[int, dict], str | None] | None = None):
         if cfg["mode"] != "train":
             raise ConfigError(f"mode is {cfg['mode']!r}: the trainer needs mode=train "
                               "(use fastbci evaluate to evaluate a checkpoint)")
@@ -199,6 +206,7 @@ class Trainer:
         self._parallel = parallel
         self.console = console
         self.resume_command = resume_command  # what an interrupted run tells the user to run
+        self.on_validation = on_validation  # called after each validation; a reason: "pruned"
         self.parts: RunParts | None = None
         self.stop = StopRequest()
 
@@ -207,6 +215,7 @@ class Trainer:
         """Build the run's parts (output folder, data, model, optimiser, resume); once."""
         if self.parts is None:
             self.parts = build(self.cfg, self._parallel, console=self.console)
+            self.parts.validator.on_validation = self.on_validation
             self.stop = StopRequest(self.parts.log.info)
         return self
 

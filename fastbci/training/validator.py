@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -30,7 +30,14 @@ class Validator:
     """The official validation cadence (every ``batches_per_val_step`` batches and at the last
     batch) and what follows a validation: the log and metrics record, the best checkpoint (PER,
     ties by loss) with ``val_metrics.json`` / ``val_logits.npz``, ``save_all_val_steps``, the
-    collapse watch and early stopping. :meth:`step` returns ``(status, message)`` to stop."""
+    collapse watch and early stopping. :meth:`step` returns ``(status, message)`` to stop.
+
+    ``on_validation(k, record) -> str | None``, when set (the trainer sets it from its own
+    argument), is called after every validation with the batch ``k`` and the validation's
+    record (the ``metrics.jsonl`` line: ``per``, ``loss``, ``blank_fraction``...); a returned
+    reason stops the run with the status ``pruned`` (after the collapse watch's own stop, which
+    comes first), with the resumable checkpoint of any stop. A hyperparameter search reports each
+    validation and prunes through it."""
 
     def __init__(self, cfg: Mapping, model, store, batches: list[np.ndarray], builder, parallel,
                  checkpointer, metrics, state, log: logging.Logger):
@@ -43,6 +50,7 @@ class Validator:
         self.keep_logits = bool(cfg["save_val_metrics"] and cfg["save_val_logits"])
         warmup = max(int(cfg["lr_warmup_steps"]), int(cfg["lr_warmup_steps_day"]))
         self.collapse = CollapseWatch(cfg, warmup)
+        self.on_validation: Callable[[int, dict], str | None] | None = None
 
     def due(self, k: int) -> bool:
         """True when the official cadence validates after batch ``k``."""
@@ -69,10 +77,15 @@ class Validator:
             st.val_steps_since_improvement += 1
         if self.cfg["save_all_val_steps"]:
             self.checkpointer.save(f"checkpoint_batch_{k}", res.per, res.loss)
+        prune = self.on_validation(k, dict(record)) if self.on_validation is not None else None
         msg = self.collapse.check(k, res.blank_fraction, st)
         if msg is not None:
             self.log.error(msg)
             return "collapsed", msg
+        if prune:
+            msg = f"Pruned at batch {k}: {prune}"
+            self.log.info(msg)
+            return "pruned", msg
         if should_stop_early(self.cfg, st.val_steps_since_improvement):
             msg = (f"Overall validation PER has not improved in "
                    f"{self.cfg['early_stopping_val_steps']} validation steps. Stopping training "

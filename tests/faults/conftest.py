@@ -11,15 +11,13 @@ import pytest
 
 from faultkit import train_argv
 
-from fastbci import synth
 
 
 @pytest.fixture(scope="session")
-def release(tmp_path_factory) -> Path:
-    """``python -m fastbci.synth --small`` (3 sessions, 32 features): read-only for the cases."""
-    d = tmp_path_factory.mktemp("faults_release")
-    synth.write_release(d, **synth.PRESETS["small"], seed=2)
-    return d
+def release(small_release) -> Path:
+    """``fastbci synth --small`` (3 sessions, 32 features; tests/conftest.py's, seed 2):
+    read-only for the cases."""
+    return small_release
 
 
 @pytest.fixture()

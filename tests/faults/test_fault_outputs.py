@@ -1,7 +1,8 @@
-"""Every command that writes follows the output rule (fastbci.outputs): an output that is,
-contains or lies inside an input, or that holds files the command did not write, is refused
-with exit 2 whatever the flags, and nothing of the input is touched; own outputs need
---overwrite. Each case below destroyed or overwrote a file, exiting 0, before the rule."""
+"""The output-folder family: every command that writes follows the output rule
+(fastbci.outputs): an output that is, contains or lies inside an input, or that holds files the
+command did not write, is refused with exit 2 whatever the flags, and nothing of the input is
+touched; own outputs need --overwrite. Each case below destroyed or overwrote a file, exiting 0,
+before the rule."""
 from __future__ import annotations
 
 import hashlib
@@ -33,11 +34,9 @@ def refused(capsys, argv, *words) -> str:
 
 
 @pytest.fixture
-def release(small_release, tmp_path):
+def release(data_copy):
     """A private copy of the small release (the tests try to destroy it)."""
-    d = tmp_path / "data"
-    shutil.copytree(small_release, d)
-    return d
+    return data_copy
 
 
 @pytest.mark.parametrize("where", ["is", "inside", "contains"])
