@@ -276,8 +276,19 @@ def sync(dest: Path) -> int:
         print(f"[gpu_mirror] {ROOT} is not a git checkout (git ls-files failed): "
               f"{res.stderr.decode().strip()}", file=sys.stderr)
         return 1
-    files = {Path(f) for f in res.stdout.decode().split("\0") if f}
-    files = {f for f in files if (ROOT / f).is_file()}  # deleted but still tracked: skip
+    listed = {Path(f) for f in res.stdout.decode().split("\0") if f}
+    # links (fastbci/kernels -> ../kernels) are made again as links, never followed
+    links = {f for f in listed if (ROOT / f).is_symlink()}
+    files = {f for f in listed - links if (ROOT / f).is_file()}  # deleted but still tracked: skip
+    for rel in sorted(links):
+        dst = dest / rel
+        if not (dst.is_symlink() and os.readlink(dst) == os.readlink(ROOT / rel)):
+            if dst.is_symlink() or dst.is_file():
+                dst.unlink()
+            elif dst.is_dir():
+                shutil.rmtree(dst)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(ROOT / rel), dst)
     copied = 0
     for rel in sorted(files):
         src, dst = ROOT / rel, dest / rel
@@ -288,6 +299,8 @@ def sync(dest: Path) -> int:
     removed = 0
     for dst in sorted(dest.rglob("*"), reverse=True):
         rel = dst.relative_to(dest)
+        if rel in links or any(p in links for p in rel.parents):  # a link, or reached through one
+            continue
         if dst.is_file() and rel not in files and not _kept(rel):
             dst.unlink()
             removed += 1
