@@ -32,17 +32,20 @@ __all__ = ["ConfigError", "load_config", "from_mapping", "defaults", "official",
 # ---------------------------------------------------------------------------------------------
 # defaults
 # ---------------------------------------------------------------------------------------------
-def _official_path() -> Path:
+def packaged(name: str) -> Path:
+    """``configs/NAME`` as installed with fastbci (the repository's ``configs/`` folder is the
+    package ``fastbci.configs``)."""
     try:
-        p = resources.files("fastbci.configs") / "official.yaml"
+        p = resources.files("fastbci.configs") / name
         if p.is_file():
             return Path(str(p))
     except (ModuleNotFoundError, FileNotFoundError):
         pass
-    p = Path(__file__).resolve().parent.parent / "configs" / "official.yaml"
-    if p.is_file():
-        return p
-    raise ConfigError("fastbci's built-in configs/official.yaml is missing from the installation")
+    raise ConfigError(f"fastbci's built-in configs/{name} is missing from the installation")
+
+
+def _official_path() -> Path:
+    return packaged("official.yaml")
 
 
 _DEFAULTS: dict | None = None

@@ -11,7 +11,6 @@ a 3-gram from the synthetic train sentences and prints the validation word error
 from __future__ import annotations
 
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -29,17 +28,8 @@ DATA_SEED = 0  # the demo data are the same on every machine; the config's seeds
 
 
 def demo_config_path() -> Path:
-    """``configs/demo.yaml`` of the installation (or of the source tree)."""
-    try:
-        p = resources.files("fastbci.configs") / "demo.yaml"
-        if p.is_file():
-            return Path(str(p))
-    except (ModuleNotFoundError, FileNotFoundError):
-        pass
-    p = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-    if p.is_file():
-        return p
-    raise ConfigError("configs/demo.yaml is missing from the fastbci installation")
+    """``configs/demo.yaml`` of the installation."""
+    return config_mod.packaged("demo.yaml")
 
 
 def demo_release_params(cfg: dict) -> dict:
