@@ -99,6 +99,7 @@ _SPECIAL: dict[str, Any] = {
     "fastbci.bad_trial_policy": ("choice", ("fail", "skip")),
     "fastbci.nonfinite_policy": ("choice", ("stop", "skip")),
     "fastbci.resume": "bool-or-str",
+    "fastbci.init_blank_bias": ("optional", "number"),
 }
 
 
@@ -333,6 +334,8 @@ def _check_range(key: str, value: Any, rng: "ranges.Range", spec) -> None:
     """``value`` of ``key`` inside ``rng`` (integers also within int64), or a ConfigError."""
     if (rng.lo, rng.hi, rng.values) == (None, None, None):
         return  # only a rule over several keys bounds it
+    if value is None and isinstance(spec, tuple) and spec[0] == "optional":
+        return  # null: the key's "not set" (its default behaviour)
     if rng.index:
         try:
             value = int(value)

@@ -32,6 +32,7 @@ the GRU runs eagerly, outside the graph (:func:`_run_gru`). docs/compat.md, "tor
 from __future__ import annotations
 
 import functools
+import math
 import importlib
 import operator
 import weakref
@@ -171,12 +172,15 @@ class GRUDecoder(nn.Module):
         patch_stride: window stride in steps (4); must be > 0 when ``patch_size > 0``.
         impl: ``"auto" | "fused" | "reference"``, passed to the fused ops.
         rng: ``"philox"`` (counter-based day dropout) or ``"torch"`` (official draw order).
+        init_blank_bias: None (official: the ``nn.Linear`` default, near 0) or the blank
+            class's output bias at initialisation. Set after every random draw, so the other
+            initial weights are the official ones for the same seed.
     """
 
     def __init__(self, neural_dim: int, n_units: int, n_days: int, n_classes: int,
                  rnn_dropout: float = 0.0, input_dropout: float = 0.0, n_layers: int = 5,
                  patch_size: int = 0, patch_stride: int = 0, impl: str = "auto",
-                 rng: str = "philox"):
+                 rng: str = "philox", init_blank_bias: float | None = None):
         super().__init__()
         neural_dim = _check_int("neural_dim", neural_dim, 1)
         n_units = _check_int("n_units", n_units, 1)
@@ -193,6 +197,10 @@ class GRUDecoder(nn.Module):
         check_impl(impl, "GRUDecoder")
         if rng not in RNGS:
             raise ValueError(f"GRUDecoder: rng must be one of {RNGS}, got {rng!r}")
+        if init_blank_bias is not None and not (
+                isinstance(init_blank_bias, (int, float)) and math.isfinite(init_blank_bias)):
+            raise ValueError(f"GRUDecoder: init_blank_bias must be a finite number or None, "
+                             f"got {init_blank_bias!r}")
 
         self.neural_dim = neural_dim
         self.n_units = n_units
@@ -228,6 +236,9 @@ class GRUDecoder(nn.Module):
         self.out = nn.Linear(n_units, n_classes)
         nn.init.xavier_uniform_(self.out.weight)
         self.h0 = nn.Parameter(nn.init.xavier_uniform_(torch.zeros(1, 1, n_units)))
+        if init_blank_bias is not None:     # no random draw: the rest stays the official init
+            with torch.no_grad():
+                self.out.bias[0] = float(init_blank_bias)
         # which days the latest compiled forward saw (not in the state dict)
         self.register_buffer("_days_seen", torch.zeros(n_days, dtype=torch.bool), persistent=False)
         self._day_grads = _AbsentDayGrads(self)
@@ -254,7 +265,8 @@ class GRUDecoder(nn.Module):
             raise ValueError(f"GRUDecoder.from_config: the configuration lacks {e}") from None
         from fastbci.config import defaults
         extra = cfg["fastbci"] if "fastbci" in cfg else defaults()["fastbci"]
-        return cls(**kwargs, impl=impl or extra["impl"], rng=rng or extra["rng"])
+        return cls(**kwargs, impl=impl or extra["impl"], rng=rng or extra["rng"],
+                   init_blank_bias=extra.get("init_blank_bias"))
 
     def extra_repr(self) -> str:
         return (f"neural_dim={self.neural_dim}, n_days={self.n_days}, "

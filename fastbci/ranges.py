@@ -177,6 +177,8 @@ RANGES: dict[str, Range] = {
                                         "collapse watch stops"),
     "fastbci.collapse_warmup_patience": _count("validations at 100% blank during warm-up "
                                                "before the watch stops"),
+    "fastbci.init_blank_bias": Range(-30, 30, "the output layer's blank bias at initialisation "
+                                              "(null: PyTorch's default, as official)"),
     "fastbci.checkpoint_every": _nonneg("a resumable checkpoint every N batches (0: only at "
                                         "validations)"),
 }

@@ -85,6 +85,25 @@ def test_seeded_init_follows_official_draw_order():
     assert torch.equal(m.h0.detach(), h0)
 
 
+def test_init_blank_bias_changes_only_the_blank_bias():
+    """fastbci.init_blank_bias (the demo's 3.0) sets the blank class's output bias after every
+    random draw: every other initial weight is the official one for the same seed, and the
+    global generator is where the official construction leaves it."""
+    torch.manual_seed(7)
+    ref = small(n_units=10, n_layers=2)
+    after_ref = torch.rand(3)
+    torch.manual_seed(7)
+    m = small(n_units=10, n_layers=2, init_blank_bias=3.0)
+    assert torch.equal(torch.rand(3), after_ref), "init_blank_bias drew from the generator"
+    for (name, a), (_, b) in zip(ref.state_dict().items(), m.state_dict().items()):
+        if name == "out.bias":
+            assert float(b[0]) == 3.0 and torch.equal(a[1:], b[1:])
+        else:
+            assert torch.equal(a, b), name
+    p = torch.softmax(m.out.bias, 0)
+    assert int(p.argmax()) == 0 and float(p[0]) > 0.3
+
+
 @pytest.mark.parametrize("n_days,n_layers", [(1, 1), (5, 2), (45, 5)])
 def test_state_dict_keys_are_official(n_days, n_layers):
     m = small(n_days=n_days, n_layers=n_layers)
@@ -311,6 +330,8 @@ def test_states_argument():
     (dict(rnn_dropout=1.0), ValueError, r"rnn_dropout must be in \[0, 1\)"),
     (dict(impl="cuda"), ValueError, "impl must be one of"),
     (dict(rng="numpy"), ValueError, "rng must be one of"),
+    (dict(init_blank_bias=float("nan")), ValueError, "init_blank_bias must be a finite number"),
+    (dict(init_blank_bias="3"), ValueError, "init_blank_bias must be a finite number"),
 ])
 def test_constructor_errors(kw, err, msg):
     with pytest.raises(err, match=msg):
@@ -345,5 +366,8 @@ def test_from_config():
     assert (m.neural_dim, m.n_units, m.n_days, m.n_classes, m.n_layers) == (512, 16, 45, 41, 2)
     assert (m.patch_size, m.patch_stride, m.rnn_dropout, m.input_dropout) == (14, 4, 0.4, 0.2)
     assert m.rng == "torch" and m.impl == "auto"
+    assert abs(float(m.out.bias[0])) < 1, "the default is PyTorch's own output bias (official)"
+    cfg = load_config(None, ["model.n_units=16", "model.n_layers=1", "fastbci.init_blank_bias=3"])
+    assert float(GRUDecoder.from_config(cfg).out.bias[0]) == 3.0
     with pytest.raises(ValueError, match="lacks"):
         GRUDecoder.from_config({"model": {}})
