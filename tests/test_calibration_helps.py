@@ -131,7 +131,8 @@ def test_adapt_day_improves_the_borrowed_layer(borrowed, tmp_path):
     the borrowed layer, and the files written are the adapted model's."""
     s = E.evaluate(borrowed, "val", out_dir=tmp_path / "ev", quiet=True, adapt=_adapter())
     adaptation = s["adaptation"]
-    assert s["per_by_day"][NEW] < adaptation["per_by_day_without"][NEW], s
+    assert s["per_by_day"][NEW] < adaptation["per_by_day_without"][NEW], (
+        "adapted", s["per_by_day"][NEW], "without", adaptation["per_by_day_without"][NEW])
     assert s["per"] < adaptation["per_without"]
     assert set(adaptation["models"][0]["days"]) == set(SESSIONS)
     saved = json.loads((tmp_path / "ev" / "per_val.json").read_text())
@@ -170,7 +171,8 @@ def test_adapt_day_never_reads_the_labels(model, borrowed, tmp_path):
                    overrides=[f"dataset.dataset_dir={data}"])
         runs[name] = np.load(tmp_path / f"ev-{name}" / "logits_val.npz")
     true, garbage = runs["true"], runs["garbage"]
-    np.testing.assert_array_equal(garbage["logits"], true["logits"])
+    np.testing.assert_array_equal(garbage["logits"], true["logits"],
+                                  err_msg="the adapted logits depend on the split's labels")
     labels = [t.seq_class_ids[:t.seq_len] for s in SESSIONS
               for t in read_session_file(model["data"] / s / "data_val.hdf5", "val")]
     sessions = [str(x) for x in true["session"]]
@@ -194,7 +196,8 @@ def test_the_adapted_layers_are_deterministic_and_only_the_days(borrowed):
         E.adapt_days(loaded, "val", C.DayAdaptation(rounds=1, steps=2, seed=seed), progress=False)
         after = loaded.model.state_dict()
         moved = {k for k in before if not torch.equal(before[k], after[k])}
-        assert moved and all(k.startswith(("day_weights.", "day_biases.")) for k in moved), moved
+        assert moved, "no parameter moved"
+        assert all(k.startswith(("day_weights.", "day_biases.")) for k in moved), moved
         layers.append(after[f"day_weights.{SESSIONS.index(NEW)}"])
     assert torch.equal(layers[0], layers[1]) and not torch.equal(layers[0], layers[2])
     loaded = load_model(borrowed)
