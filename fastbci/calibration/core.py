@@ -229,22 +229,65 @@ def _optimizer(layer: list[torch.nn.Parameter], cfg: Mapping, steps: int):
     return opt, sched
 
 
+class _Trainable:
+    """What the optimiser moves: the new layer itself, or with ``rank`` a change of its weights of
+    at most that rank from where they start (``W0 + A B``, ``A`` zero at first; the bias free);
+    ``pull`` weights an L2 penalty on the change (weights and bias) from the starting layer."""
+
+    def __init__(self, model: GRUDecoder, day: int, *, pull: float = 0.0, rank: int | None = None,
+                 seed: int = 0):
+        self.W, self.b = model.day_weights[day], model.day_biases[day]
+        self.W0, self.b0 = self.W.detach().clone(), self.b.detach().clone()
+        self.pull, self.rank = float(pull), rank
+        self.params = [self.W, self.b]
+        if rank:
+            n_in, n_out = self.W.shape
+            gen = torch.Generator().manual_seed(seed)
+            self.A = torch.zeros(n_in, rank, device=self.W.device, requires_grad=True)
+            self.B = (torch.randn(rank, n_out, generator=gen) / n_out ** 0.5).to(
+                self.W.device).requires_grad_(True)
+            self.params = [self.A, self.B, self.b]
+
+    def penalty(self) -> torch.Tensor | float:
+        if not self.pull:
+            return 0.0
+        dW = self.A @ self.B if self.rank else self.W - self.W0
+        return self.pull * ((dW ** 2).sum() + ((self.b - self.b0) ** 2).sum())
+
+    def backward_done(self) -> None:
+        """With ``rank``: the weights' gradient through ``W = W0 + A B`` to ``A`` and ``B``."""
+        if self.rank and self.W.grad is not None:
+            G = self.W.grad
+            for t, g in ((self.A, G @ self.B.detach().T), (self.B, self.A.detach().T @ G)):
+                t.grad = g if t.grad is None else t.grad + g
+            self.W.grad = None
+
+    def step_done(self) -> None:
+        """With ``rank``: the layer's weights follow ``A`` and ``B``."""
+        if self.rank:
+            with torch.no_grad():
+                self.W.copy_(self.W0 + self.A @ self.B)
+
+
 def train_layer(nd: NewDay, store: TrialStore, train_rows: np.ndarray, held_rows: np.ndarray,
                 builder: BatchBuilder, budget: Budget, seed: int, steps: int | None = None,
                 say: Callable[[str], None] = lambda s: None,
-                weights: np.ndarray | None = None, first_step: int = 0) -> dict:
+                weights: np.ndarray | None = None, first_step: int = 0, pull: float = 0.0,
+                rank: int | None = None) -> dict:
     """Train the new layer on ``train_rows`` of ``store`` (labelled), stopping early on
     ``held_rows`` when there are any; the best layer is left in the model. ``weights``: a loss
     weight per store row (the batch loss is the mean of weight x CTC loss; default 1 each);
     ``first_step``: the augmentation and dropout streams start at this step (a later round of
-    the same calibration draws new noise). Returns the steps run and the held-out losses."""
+    the same calibration draws new noise); ``pull``: an L2 penalty of this weight on the change
+    from the layer this call starts from; ``rank``: the weights change by at most this rank
+    (``W0 + A B``). Returns the steps run and the held-out losses."""
     steps = budget.steps if steps is None else steps
     if weights is not None and len(weights) != store.n_trials:
         raise ValueError(f"train_layer: {len(weights)} weights for a store of {store.n_trials} trials")
     w = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float32))
     model, cfg = nd.model, nd.cfg
-    layer = [model.day_weights[nd.day], model.day_biases[nd.day]]
-    opt, sched = _optimizer(layer, cfg, steps)
+    layer = _Trainable(model, nd.day, pull=pull, rank=rank, seed=seed)
+    opt, sched = _optimizer(layer.params, cfg, steps)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)  # the GRU's inter-layer dropout (and the torch-rng day dropout)
     size = min(budget.batch_size, len(train_rows))
@@ -258,10 +301,12 @@ def train_layer(nd: NewDay, store: TrialStore, train_rows: np.ndarray, held_rows
         per_trial = ctc_per_trial(logits, lens, batch)
         loss = (per_trial if w is None else per_trial * w[rows].to(per_trial.device)).mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + layer.penalty()).backward()
+        layer.backward_done()
         if clip > 0:
-            torch.nn.utils.clip_grad_norm_(layer, clip)
+            torch.nn.utils.clip_grad_norm_(layer.params, clip)
         opt.step()
+        layer.step_done()
         sched.step()
         if len(held_rows) and ((k + 1) % budget.eval_every == 0 or k == steps - 1):
             held = float(evaluate_per(nd, store, held_rows, builder).loss)

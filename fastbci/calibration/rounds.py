@@ -26,11 +26,15 @@ __all__ = ["Rounds", "run_rounds"]
 class Rounds:
     """``rounds`` rounds; each keeps the ``keep`` most confident fraction of the unlabelled
     trials and trains ``steps`` steps; ``weighted``: a pseudo-labelled trial's CTC loss is
-    weighted by its confidence (the mean over frames of the largest class probability)."""
+    weighted by its confidence (the mean over frames of the largest class probability);
+    ``pull`` and ``rank``: how far each round's training may move the layer
+    (:func:`~fastbci.calibration.core.train_layer`)."""
     rounds: int = 3
     keep: float = 0.5
     steps: int = Budget.steps // 3
     weighted: bool = True
+    pull: float = 0.0
+    rank: int | None = None
 
 
 def run_rounds(nd: NewDay, store: TrialStore, unlabelled: np.ndarray, builder: BatchBuilder,
@@ -66,7 +70,7 @@ def run_rounds(nd: NewDay, store: TrialStore, unlabelled: np.ndarray, builder: B
             weights[kept] = conf[kept]
         res = train_layer(nd, with_labels(store, pseudo), train_rows, held, builder, budget,
                           seed + r, steps=plan.steps, say=say, weights=weights,
-                          first_step=first_step + steps)
+                          first_step=first_step + steps, pull=plan.pull, rank=plan.rank)
         steps += res["steps"]
         out.append(dict(record, steps=res["steps"], heldout=res["heldout"]))
         say(f"  round {r + 1}: trained on {len(labelled)} labelled and {len(kept)} of "

@@ -41,7 +41,9 @@ class Settings:
     word decoder of ``lm`` / ``lexicon`` / ``use_cmudict`` / ``cmudict``), ``unlabelled_rest``
     (semi-supervised: the ``sentences`` labelled, then ``rounds`` rounds of pseudo-labels on the
     file's other trials, weighted by confidence, with the labelled sentences in every round),
-    the budget (``steps`` of ``batch_size`` trials) and ``seed``."""
+    the budget (``steps`` of ``batch_size`` trials), ``seed``, and how far the layer may move from
+    where each training starts: ``pull_to_start`` (an L2 penalty of that weight on the change)
+    and ``update_rank`` (a change of the weights of at most that rank); both off by default."""
     sentences: int | None = None
     init_day: int | None = None
     replace: bool = False
@@ -56,9 +58,12 @@ class Settings:
     steps: int = Budget.steps
     batch_size: int = Budget.batch_size
     seed: int = 0
+    pull_to_start: float = 0.0
+    update_rank: int | None = None
 
     def check(self, val) -> None:
-        for name, lo in (("sentences", 0), ("steps", 0), ("batch_size", 1), ("rounds", 1), ("seed", 0)):
+        for name, lo in (("sentences", 0), ("steps", 0), ("batch_size", 1), ("rounds", 1), ("seed", 0),
+                         ("pull_to_start", 0), ("update_rank", 1)):
             v = getattr(self, name)
             if v is not None and v < lo:
                 raise ConfigError(f"{name.replace('_', ' ')} must be >= {lo}, got {v}")
@@ -107,6 +112,8 @@ class CalibrationReport:
     eval_on: str | None
     unlabelled_rest: bool = False
     n_unlabelled: int = 0
+    pull_to_start: float = 0.0
+    update_rank: int | None = None
     files: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -185,13 +192,14 @@ def _train(nd, builder, train_rows, held, s: Settings, budget, say) -> tuple[dic
     if nd.store is None:
         return {"steps": 0, "heldout": [], "best_heldout_loss": None}, []
     decode = _word_decoder(s) if s.lm else None
-    plan = Rounds(rounds=s.rounds, keep=s.keep, steps=max(1, budget.steps // s.rounds))
+    moves = dict(pull=s.pull_to_start, rank=s.update_rank)
+    plan = Rounds(rounds=s.rounds, keep=s.keep, steps=max(1, budget.steps // s.rounds), **moves)
     if s.unlabelled:
         steps, rounds = run_rounds(nd, nd.store, np.arange(nd.store.n_trials), builder, budget,
                                    dataclasses.replace(plan, weighted=False), s.seed,
                                    decode=decode, say=say)
         return {"steps": steps, "heldout": [], "best_heldout_loss": None}, rounds
-    trained = train_layer(nd, nd.store, train_rows, held, builder, budget, s.seed, say=say)
+    trained = train_layer(nd, nd.store, train_rows, held, builder, budget, s.seed, say=say, **moves)
     if not s.unlabelled_rest:
         return trained, []
     n = nd.store.n_trials
@@ -225,8 +233,9 @@ def calibrate(checkpoint: str | os.PathLike, session: str | os.PathLike, *, out:
               unlabelled_rest: bool = False, rounds: int = 3, keep: float = 0.5,
               lm: str | None = None, lexicon: str | None = None,
               use_cmudict: bool = True, cmudict: str | None = None, steps: int = Budget.steps,
-              batch_size: int = Budget.batch_size,
-              seed: int = 0, config: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+              batch_size: int = Budget.batch_size, pull_to_start: float = 0.0,
+              update_rank: int | None = None, seed: int = 0, config: str | os.PathLike | None = None,
+              overrides: Sequence[str] = (),
               trust: bool = False, overwrite: bool = False,
               say: Callable[[str], None] = lambda s: None) -> CalibrationReport:
     """Calibrate the session file ``session`` as one more day of the model of ``checkpoint``
@@ -238,7 +247,8 @@ def calibrate(checkpoint: str | os.PathLike, session: str | os.PathLike, *, out:
     settings = Settings(sentences=sentences, init_day=init_day, replace=replace, unlabelled=unlabelled,
                         unlabelled_rest=unlabelled_rest, rounds=rounds, keep=keep, lm=lm,
                         lexicon=lexicon, use_cmudict=use_cmudict,
-                        cmudict=cmudict, steps=steps, batch_size=batch_size, seed=seed)
+                        cmudict=cmudict, steps=steps, batch_size=batch_size, seed=seed,
+                        pull_to_start=pull_to_start, update_rank=update_rank)
     settings.check(val)
     return _calibrate(Path(checkpoint), Path(session), Path(out), settings, val, config, overrides,
                       trust, overwrite, say)
@@ -280,7 +290,8 @@ def _calibrate(checkpoint: Path, session: Path, out: Path, settings: Settings, v
         seconds_with_loading=time.perf_counter() - t0, per_before=per_before, per_after=after[0],
         loss_after=after[1], eval_on=None if evaluation is None else evaluation[2],
         unlabelled_rest=settings.unlabelled_rest,
-        n_unlabelled=0 if nd.whole is None else nd.whole.n_trials - n)
+        n_unlabelled=0 if nd.whole is None else nd.whole.n_trials - n,
+        pull_to_start=settings.pull_to_start, update_rank=settings.update_rank)
     _write(out, nd, report)
     return report
 

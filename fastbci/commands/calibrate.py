@@ -53,6 +53,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=integer("trials per training step", 1, 10 ** 4),
                    default=Budget.batch_size,
                    help=f"training trials per step (default {Budget.batch_size})")
+    p.add_argument("--pull-to-start", type=number("penalty weight on the change from the starting "
+                                                  "layer", 0, None), default=0.0,
+                   help="an L2 penalty of this weight on the change of the layer from where each "
+                        "training starts (default 0: none)")
+    p.add_argument("--update-rank", type=integer("rank of the change of the layer's weights", 1, None),
+                   default=None, help="change the layer's weights by at most this rank (W0 + A B; "
+                                      "default: a full change)")
     p.add_argument("--seed", type=SEED, default=0, help="random seed (the same seed gives the same layer)")
     p.add_argument("--config", default=None, help="YAML config (default: the checkpoint's own)")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -70,8 +77,8 @@ def run(a: argparse.Namespace) -> int:
                        unlabelled_rest=a.unlabelled_rest, rounds=a.rounds, keep=a.keep, lm=a.lm,
                        lexicon=a.lexicon,
                        use_cmudict=not a.no_cmudict, cmudict=a.cmudict, steps=a.steps,
-                       batch_size=a.batch_size,
-                       seed=a.seed, config=a.config, overrides=a.overrides,
+                       batch_size=a.batch_size, pull_to_start=a.pull_to_start,
+                       update_rank=a.update_rank, seed=a.seed, config=a.config, overrides=a.overrides,
                        trust=a.trust_checkpoint, overwrite=a.overwrite,
                        say=(lambda s: None) if a.quiet else say_to_stderr)
     show(a, result.summary_line(), result.to_dict())
