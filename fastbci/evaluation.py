@@ -15,6 +15,9 @@ into its output folder:
   (the greedy decoding, padded with -1), ``session``, ``day``, ``block_num``, ``trial_num``,
   ``row`` (TrialStore row) and, for val, ``sentence_label``;
 * ``per_{split}.json`` (val only): PER overall and per day, CTC loss, blank fraction;
+* with ``adapt`` (test-time day adaptation, ``--adapt-day``): every file above holds the
+  adapted model's outputs; the summary and ``per_{split}.json`` give the PER without
+  adaptation too (``adaptation``). The adapter gets the split's trials without their labels;
 * with ``lm`` (an ARPA file or KenLM binary): ``words_{split}.csv``, ``id,text`` with the
   sentences of :mod:`fastbci.lm`'s lexicon beam search (the submission format for the test
   split), and for val the WER overall and per day (also in the JSON); with ``llm`` the
@@ -31,7 +34,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +45,50 @@ from fastbci.ensemble import SplitRun
 from fastbci.fileio import atomic_write_text, dumps
 from fastbci.loading import Loaded, load_model
 
-__all__ = ["run_split", "evaluate", "output_files"]
+__all__ = ["run_split", "evaluate", "output_files", "DayAdapter", "adapt_days", "without_labels"]
+
+
+class DayAdapter(Protocol):
+    """Test-time day adaptation (:class:`fastbci.calibration.DayAdaptation`): adapts the day
+    layers of ``model`` in place on ``store``'s trials, which come without labels; returns its
+    report."""
+    def __call__(self, model: Any, cfg: Mapping, store: Any, device: torch.device,
+                 say: Callable[[str], None] = ...) -> dict: ...
+
+
+def _split_store(loaded: Loaded, split: str, stores: dict, progress: bool):
+    """The split's store for ``loaded``'s data configuration (reused from ``stores``)."""
+    from fastbci import data
+    cfg = loaded.cfg
+    ds, m = cfg["dataset"], cfg["model"]
+    key = (split, json.dumps([ds, cfg["fastbci"]["bad_trial_policy"], m["patch_size"], m["patch_stride"]],
+                             sort_keys=True, default=str))
+    store = stores.get(key) or data.TrialStore.from_config(cfg, split, device="cpu", progress=progress)
+    stores[key] = store
+    return store
+
+
+def without_labels(store):
+    """``store`` (a :class:`~fastbci.data.TrialStore`) with no label of any kind: no phonemes,
+    transcriptions or sentence texts, so that what it is handed to cannot read them."""
+    import dataclasses
+
+    from fastbci.data import TrialStore
+    data = dataclasses.replace(store.data, seq_class_ids=None, seq_len=None, transcriptions=None,
+                               sentence_label=("",) * store.n_trials)
+    return TrialStore(data, store.device)
+
+
+def adapt_days(loaded: Loaded, split: str, adapt: DayAdapter, *, stores: dict | None = None,
+               progress: bool = True, say: Callable[[str], None] = lambda s: None) -> dict:
+    """Adapt ``loaded``'s day layers, in place, with ``adapt`` on the split's own trials, handed
+    over without any label (phonemes, transcriptions and sentences removed); returns the
+    adapter's report."""
+    from fastbci.devices import select_device
+    store = _split_store(loaded, split, {} if stores is None else stores, progress)
+    device = select_device(loaded.cfg)
+    loaded.model.to(device)
+    return adapt(loaded.model, loaded.cfg, without_labels(store), device, say=say)
 
 
 def run_split(loaded: Loaded, split: str, *, batch_size: int | None = None, official: bool = False,
@@ -66,11 +112,7 @@ def run_split(loaded: Loaded, split: str, *, batch_size: int | None = None, offi
     device = select_device(cfg)
     model = loaded.model.to(device).eval()
     ds, m = cfg["dataset"], cfg["model"]
-    key = (split, json.dumps([ds, cfg["fastbci"]["bad_trial_policy"], m["patch_size"], m["patch_stride"]],
-                             sort_keys=True, default=str))
-    stores = {} if stores is None else stores
-    store = stores.get(key) or data.TrialStore.from_config(cfg, split, device="cpu", progress=progress)
-    stores[key] = store
+    store = _split_store(loaded, split, {} if stores is None else stores, progress)
     # the official loop runs every trial of the split's files; the trainer skips the val days
     # whose dataset_probability_val is 0
     mask = [bool(p) for p in ds["dataset_probability_val"]] if split == "val" and not official else None
@@ -148,7 +190,7 @@ def evaluate(checkpoint: str | Path | Sequence[str | Path], split: str = "val", 
              batch_size: int | None = None, quiet: bool = False, lm: str | Path | None = None,
              lm_options: dict | None = None, trust: bool = False, official: bool = False,
              llm=None, llm_options: dict | None = None, overwrite: bool = False,
-             say: Callable[[str], None] | None = None) -> dict:
+             adapt: DayAdapter | None = None, say: Callable[[str], None] | None = None) -> dict:
     """Run the evaluation and write its files; returns a summary dict (``per``, ``per_by_day``,
     ``loss``, ``blank_fraction``, ``n_trials``, ``config``, ``files``; with ``lm``: ``wer``,
     ``wer_by_day``; with several checkpoints: ``models``, each model's PER and PER by day).
@@ -156,8 +198,12 @@ def evaluate(checkpoint: str | Path | Sequence[str | Path], split: str = "val", 
     lexicon, workers, nbest, nbest_out, rescore); ``llm``: a causal LM folder / hub id that
     rescores the n-best (``llm_options``: :class:`fastbci.lm.LLMScorer` options). ``official``:
     the official per-trial semantics. ``trust``: load a checkpoint that needs full unpickling (it
-    can run code). ``overwrite``: replace the files an earlier evaluation wrote there. ``say``:
-    where progress lines go (default stderr unless ``quiet``)."""
+    can run code). ``overwrite``: replace the files an earlier evaluation wrote there. ``adapt``:
+    test-time day adaptation (:class:`fastbci.calibration.DayAdaptation`): each model's day
+    layers adapted on the split's trials, without their labels, before the outputs are made;
+    the summary's ``adaptation`` gives the PER without it (``per_without``,
+    ``per_by_day_without``, ``loss_without``) and the adapter's report per model (``models``).
+    ``say``: where progress lines go (default stderr unless ``quiet``)."""
     import sys
     if split not in ("val", "test"):
         raise ConfigError(f"the split must be 'val' or 'test', got {split!r}")
@@ -177,23 +223,23 @@ def evaluate(checkpoint: str | Path | Sequence[str | Path], split: str = "val", 
                                      rescored_out=opts.get("rescored_out")),
                         inputs=inputs, overwrite=overwrite)
     scorer = _words_ready(lm, llm, llm_options)  # fail before the models run
-    stores: dict = {}
-    runs = []
-    for loaded in models:
-        runs.append(run_split(loaded, split, batch_size=batch_size, official=official,
-                              progress=not quiet, stores=stores))
-        say(f"Evaluated {loaded.path} on {len(runs[-1].packed['row'])} {split} trials (config: "
-            f"{runs[-1].config}{', official per-trial semantics' if official else ''})")
-    run = ensemble.combine(runs)
+    (run, parts), (plain, plain_parts), reports = _run_models(models, split, batch_size, official,
+                                                             quiet, adapt, say)
     files = _write_files(out, split, run)
     summary = {"checkpoint": run.checkpoint, "split": split, "n_trials": len(run.packed["row"]),
                "config": run.config, "semantics": run.semantics, "per": run.per, "loss": run.loss,
                "blank_fraction": run.blank_fraction, "per_by_day": run.per_by_day, "files": files}
     if official:
         summary["per_validation"] = run.per_validation
-    if len(runs) > 1:
+    if len(models) > 1:
         summary["models"] = [{"checkpoint": r.checkpoint, "per": r.per, "per_by_day": r.per_by_day}
-                             for r in runs]
+                             for r in parts]
+        if plain is not None:
+            for m, r in zip(summary["models"], plain_parts):
+                m["per_without_adaptation"] = r.per
+    if plain is not None:  # the outputs are the adapted model's: the PER without it beside them
+        summary["adaptation"] = {"per_without": plain.per, "per_by_day_without": plain.per_by_day,
+                                 "loss_without": plain.loss, "models": reports}
     if lm is not None:  # words: lexicon beam search with the n-gram LM over the logits just written
         from fastbci.lm.run import decode_file
         words = decode_file(files["npz"], lm, out=out / f"words_{split}.csv", say=say, llm=scorer,
@@ -207,6 +253,31 @@ def evaluate(checkpoint: str | Path | Sequence[str | Path], split: str = "val", 
         atomic_write_text(files["json"], dumps(summary, indent=1))
     say(f"Wrote {', '.join(files.values())}")
     return summary
+
+
+def _run_models(models: Sequence[Loaded], split: str, batch_size: int | None, official: bool,
+                quiet: bool, adapt: DayAdapter | None, say):
+    """Every model on the split (with ``adapt``: before and after adapting its day layers on the
+    split's trials); returns ``(run, parts)`` whose outputs are written (the ensemble of the
+    models' runs, adapted with ``adapt``), the same without adaptation (``(None, [])`` without
+    ``adapt``) and the adapters' reports."""
+    stores: dict = {}
+    runs, adapted, reports = [], [], []
+    for loaded in models:
+        runs.append(run_split(loaded, split, batch_size=batch_size, official=official,
+                              progress=not quiet, stores=stores))
+        say(f"Evaluated {loaded.path} on {len(runs[-1].packed['row'])} {split} trials (config: "
+            f"{runs[-1].config}{', official per-trial semantics' if official else ''})")
+        if adapt is None:
+            continue
+        reports.append(adapt_days(loaded, split, adapt, stores=stores, progress=not quiet, say=say))
+        adapted.append(run_split(loaded, split, batch_size=batch_size, official=official,
+                                 progress=not quiet, stores=stores))
+        say(f"Adapted its day layers on the {split} trials ({reports[-1]['seconds']:.1f} s) and "
+            "evaluated it again")
+    if adapt is None:
+        return (ensemble.combine(runs), runs), (None, []), reports
+    return (ensemble.combine(adapted), adapted), (ensemble.combine(runs), runs), reports
 
 
 def _words_ready(lm, llm, llm_options: dict | None):

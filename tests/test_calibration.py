@@ -238,3 +238,64 @@ def test_missing_file_and_bad_options_are_exit_2(trained, tmp_path, capsys):
     assert code == 2 and "--keep" in err
     code, err = _error(trained, capsys, tmp_path / "o", "--init-day", "7")
     assert code == 2 and "--init-day" in err
+
+
+def _garbage_after(src: Path, dst: Path, n: int) -> Path:
+    """A copy of session file ``src`` whose trials after the first ``n`` carry random labels."""
+    rng = np.random.default_rng(3)
+    out = []
+    for i, t in enumerate(read_session_file(src, "train")):
+        if i >= n:
+            k = int(rng.integers(1, t.seq_len + 1))
+            t = Trial(t.input_features, t.block_num, t.trial_num, t.session,
+                      rng.integers(1, 41, size=k).astype(np.int32), np.full(5, 120, np.int32), k, "zzzzz")
+        out.append(t)
+    return write_session_file(dst, out, "train")
+
+
+def test_semi_supervised_reports_each_kind_and_never_reads_the_rest_labels(trained, tmp_path, capsys):
+    args = ("--sentences", "6", "--unlabelled-rest", "--rounds", "2", "--steps", "4", "--val",
+            str(trained["val"]))
+    assert _calibrate(trained, tmp_path / "a", *args) == 0
+    line = capsys.readouterr().out
+    assert "6 sentences + 8 unlabelled trials (semi-supervised" in line, line
+    report = json.loads((tmp_path / "a" / C.REPORT_NAME).read_text())
+    assert report["unlabelled_rest"] and report["n_sentences"] == 6 and report["n_unlabelled"] == 8
+    rounds = report["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert all(r["labelled"] == 6 and r["of"] == 8 for r in rounds)  # 6 < 10: no held-out part
+    assert rounds[0]["kept"] == 0 and all(1 <= r["kept"] <= 8 for r in rounds[1:])
+    assert report["steps"] == sum(r["steps"] for r in rounds) == 4 + 2 * 2
+    # the same file with garbage labels after the sixth trial: the same layer, bit for bit
+    bad = _garbage_after(trained["train"], tmp_path / NEW / "data_train.hdf5", 6)
+    assert _calibrate(trained, tmp_path / "b", *args, session=bad) == 0
+    assert torch.equal(_weights(tmp_path / "a" / C.CHECKPOINT_NAME)["day_weights.3"],
+                       _weights(tmp_path / "b" / C.CHECKPOINT_NAME)["day_weights.3"])
+
+
+@pytest.mark.parametrize("extra, words", [
+    (("--unlabelled-rest",), "--unlabelled-rest needs --sentences N >= 1"),
+    (("--sentences", "0", "--unlabelled-rest", "--val", "v"), "--unlabelled-rest needs --sentences"),
+    (("--sentences", "4", "--unlabelled-rest", "--unlabelled"), "exclude each other"),
+    (("--sentences", "14", "--unlabelled-rest"), "none is left unlabelled after the first 14"),
+])
+def test_semi_supervised_bad_options_are_exit_2(trained, tmp_path, capsys, extra, words):
+    code, err = _error(trained, capsys, tmp_path / "o", *extra)
+    assert code == 2 and words in err, err
+    assert not (tmp_path / "o" / C.CHECKPOINT_NAME).exists()
+
+
+def test_update_rank_and_pull_to_start_limit_the_change(trained, tmp_path):
+    """--update-rank R: the weights move from the starting layer by a matrix of rank <= R;
+    --pull-to-start W: a strong pull moves them less than none."""
+    start = _weights(trained["ckpt"])["day_weights.1"].double()
+    change = {}
+    for name, extra in (("free", ()), ("rank", ("--update-rank", "2")),
+                        ("pulled", ("--pull-to-start", "1000"))):
+        assert _calibrate(trained, tmp_path / name, "--sentences", "6", "--steps", "5",
+                          "--init-day", "1", *extra) == 0
+        change[name] = _weights(tmp_path / name / C.CHECKPOINT_NAME)["day_weights.3"].double() - start
+    s = torch.linalg.svdvals(change["rank"])
+    assert s[1] > 0 and s[2] <= 1e-6 * s[0], s[:4]
+    assert torch.linalg.matrix_rank(change["free"]) > 2
+    assert 0 < change["pulled"].norm() < change["free"].norm()

@@ -62,6 +62,9 @@ class NewDay:
     store: TrialStore | None  # the session's calibration trials, day ``day`` (None: no sentence)
     labelled: bool
     replaced: bool            # the session was a day of the model already (--replace)
+    # with unlabelled_rest: every trial of the file, read without labels (the first
+    # ``store.n_trials`` are the labelled sentences, the others the unlabelled rest)
+    whole: TrialStore | None = None
 
 
 def _session_name(path: Path) -> str:
@@ -142,13 +145,27 @@ def set_layer(model: GRUDecoder, day: int, layer: tuple[torch.Tensor, torch.Tens
 
 
 def new_day(cfg: Mapping, state: Mapping, path: Path, *, n: int | None, replace: bool,
-            labelled: bool, checkpoint: str | Path = "the checkpoint") -> NewDay:
+            labelled: bool, checkpoint: str | Path = "the checkpoint",
+            unlabelled_rest: bool = False) -> NewDay:
     """The model of ``cfg`` with the weights ``state`` (the ``model_state_dict`` of
     ``checkpoint``) plus a day layer for the session of ``path`` (a copy of day 0's for now),
-    and the session's trials."""
+    and the session's trials: its first ``n`` (all when None); with ``unlabelled_rest`` also
+    every trial of the file read without labels (``NewDay.whole``), of which those after the
+    first ``n`` are the unlabelled rest (there must be at least one)."""
     session = _session_name(path)
     new_cfg, day = extended_config(cfg, session, replace)
     store = None if n == 0 else load_session(new_cfg, path, day, n, labelled)
+    whole = None
+    if unlabelled_rest:
+        whole = load_session(new_cfg, path, day, None, labelled=False)
+        have = 0 if store is None else store.n_trials
+        if store is not None and not np.array_equal(whole.lengths_np[:have], store.lengths_np):
+            raise CalibrationError(f"{path}: its first {have} trials are not the same read with "
+                                   "and without labels")
+        if whole.n_trials <= have:
+            raise CalibrationError(f"{path} has {whole.n_trials} usable trial(s): none is left "
+                                   f"unlabelled after the first {have} (--sentences, "
+                                   "--unlabelled-rest)")
     model = GRUDecoder.from_config(new_cfg)
     sd = dict(state)
     if f"day_weights.{day}" not in sd:
@@ -158,7 +175,7 @@ def new_day(cfg: Mapping, state: Mapping, path: Path, *, n: int | None, replace:
     for name, p in model.named_parameters():
         p.requires_grad_(name in (f"day_weights.{day}", f"day_biases.{day}"))
     return NewDay(new_cfg, model, day, session, store, labelled,
-                  replaced=day < len(cfg["dataset"]["sessions"]))
+                  replaced=day < len(cfg["dataset"]["sessions"]), whole=whole)
 
 
 def _chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:
@@ -187,10 +204,14 @@ def choose_init_day(nd: NewDay, rows: np.ndarray, builder: BatchBuilder,
     return min(scores, key=scores.get), scores
 
 
-def _confidence(nd: NewDay, builder: BatchBuilder) -> tuple[list[np.ndarray], np.ndarray, list]:
-    """Every session trial's log-probabilities, confidence (mean over frames of the largest class
-    probability) and greedy tokens, in store order."""
-    res = evaluate_per(nd, nd.store, np.arange(nd.store.n_trials), builder, collect=True)
+def _confidence(nd: NewDay, builder: BatchBuilder, store: TrialStore | None = None,
+                rows: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray, list]:
+    """The log-probabilities, confidence (mean over frames of the largest class probability)
+    and greedy tokens of ``rows`` of ``store`` (default every trial of the session), in
+    ascending row order."""
+    store = nd.store if store is None else store
+    rows = np.arange(store.n_trials) if rows is None else np.asarray(rows, dtype=np.int64)
+    res = evaluate_per(nd, store, rows, builder, collect=True)
     order = np.argsort(np.asarray(res.trials.rows))
     logp = [torch.from_numpy(res.trials.logits[i]).log_softmax(-1).numpy() for i in order]
     conf = np.array([float(np.exp(lp.max(-1)).mean()) for lp in logp])
@@ -208,16 +229,65 @@ def _optimizer(layer: list[torch.nn.Parameter], cfg: Mapping, steps: int):
     return opt, sched
 
 
+class _Trainable:
+    """What the optimiser moves: the new layer itself, or with ``rank`` a change of its weights of
+    at most that rank from where they start (``W0 + A B``, ``A`` zero at first; the bias free);
+    ``pull`` weights an L2 penalty on the change (weights and bias) from the starting layer."""
+
+    def __init__(self, model: GRUDecoder, day: int, *, pull: float = 0.0, rank: int | None = None,
+                 seed: int = 0):
+        self.W, self.b = model.day_weights[day], model.day_biases[day]
+        self.W0, self.b0 = self.W.detach().clone(), self.b.detach().clone()
+        self.pull, self.rank = float(pull), rank
+        self.params = [self.W, self.b]
+        if rank:
+            n_in, n_out = self.W.shape
+            gen = torch.Generator().manual_seed(seed)
+            self.A = torch.zeros(n_in, rank, device=self.W.device, requires_grad=True)
+            self.B = (torch.randn(rank, n_out, generator=gen) / n_out ** 0.5).to(
+                self.W.device).requires_grad_(True)
+            self.params = [self.A, self.B, self.b]
+
+    def penalty(self) -> torch.Tensor | float:
+        if not self.pull:
+            return 0.0
+        dW = self.A @ self.B if self.rank else self.W - self.W0
+        return self.pull * ((dW ** 2).sum() + ((self.b - self.b0) ** 2).sum())
+
+    def backward_done(self) -> None:
+        """With ``rank``: the weights' gradient through ``W = W0 + A B`` to ``A`` and ``B``."""
+        if self.rank and self.W.grad is not None:
+            G = self.W.grad
+            for t, g in ((self.A, G @ self.B.detach().T), (self.B, self.A.detach().T @ G)):
+                t.grad = g if t.grad is None else t.grad + g
+            self.W.grad = None
+
+    def step_done(self) -> None:
+        """With ``rank``: the layer's weights follow ``A`` and ``B``."""
+        if self.rank:
+            with torch.no_grad():
+                self.W.copy_(self.W0 + self.A @ self.B)
+
+
 def train_layer(nd: NewDay, store: TrialStore, train_rows: np.ndarray, held_rows: np.ndarray,
                 builder: BatchBuilder, budget: Budget, seed: int, steps: int | None = None,
-                say: Callable[[str], None] = lambda s: None) -> dict:
+                say: Callable[[str], None] = lambda s: None,
+                weights: np.ndarray | None = None, first_step: int = 0, pull: float = 0.0,
+                rank: int | None = None) -> dict:
     """Train the new layer on ``train_rows`` of ``store`` (labelled), stopping early on
-    ``held_rows`` when there are any; the best layer is left in the model. Returns the steps
-    run and the held-out losses."""
+    ``held_rows`` when there are any; the best layer is left in the model. ``weights``: a loss
+    weight per store row (the batch loss is the mean of weight x CTC loss; default 1 each);
+    ``first_step``: the augmentation and dropout streams start at this step (a later round of
+    the same calibration draws new noise); ``pull``: an L2 penalty of this weight on the change
+    from the layer this call starts from; ``rank``: the weights change by at most this rank
+    (``W0 + A B``). Returns the steps run and the held-out losses."""
     steps = budget.steps if steps is None else steps
+    if weights is not None and len(weights) != store.n_trials:
+        raise ValueError(f"train_layer: {len(weights)} weights for a store of {store.n_trials} trials")
+    w = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float32))
     model, cfg = nd.model, nd.cfg
-    layer = [model.day_weights[nd.day], model.day_biases[nd.day]]
-    opt, sched = _optimizer(layer, cfg, steps)
+    layer = _Trainable(model, nd.day, pull=pull, rank=rank, seed=seed)
+    opt, sched = _optimizer(layer.params, cfg, steps)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)  # the GRU's inter-layer dropout (and the torch-rng day dropout)
     size = min(budget.batch_size, len(train_rows))
@@ -226,14 +296,17 @@ def train_layer(nd: NewDay, store: TrialStore, train_rows: np.ndarray, held_rows
     for k in range(steps):
         rows = rng.choice(train_rows, size=size, replace=len(train_rows) < size)
         model.train()
-        batch = builder.batch(store, rows, mode="train", step=k)
-        logits, lens = forward_logits(model, batch, seed=seed, step=k)
-        loss = ctc_per_trial(logits, lens, batch).mean()
+        batch = builder.batch(store, rows, mode="train", step=first_step + k)
+        logits, lens = forward_logits(model, batch, seed=seed, step=first_step + k)
+        per_trial = ctc_per_trial(logits, lens, batch)
+        loss = (per_trial if w is None else per_trial * w[rows].to(per_trial.device)).mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + layer.penalty()).backward()
+        layer.backward_done()
         if clip > 0:
-            torch.nn.utils.clip_grad_norm_(layer, clip)
+            torch.nn.utils.clip_grad_norm_(layer.params, clip)
         opt.step()
+        layer.step_done()
         sched.step()
         if len(held_rows) and ((k + 1) % budget.eval_every == 0 or k == steps - 1):
             held = float(evaluate_per(nd, store, held_rows, builder).loss)
@@ -252,19 +325,48 @@ def train_layer(nd: NewDay, store: TrialStore, train_rows: np.ndarray, held_rows
 
 
 def pseudo_label(nd: NewDay, builder: BatchBuilder, keep: float,
-                 decode: Callable[[np.ndarray], np.ndarray] | None = None
+                 decode: Callable[[np.ndarray], np.ndarray] | None = None, *,
+                 store: TrialStore | None = None, rows: np.ndarray | None = None
                  ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """Decode every trial of the session with the current layer and keep the fraction ``keep``
-    the model is most confident about (mean over frames of the largest class probability).
+    """Decode ``rows`` of ``store`` (default every trial of the session) with the current layer
+    and keep the fraction ``keep`` of them the model is most confident about (mean over frames
+    of the largest class probability), among those whose decode is a label CTC can train on
+    (not empty, and no more frames needed than the trial has after the largest random cut).
     ``decode(log_probs) -> ids``: the word decoder's phonemes; default greedy CTC. Returns the
-    kept rows, their labels and every trial's confidence."""
-    logp, conf, tokens = _confidence(nd, builder)
-    rows = np.arange(len(logp))
-    labels = [(decode(lp) if decode else tok) for lp, tok in zip(logp, tokens)]
-    usable = [i for i in rows if len(labels[i])]
+    kept store rows (sorted), a label per store row (empty where not decoded) and a confidence
+    per store row (NaN where not decoded). ``store`` is read without its labels."""
+    store = nd.store if store is None else store
+    rows = np.arange(store.n_trials, dtype=np.int64) if rows is None else np.sort(
+        np.asarray(rows, dtype=np.int64))
+    labels = [np.zeros(0, dtype=np.int64) for _ in range(store.n_trials)]
+    conf = np.full(store.n_trials, np.nan)
+    if not len(rows):
+        return rows, labels, conf
+    logp, c, tokens = _confidence(nd, builder, store, rows)
+    fits = _ctc_fits(nd.cfg)
+    usable = []
+    for r, lp, tok, cr in zip(rows, logp, tokens, c):
+        labels[r] = np.asarray(decode(lp) if decode else tok, dtype=np.int64)
+        conf[r] = cr
+        if len(labels[r]) and fits(labels[r], int(store.lengths_np[r])):
+            usable.append(int(r))
     n_keep = max(1, int(round(keep * len(usable)))) if usable else 0
     kept = np.array(sorted(sorted(usable, key=lambda i: -conf[i])[:n_keep]), dtype=np.int64)
-    return kept, [np.asarray(labels[i], dtype=np.int64) for i in range(len(rows))], conf
+    return kept, labels, conf
+
+
+def _ctc_fits(cfg: Mapping) -> Callable[[np.ndarray, int], bool]:
+    """``fits(label, n_steps)``: a trial of ``n_steps`` steps has the frames CTC needs for
+    ``label`` (one per phoneme and a blank between repeats) after the largest random cut."""
+    m = cfg["model"]
+    size, stride = int(m["patch_size"]), int(m["patch_stride"])
+    cut = max(int(cfg["dataset"]["data_transforms"]["random_cut"]) - 1, 0)
+
+    def fits(label: np.ndarray, n_steps: int) -> bool:
+        t = n_steps - cut
+        frames = t if size <= 0 else ((t - size) // stride + 1 if t >= size else 0)
+        return len(label) + int(np.count_nonzero(label[1:] == label[:-1])) <= frames
+    return fits
 
 
 def builder_for(cfg: Mapping, device: torch.device, seed: int) -> BatchBuilder:

@@ -23,7 +23,8 @@ from fastbci.fileio import atomic_write_text, dumps
 from fastbci.loading import resolve_config
 
 from .core import (Budget, NewDay, builder_for, choose_init_day, evaluate_per, layer_of, load_session,
-                   new_day, pseudo_label, set_layer, timed, train_layer, with_labels)
+                   new_day, set_layer, timed, train_layer)
+from .rounds import Rounds, run_rounds
 
 __all__ = ["CHECKPOINT_NAME", "REPORT_NAME", "CalibrationReport", "Settings", "calibrate"]
 
@@ -37,12 +38,17 @@ class Settings:
     training, the borrowed layer alone), ``init_day`` (the layer it starts from; None: the best
     fit), ``replace`` (calibrate a day the model already has), ``unlabelled`` (pseudo-labels:
     ``rounds`` rounds keeping the ``keep`` most confident fraction, decoded greedily or with the
-    word decoder of ``lm`` / ``lexicon`` / ``use_cmudict`` / ``cmudict``), the budget (``steps`` of
-    ``batch_size`` trials) and ``seed``."""
+    word decoder of ``lm`` / ``lexicon`` / ``use_cmudict`` / ``cmudict``), ``unlabelled_rest``
+    (semi-supervised: the ``sentences`` labelled, then ``rounds`` rounds of pseudo-labels on the
+    file's other trials, weighted by confidence, with the labelled sentences in every round),
+    the budget (``steps`` of ``batch_size`` trials), ``seed``, and how far the layer may move from
+    where each training starts: ``pull_to_start`` (an L2 penalty of that weight on the change)
+    and ``update_rank`` (a change of the weights of at most that rank); both off by default."""
     sentences: int | None = None
     init_day: int | None = None
     replace: bool = False
     unlabelled: bool = False
+    unlabelled_rest: bool = False
     rounds: int = 3
     keep: float = 0.5
     lm: str | None = None
@@ -52,16 +58,27 @@ class Settings:
     steps: int = Budget.steps
     batch_size: int = Budget.batch_size
     seed: int = 0
+    pull_to_start: float = 0.0
+    update_rank: int | None = None
 
     def check(self, val) -> None:
-        for name, lo in (("sentences", 0), ("steps", 0), ("batch_size", 1), ("rounds", 1), ("seed", 0)):
+        for name, lo in (("sentences", 0), ("steps", 0), ("batch_size", 1), ("rounds", 1), ("seed", 0),
+                         ("pull_to_start", 0), ("update_rank", 1)):
             v = getattr(self, name)
             if v is not None and v < lo:
                 raise ConfigError(f"{name.replace('_', ' ')} must be >= {lo}, got {v}")
         if not 0 < self.keep <= 1:
             raise ConfigError(f"keep must be in (0, 1], got {self.keep}")
-        if self.lm and not self.unlabelled:
-            raise ConfigError("an LM pseudo-labels: it needs unlabelled calibration (--unlabelled)")
+        if self.unlabelled and self.unlabelled_rest:
+            raise ConfigError("--unlabelled (no label at all) and --unlabelled-rest (the first "
+                              "--sentences labelled) exclude each other: pass one")
+        if self.unlabelled_rest and not self.sentences:
+            raise ConfigError("--unlabelled-rest needs --sentences N >= 1, the labelled sentences "
+                              "(the file's other trials are the unlabelled rest; without any "
+                              "labelled sentence use --unlabelled)")
+        if self.lm and not (self.unlabelled or self.unlabelled_rest):
+            raise ConfigError("an LM pseudo-labels: it needs unlabelled calibration (--unlabelled "
+                              "or --unlabelled-rest)")
         if self.sentences == 0 and not val:
             raise ConfigError("0 sentences (the borrowed layer alone) needs a validation file (--val) "
                               "to score it")
@@ -93,6 +110,10 @@ class CalibrationReport:
     per_after: float | None
     loss_after: float | None
     eval_on: str | None
+    unlabelled_rest: bool = False
+    n_unlabelled: int = 0
+    pull_to_start: float = 0.0
+    update_rank: int | None = None
     files: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -102,10 +123,17 @@ class CalibrationReport:
         """The report in one line."""
         def pct(v):
             return "n/a" if v is None else f"{100 * v:.1f}%"
-        how = f"unlabelled, {len(self.rounds)} round(s), kept " + \
-            "/".join(str(x["kept"]) for x in self.rounds) if self.unlabelled else "labelled"
+        if self.unlabelled_rest:
+            what = (f"{self.n_sentences} sentences + {self.n_unlabelled} unlabelled trials "
+                    f"(semi-supervised, labelled + pseudo-labelled per round: "
+                    + ", ".join(f"{x['labelled']}+{x['kept']}" for x in self.rounds) + ")")
+        elif self.unlabelled:
+            what = (f"{self.n_sentences} sentences (unlabelled, {len(self.rounds)} round(s), kept "
+                    + "/".join(str(x["kept"]) for x in self.rounds) + ")")
+        else:
+            what = f"{self.n_sentences} sentences (labelled)"
         return (f"calibrated {self.session} as day {self.day} from day {self.init_day} "
-                f"({self.init_session}): {self.n_sentences} sentences ({how}), {self.steps} steps, "
+                f"({self.init_session}): {what}, {self.steps} steps, "
                 f"{self.seconds:.1f} s; PER {pct(self.per_before)} -> {pct(self.per_after)}"
                 + (f" on {self.eval_on}" if self.eval_on else " (no labels to score)"))
 
@@ -159,27 +187,31 @@ def _init_day(nd: NewDay, init_day: int | None, builder, train_rows) -> tuple[in
 
 
 def _train(nd, builder, train_rows, held, s: Settings, budget, say) -> tuple[dict, list]:
-    """The labelled training, or ``unlabelled`` rounds of pseudo-labels."""
+    """The labelled training; ``unlabelled`` rounds of pseudo-labels; or, ``unlabelled_rest``,
+    the labelled training (round 0) then rounds on the labelled and the unlabelled rest."""
     if nd.store is None:
         return {"steps": 0, "heldout": [], "best_heldout_loss": None}, []
-    if not s.unlabelled:
-        return train_layer(nd, nd.store, train_rows, held, builder, budget, s.seed, say=say), []
     decode = _word_decoder(s) if s.lm else None
-    rounds, steps = [], 0
-    per_round = max(1, budget.steps // s.rounds)
-    for r in range(s.rounds):
-        kept, labels, conf = pseudo_label(nd, builder, s.keep, decode)
-        if not len(kept):
-            rounds.append({"round": r + 1, "kept": 0, "steps": 0})
-            break
-        store = with_labels(nd.store, labels)
-        out = train_layer(nd, store, kept, kept[:0], builder, budget, s.seed + r,
-                          steps=per_round, say=say)
-        steps += out["steps"]
-        rounds.append({"round": r + 1, "kept": int(len(kept)), "of": int(nd.store.n_trials),
-                       "mean_confidence_kept": float(conf[kept].mean()), "steps": out["steps"]})
-        say(f"  round {r + 1}: trained on {len(kept)} of {nd.store.n_trials} pseudo-labelled trials")
-    return {"steps": steps, "heldout": [], "best_heldout_loss": None}, rounds
+    moves = dict(pull=s.pull_to_start, rank=s.update_rank)
+    plan = Rounds(rounds=s.rounds, keep=s.keep, steps=max(1, budget.steps // s.rounds), **moves)
+    if s.unlabelled:
+        steps, rounds = run_rounds(nd, nd.store, np.arange(nd.store.n_trials), builder, budget,
+                                   dataclasses.replace(plan, weighted=False), s.seed,
+                                   decode=decode, say=say)
+        return {"steps": steps, "heldout": [], "best_heldout_loss": None}, rounds
+    trained = train_layer(nd, nd.store, train_rows, held, builder, budget, s.seed, say=say, **moves)
+    if not s.unlabelled_rest:
+        return trained, []
+    n = nd.store.n_trials
+    rest = np.arange(n, nd.whole.n_trials, dtype=np.int64)
+    labels = [nd.store.seq_class_ids_np[i][:nd.store.seq_len_np[i]] for i in range(n)]
+    rounds = [{"round": 0, "labelled": int(len(train_rows)), "kept": 0, "of": int(len(rest)),
+               "mean_confidence_kept": None, "steps": trained["steps"], "heldout": trained["heldout"]}]
+    say(f"  round 0: trained on {len(train_rows)} labelled trials")
+    steps, more = run_rounds(nd, nd.whole, rest, builder, budget, plan, s.seed + 1,
+                             labelled=train_rows, labels=labels, held=held, decode=decode,
+                             first_step=trained["steps"], say=say)
+    return dict(trained, steps=trained["steps"] + steps), rounds + more
 
 
 def _word_decoder(s: Settings):
@@ -198,10 +230,12 @@ def _word_decoder(s: Settings):
 def calibrate(checkpoint: str | os.PathLike, session: str | os.PathLike, *, out: str | os.PathLike,
               sentences: int | None = None, val: str | os.PathLike | None = None,
               init_day: int | None = None, replace: bool = False, unlabelled: bool = False,
-              rounds: int = 3, keep: float = 0.5, lm: str | None = None, lexicon: str | None = None,
+              unlabelled_rest: bool = False, rounds: int = 3, keep: float = 0.5,
+              lm: str | None = None, lexicon: str | None = None,
               use_cmudict: bool = True, cmudict: str | None = None, steps: int = Budget.steps,
-              batch_size: int = Budget.batch_size,
-              seed: int = 0, config: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+              batch_size: int = Budget.batch_size, pull_to_start: float = 0.0,
+              update_rank: int | None = None, seed: int = 0, config: str | os.PathLike | None = None,
+              overrides: Sequence[str] = (),
               trust: bool = False, overwrite: bool = False,
               say: Callable[[str], None] = lambda s: None) -> CalibrationReport:
     """Calibrate the session file ``session`` as one more day of the model of ``checkpoint``
@@ -211,8 +245,10 @@ def calibrate(checkpoint: str | os.PathLike, session: str | os.PathLike, *, out:
     never replacing a file that fastbci's calibration did not write; an earlier calibration
     there is replaced only with ``overwrite``."""
     settings = Settings(sentences=sentences, init_day=init_day, replace=replace, unlabelled=unlabelled,
-                        rounds=rounds, keep=keep, lm=lm, lexicon=lexicon, use_cmudict=use_cmudict,
-                        cmudict=cmudict, steps=steps, batch_size=batch_size, seed=seed)
+                        unlabelled_rest=unlabelled_rest, rounds=rounds, keep=keep, lm=lm,
+                        lexicon=lexicon, use_cmudict=use_cmudict,
+                        cmudict=cmudict, steps=steps, batch_size=batch_size, seed=seed,
+                        pull_to_start=pull_to_start, update_rank=update_rank)
     settings.check(val)
     return _calibrate(Path(checkpoint), Path(session), Path(out), settings, val, config, overrides,
                       trust, overwrite, say)
@@ -252,7 +288,10 @@ def _calibrate(checkpoint: Path, session: Path, out: Path, settings: Settings, v
         rounds=rounds, seed=settings.seed, steps=trained["steps"], heldout=trained["heldout"],
         budget=dataclasses.asdict(budget), seconds=seconds,
         seconds_with_loading=time.perf_counter() - t0, per_before=per_before, per_after=after[0],
-        loss_after=after[1], eval_on=None if evaluation is None else evaluation[2])
+        loss_after=after[1], eval_on=None if evaluation is None else evaluation[2],
+        unlabelled_rest=settings.unlabelled_rest,
+        n_unlabelled=0 if nd.whole is None else nd.whole.n_trials - n,
+        pull_to_start=settings.pull_to_start, update_rank=settings.update_rank)
     _write(out, nd, report)
     return report
 
@@ -269,7 +308,7 @@ def _check_out(out: Path, inputs, overwrite: bool) -> None:
 def _load(cfg, ck, checkpoint: Path, session: Path, s: Settings):
     from fastbci.devices import select_device
     nd = new_day(cfg, ck["model_state_dict"], session, n=s.sentences, replace=s.replace,
-                 labelled=not s.unlabelled, checkpoint=checkpoint)
+                 labelled=not s.unlabelled, checkpoint=checkpoint, unlabelled_rest=s.unlabelled_rest)
     device = select_device(nd.cfg)
     nd.model.to(device)
     return nd, device

@@ -35,19 +35,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="calibrate a session the model already has, replacing its layer")
     p.add_argument("--unlabelled", action="store_true",
                    help="adapt from pseudo-labels (the session's labels, if any, are not used)")
+    p.add_argument("--unlabelled-rest", action="store_true",
+                   help="semi-supervised: the first --sentences N trials labelled, the file's "
+                        "other trials adapted from pseudo-labels (their labels are not used), "
+                        "weighted by confidence, the labelled sentences in every round")
     p.add_argument("--rounds", type=integer("pseudo-label rounds", 1, 100), default=3,
                    help="pseudo-label rounds (default 3)")
     p.add_argument("--keep", type=number("fraction of trials kept per round", 0, 1, lo_open=True),
                    default=0.5, help="fraction of the most confident trials trained on per round "
                                      "(default 0.5)")
-    p.add_argument("--lm", default=None, help="with --unlabelled: pseudo-label with the word decoder "
-                                              "and this n-gram (ARPA or KenLM binary)")
+    p.add_argument("--lm", default=None, help="with --unlabelled or --unlabelled-rest: pseudo-label "
+                                              "with the word decoder and this n-gram (ARPA or "
+                                              "KenLM binary)")
     add_lexicon(p)
     p.add_argument("--steps", type=integer("optimiser steps", 0, 10 ** 6), default=Budget.steps,
                    help=f"optimiser steps (default {Budget.steps})")
     p.add_argument("--batch-size", type=integer("trials per training step", 1, 10 ** 4),
                    default=Budget.batch_size,
                    help=f"training trials per step (default {Budget.batch_size})")
+    p.add_argument("--pull-to-start", type=number("penalty weight on the change from the starting "
+                                                  "layer", 0, None), default=0.0,
+                   help="an L2 penalty of this weight on the change of the layer from where each "
+                        "training starts (default 0: none)")
+    p.add_argument("--update-rank", type=integer("rank of the change of the layer's weights", 1, None),
+                   default=None, help="change the layer's weights by at most this rank (W0 + A B; "
+                                      "default: a full change)")
     p.add_argument("--seed", type=SEED, default=0, help="random seed (the same seed gives the same layer)")
     p.add_argument("--config", default=None, help="YAML config (default: the checkpoint's own)")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -62,10 +74,11 @@ def run(a: argparse.Namespace) -> int:
     from fastbci.calibration import calibrate
     result = calibrate(a.checkpoint, a.session, out=a.out, sentences=a.sentences, val=a.val,
                        init_day=a.init_day, replace=a.replace, unlabelled=a.unlabelled,
-                       rounds=a.rounds, keep=a.keep, lm=a.lm, lexicon=a.lexicon,
+                       unlabelled_rest=a.unlabelled_rest, rounds=a.rounds, keep=a.keep, lm=a.lm,
+                       lexicon=a.lexicon,
                        use_cmudict=not a.no_cmudict, cmudict=a.cmudict, steps=a.steps,
-                       batch_size=a.batch_size,
-                       seed=a.seed, config=a.config, overrides=a.overrides,
+                       batch_size=a.batch_size, pull_to_start=a.pull_to_start,
+                       update_rank=a.update_rank, seed=a.seed, config=a.config, overrides=a.overrides,
                        trust=a.trust_checkpoint, overwrite=a.overwrite,
                        say=(lambda s: None) if a.quiet else say_to_stderr)
     show(a, result.summary_line(), result.to_dict())

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from fastbci.commands.options import add_json, add_overwrite, add_quiet, integer, report, say_to_stderr
+from fastbci.commands.options import (SEED, add_json, add_overwrite, add_quiet, integer, number, report,
+                                      say_to_stderr)
 from fastbci.commands.words import add_decoder, add_llm, add_nbest, decoder_kwargs, llm_options, nbest_of
 
 HELP = "evaluate checkpoints: PER, transcripts, logits; words, WER and the submission CSV with --lm"
@@ -42,9 +43,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_overwrite(p, "the files of an earlier evaluation in --out")
     add_quiet(p)
     add_json(p)
+    add_adaptation(p)
     add_decoder(p)
     add_llm(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
+
+
+def add_adaptation(p: argparse.ArgumentParser) -> None:
+    """--adapt-day and the settings of the adaptation (each only with it)."""
+    g = p.add_argument_group("test-time day adaptation (docs/calibration.md)")
+    g.add_argument("--adapt-day", action="store_true",
+                   help="before scoring, adapt each day's layer on the split's own trials of that "
+                        "day from pseudo-labels, without reading their labels; the outputs are "
+                        "the adapted model's, the PER without adaptation is reported beside")
+    g.add_argument("--rounds", type=integer("pseudo-label rounds", 1, 100), default=None,
+                   help="with --adapt-day: pseudo-label rounds per day (default 3)")
+    g.add_argument("--keep", type=number("fraction of trials kept per round", 0, 1, lo_open=True),
+                   default=None, help="with --adapt-day: fraction of a day's trials, the most "
+                                      "confident, trained on per round (default 0.5)")
+    g.add_argument("--steps", type=integer("optimiser steps", 1, 10 ** 6), default=None,
+                   help="with --adapt-day: optimiser steps per day, over all rounds (default 120)")
+    g.add_argument("--seed", type=SEED, default=None,
+                   help="with --adapt-day: random seed (the same seed gives the same layers; "
+                        "default 0)")
+
+
+def _adapter(a: argparse.Namespace):
+    """The day adaptation of --adapt-day and its settings (None without it)."""
+    given = {k: v for k, v in (("rounds", a.rounds), ("keep", a.keep), ("steps", a.steps),
+                               ("seed", a.seed)) if v is not None}
+    if not a.adapt_day:
+        if given:
+            from fastbci.errors import ConfigError
+            raise ConfigError(" ".join(f"--{k}" for k in given) + " set the test-time day "
+                              "adaptation: pass --adapt-day too")
+        return None
+    from fastbci.calibration import DayAdaptation
+    return DayAdaptation(**given)
 
 
 def _word_options(a: argparse.Namespace) -> tuple[dict | None, dict | None]:
@@ -78,7 +113,8 @@ def run(a: argparse.Namespace) -> int:
     s = evaluate(a.checkpoint, a.split, config=a.config, overrides=overrides, out_dir=a.out,
                  batch_size=a.eval_batch_size, quiet=a.quiet, lm=a.lm, lm_options=lm_options,
                  trust=trust, official=a.official_eval, llm=a.llm, llm_options=llm_opts,
-                 overwrite=a.overwrite, say=None if not a.quiet else (lambda *x: None))
+                 overwrite=a.overwrite, adapt=_adapter(a),
+                 say=None if not a.quiet else (lambda *x: None))
     if not a.quiet:
         say_to_stderr(*_details(s))
     report(a, _result(s), s)
@@ -89,8 +125,10 @@ def _details(s: dict) -> list[str]:
     """The PER per day and per model, and the full summary line (stderr)."""
     n = s["n_trials"]
     what = "official per-trial" if s["semantics"] == "official" else "validation-style"
-    lines = [f"  {d}: PER {100 * p:.2f}%" if p is not None else f"  {d}: no phonemes"
-             for d, p in s["per_by_day"].items()]
+    without = (s.get("adaptation") or {}).get("per_by_day_without", {})
+    lines = [f"  {d}: PER {100 * p:.2f}%" + (f" ({100 * without[d]:.2f}% without --adapt-day)"
+                                              if without.get(d) is not None else "")
+             if p is not None else f"  {d}: no phonemes" for d, p in s["per_by_day"].items()]
     lines += [f"  model {m['checkpoint']}: {what} PER "
               + (f"{100 * m['per']:.2f}%" if m["per"] is not None else "(no labels)")
               for m in s.get("models", [])]
@@ -106,12 +144,18 @@ def _details(s: dict) -> list[str]:
 
 
 def _result(s: dict) -> list[str]:
-    """The result lines (stdout): each model's PER, the PER, the WER."""
+    """The result lines (stdout): each model's PER, the PER (and without --adapt-day), the WER."""
     split = s["split"]
     lines = [f"{split} PER of {m['checkpoint']}: {100 * m['per']:.2f}%"
              for m in s.get("models", []) if m["per"] is not None]
     if s["per"] is not None:
         lines.append(f"{split} PER{' (ensemble)' if 'models' in s else ''}: {100 * s['per']:.2f}%")
+    adapted = s.get("adaptation")
+    if adapted is not None:
+        days = sum(len(m["days"]) for m in adapted["models"])
+        lines.append(f"{split} PER without --adapt-day: " + (
+            f"{100 * adapted['per_without']:.2f}%" if adapted["per_without"] is not None else
+            "n/a (no labels)") + f" ({days} day layer(s) adapted on the split's trials)")
     if s.get("wer") is not None:
         lines.append(f"{split} WER: {100 * s['wer']:.2f}%")
     return lines
