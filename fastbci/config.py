@@ -408,11 +408,23 @@ def from_mapping(user: Mapping, overrides: Iterable[str] = (),
     return validate(cfg)
 
 
+# Keys of fastbci's section that change what a run learns, not only how it runs; each one's
+# default is the official behaviour. The doctor reports them and an ablation takes them as
+# factors, as it does the official keys.
+RECIPE_EXTRAS = ("fastbci.init_blank_bias",)
+
+
 def diff_from_official(cfg: Mapping) -> dict[str, tuple[Any, Any]]:
-    """``{dotted key: (value, official value)}`` for every official key whose value differs."""
+    """``{dotted key: (value, official value)}`` for every official key whose value differs,
+    and every :data:`RECIPE_EXTRAS` key set to other than its default (the official behaviour)."""
     off = flatten(official())
     cur = flatten(cfg)
-    return {k: (cur.get(k), v) for k, v in off.items() if cur.get(k) != v}
+    out = {k: (cur.get(k), v) for k, v in off.items() if cur.get(k) != v}
+    base = flatten(defaults())
+    for k in RECIPE_EXTRAS:
+        if cur.get(k, base[k]) != base[k]:
+            out[k] = (cur.get(k), base[k])
+    return out
 
 
 def dump(cfg: Mapping, path: str | os.PathLike) -> None:

@@ -30,7 +30,8 @@ def test_the_collapse_advice_ends_with_a_working_ablate_command(tmp_path, capsys
 
 def test_the_demo_collapse_config_is_the_demo_weakened_with_the_collapse_recipe():
     """configs/demo-collapse.yaml (README, "Test a diagnosis") differs from configs/demo.yaml in
-    the collapse recipe's augmentation and learning rate, and its output folder, only."""
+    the collapse recipe's augmentation and learning rate, the official output-layer
+    initialisation, and its output folder, only; an ablation of the two has three factors."""
     from pathlib import Path
 
     from fastbci.config import flatten, load_config
@@ -41,4 +42,10 @@ def test_the_demo_collapse_config_is_the_demo_weakened_with_the_collapse_recipe(
         "checkpoint_dir": ("trained_models/demo/checkpoint",
                            "trained_models/demo-collapse/checkpoint"),
         "lr_max": (0.02, 0.002), "dataset.data_transforms.white_noise_std": (1.0, 0.25),
-        "dataset.data_transforms.constant_offset_std": (0.2, 0.05)}
+        "dataset.data_transforms.constant_offset_std": (0.2, 0.05),
+        "fastbci.init_blank_bias": (3.0, None)}
+    from fastbci.sweep import plan
+    ca, cb = (load_config(root / n) for n in ("demo-collapse.yaml", "demo.yaml"))
+    assert sorted(k for k, f in plan.differing_keys(ca, cb).items() if f) == [
+        "dataset.data_transforms.constant_offset_std", "dataset.data_transforms.white_noise_std",
+        "fastbci.init_blank_bias", "lr_max"]

@@ -277,6 +277,25 @@ def test_demo_says_in_plain_words_when_a_run_ends_before_it_learned():
     assert demo.ending_advice([{"per": None, "blank_fraction": float("nan")}], 400) is None
 
 
+@pytest.mark.slow
+def test_demo_leaves_the_plateau_on_the_seed_that_stayed_there(tmp_path):
+    """configs/demo.yaml on the demo's own data with seed 23, the run that stayed on the
+    blank/SIL plateau (validation PER 89.6% from batch 100 to the end) before the demo started
+    on blank (fastbci.init_blank_bias 3): 100 batches now reach a validation PER below 20%."""
+    from fastbci import demo
+    cfg = load_config(demo.demo_config_path())
+    data = tmp_path / "synth-demo"
+    synth.write_release(data, **demo.demo_release_params(cfg))
+    out = tmp_path / "run"
+    res = Trainer(load_config(demo.demo_config_path(), [
+        f"dataset.dataset_dir={data}", f"output_dir={out}", f"checkpoint_dir={out}/checkpoint",
+        "seed=23", "dataset.seed=23", "num_training_batches=100", "fastbci.progress=false",
+        "fastbci.plot=false"]), console=False).fit()
+    assert res.status == "finished", res.message
+    per = res.val_history[-1]["per"]
+    assert per < 0.2, f"seed 23 is on the plateau again: validation PER {per:.1%} at batch 100"
+
+
 def test_fused_data_path_matches_reference(synth_dir, tmp_path):
     """impl=fused (Triton augment + day projection + patchify; the interpreter on a CPU) trains
     to the same losses and PER as impl=reference with the same Philox streams."""

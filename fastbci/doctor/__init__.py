@@ -178,6 +178,10 @@ _RULES: dict[str, tuple[int, Any]] = {
                                              "batch composition")),
     "dataset.must_include_days": (12, (WARNING, "forced days in every batch: changes the batch "
                                                 "composition")),
+    "fastbci.init_blank_bias": (12, (WARNING, "the output layer starts with this blank bias, "
+                                              "not the official initialisation: the demo's 3.0 "
+                                              "made every measured seed leave the blank plateau "
+                                              "by batch 100; untested at the official size")),
     "model.n_units": (13, (WARNING, _ARCH)),
     "model.n_layers": (13, (WARNING, _ARCH)),
     "model.patch_size": (13, (WARNING, _ARCH)),

@@ -74,14 +74,16 @@ def _severity(cfg: Mapping, ref: Mapping) -> dict[str, str]:
 
 def differing_keys(cfg: Mapping, ref: Mapping) -> dict[str, bool]:
     """``{key: is_factor}`` of every key where the two configurations differ; a key is a factor
-    unless it is fastbci's own setting or bookkeeping (the doctor's ``info``: paths, logging,
-    seeds, validation cadence)."""
+    unless it is fastbci's own setting (other than the :data:`fastbci.config.RECIPE_EXTRAS`,
+    which change what is learned) or bookkeeping (the doctor's ``info``: paths, logging, seeds,
+    validation cadence)."""
     a, b = config_mod.flatten(cfg), config_mod.flatten(ref)
     sev = _severity(cfg, ref)
     out = {}
     for k in sorted(set(a) | set(b)):
         if a.get(k) != b.get(k):
-            out[k] = not k.startswith("fastbci.") and sev.get(k, doctor.INFO) != doctor.INFO
+            own = k.startswith("fastbci.") and k not in config_mod.RECIPE_EXTRAS
+            out[k] = not own and sev.get(k, doctor.INFO) != doctor.INFO
     return out
 
 
