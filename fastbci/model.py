@@ -32,8 +32,8 @@ the GRU runs eagerly, outside the graph (:func:`_run_gru`). docs/compat.md, "tor
 from __future__ import annotations
 
 import functools
-import math
 import importlib
+import math
 import operator
 import weakref
 from collections import OrderedDict
@@ -198,7 +198,8 @@ class GRUDecoder(nn.Module):
         if rng not in RNGS:
             raise ValueError(f"GRUDecoder: rng must be one of {RNGS}, got {rng!r}")
         if init_blank_bias is not None and not (
-                isinstance(init_blank_bias, (int, float)) and math.isfinite(init_blank_bias)):
+                isinstance(init_blank_bias, (int, float)) and not isinstance(init_blank_bias, bool)
+                and math.isfinite(init_blank_bias)):
             raise ValueError(f"GRUDecoder: init_blank_bias must be a finite number or None, "
                              f"got {init_blank_bias!r}")
 

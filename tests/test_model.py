@@ -332,6 +332,7 @@ def test_states_argument():
     (dict(rng="numpy"), ValueError, "rng must be one of"),
     (dict(init_blank_bias=float("nan")), ValueError, "init_blank_bias must be a finite number"),
     (dict(init_blank_bias="3"), ValueError, "init_blank_bias must be a finite number"),
+    (dict(init_blank_bias=True), ValueError, "init_blank_bias must be a finite number"),
 ])
 def test_constructor_errors(kw, err, msg):
     with pytest.raises(err, match=msg):
