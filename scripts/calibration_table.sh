@@ -9,7 +9,8 @@
 # validation trials, then calibrations of the held-out day, each a line of WORK/table.txt:
 # 0 sentences (the borrowed layer), 20 labelled, --unlabelled on the session's 200 train trials,
 # 20 labelled + the other 180 unlabelled (--unlabelled-rest), and evaluate --adapt-day on the
-# 0-sentence checkpoint. MODELS="1" runs one model; BATCHES sets the training length.
+# 0-sentence checkpoint. MODELS="3 4" picks the model seeds (default "1 2"), DATA_SEED the
+# release's synth seed (default 0); BATCHES sets the training length with WIDE=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-calibration-table}
@@ -28,7 +29,8 @@ else
   EXTRA=()
 fi
 mkdir -p "$WORK"
-$FASTBCI synth --out "$WORK/data" --demo --neural-dim $DIM --sessions $SESSIONS --holdout 1
+$FASTBCI synth --out "$WORK/data" --demo --neural-dim $DIM --sessions $SESSIONS --holdout 1 \
+  --seed "${DATA_SEED:-0}"
 S="$WORK/data/$NEW"
 for m in $MODELS; do
   R="$WORK/model$m"
