@@ -19,7 +19,7 @@ from fastbci.data.store import TrialStore
 from fastbci.errors import ConfigError
 from fastbci.model import GRUDecoder
 
-from .core import Budget, NewDay, builder_for
+from .core import Budget, NewDay, builder_for, train_only_day
 from .rounds import Rounds, run_rounds
 
 __all__ = ["DayAdaptation"]
@@ -60,18 +60,18 @@ class DayAdaptation:
         budget = Budget(steps=self.steps, batch_size=self.batch_size)
         plan = Rounds(rounds=self.rounds, keep=self.keep, steps=max(1, self.steps // self.rounds))
         sessions = cfg["dataset"]["sessions"]
+        builder = builder_for(cfg, device, self.seed)  # stateless: its streams are keyed by step
         grad = {name: p.requires_grad for name, p in model.named_parameters()}
         days = {}
         try:
             for day, rows in enumerate(store.trials_by_day):
                 if not len(rows):
                     continue
-                for name, p in model.named_parameters():
-                    p.requires_grad_(name in (f"day_weights.{day}", f"day_biases.{day}"))
+                train_only_day(model, day)
                 nd = NewDay(dict(cfg), model, day, sessions[day], store, labelled=False,
                             replaced=True)
-                steps, rounds = run_rounds(nd, store, np.asarray(rows), builder_for(cfg, device, self.seed),
-                                           budget, plan, self.seed, say=say)
+                steps, rounds = run_rounds(nd, store, np.asarray(rows), builder, budget, plan,
+                                           self.seed, say=say)
                 days[sessions[day]] = {"day": day, "trials": int(len(rows)), "steps": steps,
                                        "rounds": rounds}
                 say(f"adapted day {day} ({sessions[day]}) on {len(rows)} trials: {steps} steps")

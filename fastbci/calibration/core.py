@@ -31,7 +31,7 @@ from fastbci.schedule import lr_multiplier
 from fastbci.validation import ValResult, ctc_per_trial, forward_logits, run_validation
 
 __all__ = ["CalibrationError", "Budget", "NewDay", "new_day", "choose_init_day", "train_layer",
-           "pseudo_label", "evaluate_per", "layer_of", "set_layer"]
+           "train_only_day", "pseudo_label", "evaluate_per", "layer_of", "set_layer"]
 
 
 class CalibrationError(FastbciError, ValueError):
@@ -172,10 +172,16 @@ def new_day(cfg: Mapping, state: Mapping, path: Path, *, n: int | None, replace:
         sd[f"day_weights.{day}"] = sd["day_weights.0"].clone()
         sd[f"day_biases.{day}"] = sd["day_biases.0"].clone()
     load_weights(model, {"model_state_dict": sd}, checkpoint)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in (f"day_weights.{day}", f"day_biases.{day}"))
+    train_only_day(model, day)
     return NewDay(new_cfg, model, day, session, store, labelled,
                   replaced=day < len(cfg["dataset"]["sessions"]), whole=whole)
+
+
+def train_only_day(model: GRUDecoder, day: int) -> None:
+    """Every parameter of ``model`` frozen but day ``day``'s layer (weights and bias)."""
+    mine = (f"day_weights.{day}", f"day_biases.{day}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in mine)
 
 
 def _chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:
